@@ -1,0 +1,217 @@
+"""`oauth-sidecar`: dev, serve, and the operator's commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+from werkzeug.serving import WSGIRequestHandler
+
+from .config import Settings
+from .errors import ConfigError, Invalid, SidecarError
+from .models import Provider, TOKEN_AUTH_METHODS
+from .store import Store
+
+
+class Group(click.Group):
+    """Turns the project's errors into one-line messages and exit codes, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            fail(f"configuration: {exc}", 2)
+        except SidecarError as exc:
+            fail(exc.message, 1)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Keeps OAuth 2.0 tokens fresh inside Vault or OpenBao."""
+
+
+@main.command()
+def dev() -> None:
+    """Run everything locally: a throwaway OpenBao dev server and the sidecar on SIDECAR_BIND."""
+    from werkzeug.serving import make_server
+
+    from .devvault import DevVault, bootstrap
+    from .web import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    base = Settings.from_env({k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))})
+    with DevVault() as vault:
+        tokens = bootstrap(vault, base)
+        settings = Settings.from_env(
+            {
+                **{k: v for k, v in os.environ.items() if k.startswith("SIDECAR_")},
+                "VAULT_ADDR": vault.addr,
+                "VAULT_TOKEN": tokens.sidecar,
+            }
+        )
+        host, port = settings.bind_host_port
+        try:
+            server = make_server(host, port, create_app(settings), threaded=True, request_handler=QuietHandler)
+        except OSError as exc:
+            raise ConfigError(f"SIDECAR_BIND: cannot listen on {settings.bind}: {exc.strerror}") from None
+        reader_env = "production" if "production" in tokens.reader else next(iter(tokens.reader))
+        click.echo(
+            f"\nOpenBao dev server  {vault.addr}  (in memory: everything is gone when you stop)\n"
+            f"Sidecar             {settings.public_url}\n"
+            f"Login token         {tokens.admin}  (policy oauth-admin)\n"
+            f"Reader token        {tokens.reader[reader_env]}  (policy oauth-reader-{reader_env})\n\n"
+            "Try it:\n"
+            f"  export VAULT_ADDR={vault.addr} VAULT_TOKEN={tokens.admin}\n"
+            f"  curl -H \"X-Vault-Token: $VAULT_TOKEN\" {settings.public_url}/v1/providers\n\n"
+            "Press Ctrl-C to stop.\n"
+        )
+        signal.signal(signal.SIGTERM, _interrupt)
+        server.serve_forever()  # returns on Ctrl-C; leaving the `with` stops OpenBao
+    click.echo("stopped", err=True)
+
+
+class QuietHandler(WSGIRequestHandler):
+    """Logs the path without its query string: /callback carries authorization codes."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("info", '"%s %s" %s', self.command, self.path.partition("?")[0], code)
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+@main.command()
+def serve() -> None:
+    """Production entry: gunicorn web workers, configured from the environment."""
+    from gunicorn.app.base import BaseApplication
+
+    settings = Settings.from_env()
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", [settings.bind])
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("accesslog", "-")
+            # %(U)s is the path without the query string: /callback carries authorization codes.
+            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms')
+
+        def load(self) -> Callable[..., Any]:
+            from .web import create_app
+
+            return create_app(settings)
+
+    Server().run()
+
+
+# -- providers -------------------------------------------------------------------------------
+
+
+def operator_store() -> Store:
+    settings = Settings.from_env()
+    store = Store(settings, settings.vault_token)
+    store.check_token()
+    return store
+
+
+def print_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@main.group()
+def providers() -> None:
+    """Manage OAuth providers (with your own VAULT_TOKEN)."""
+
+
+@providers.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def providers_list(as_json: bool) -> None:
+    """List providers (never their client secrets)."""
+    found = [p.public() for p in operator_store().list_providers()]
+    if as_json:
+        print_json({"providers": found})
+        return
+    if not found:
+        click.echo("no providers")
+    for p in found:
+        click.echo(f"{p['name']:<24} {p['client_id']:<32} {' '.join(p['scopes'])}")
+
+
+@providers.command("get")
+@click.argument("name")
+def providers_get(name: str) -> None:
+    """Show one provider as JSON (without its client secret)."""
+    print_json(operator_store().get_provider(name).public())
+
+
+@providers.command("put")
+@click.argument("name")
+@click.option("--client-id", required=True)
+@click.option(
+    "--client-secret-file",
+    type=click.File("r"),
+    help="File holding the client secret ('-' for standard input). Otherwise $OAUTH_CLIENT_SECRET, "
+    "or a hidden prompt. Never an argument: arguments show in `ps` and shell history.",
+)
+@click.option("--authorization-url", required=True)
+@click.option("--token-url", required=True)
+@click.option("--scopes", help="Scopes separated by spaces, commas or newlines.")
+@click.option("--scopes-file", type=click.File("r"), help="File of scopes, one a line ('-' for standard input).")
+@click.option("--revocation-url")
+@click.option("--token-auth-method", type=click.Choice(TOKEN_AUTH_METHODS), default=TOKEN_AUTH_METHODS[0])
+@click.option("--pkce/--no-pkce", default=True, help="Use PKCE (S256) on logins.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Extra authorization parameter.")
+@click.option("--refresh-margin", type=int, help="Seconds before expiry to refresh (default: SIDECAR_REFRESH_MARGIN).")
+def providers_put(name: str, **opts: Any) -> None:
+    """Create or replace a provider."""
+    if (opts["scopes"] is None) == (opts["scopes_file"] is None):
+        raise Invalid("give the scopes with exactly one of --scopes or --scopes-file")
+    scopes = opts["scopes"] if opts["scopes"] is not None else opts["scopes_file"].read()
+    pairs = [p.partition("=") for p in opts["params"]]
+    if any(not sep for _, sep, _ in pairs):
+        raise Invalid("--param takes KEY=VALUE")
+    body = {
+        "client_id": opts["client_id"],
+        "client_secret": _client_secret(opts["client_secret_file"]),
+        "authorization_url": opts["authorization_url"],
+        "token_url": opts["token_url"],
+        "scopes": scopes,
+        "revocation_url": opts["revocation_url"],
+        "token_auth_method": opts["token_auth_method"],
+        "pkce": opts["pkce"],
+        "extra_authorize_params": {k: v for k, _, v in pairs},
+        "refresh_margin": opts["refresh_margin"],
+    }
+    provider = Provider.from_input(name, body)
+    created = operator_store().put_provider(provider) == 1
+    click.echo(f"{'created' if created else 'replaced'} provider {name}", err=True)
+    print_json(provider.public())
+
+
+def _client_secret(source: Any) -> str:
+    if source is not None:
+        return source.read().strip()
+    if os.environ.get("OAUTH_CLIENT_SECRET"):
+        return os.environ["OAUTH_CLIENT_SECRET"]
+    if sys.stdin.isatty():
+        return click.prompt("Client secret", hide_input=True)
+    raise Invalid("give the client secret with --client-secret-file or $OAUTH_CLIENT_SECRET")
+
+
+@providers.command("delete")
+@click.argument("name")
+def providers_delete(name: str) -> None:
+    """Delete a provider and every stored version of its client secret."""
+    operator_store().delete_provider(name)
+    click.echo(f"deleted provider {name}", err=True)

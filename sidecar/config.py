@@ -1,0 +1,166 @@
+"""Every setting, read once from the environment and validated at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from .errors import ConfigError, Invalid
+from .models import check_name, check_url
+
+T = TypeVar("T")
+VAULT_AUTH_METHODS = ("token", "approle", "kubernetes")
+# Go's strconv.ParseBool, which the Vault CLI uses for VAULT_SKIP_VERIFY.
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    vault_addr: str = "https://127.0.0.1:8200"
+    vault_token: str | None = field(default=None, repr=False)
+    vault_namespace: str | None = None
+    vault_cacert: str | None = None
+    vault_skip_verify: bool = False
+    vault_auth: str = "token"
+    public_url: str = "http://127.0.0.1:8080"
+    bind: str = "127.0.0.1:8080"
+    kv_mount: str = "secret"
+    prefix: str = "oauth"
+    state_prefix: str = "oauth-sidecar"
+    environments: tuple[str, ...] = ("development", "production")
+    refresh_interval: float = 10.0
+    refresh_margin: int = 300
+    workers: int = 2
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.public_url}/callback"
+
+    @property
+    def bind_host_port(self) -> tuple[str, int]:
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate; raises `ConfigError` naming the first bad variable."""
+        env = os.environ if env is None else env
+
+        def get(name: str, parse: Callable[[str], T], default: T, *fallbacks: str) -> T:
+            for key in (name, *fallbacks):
+                raw = env.get(key, "").strip()
+                if raw:
+                    try:
+                        return parse(raw)
+                    except (ValueError, Invalid) as exc:
+                        reason = exc.message if isinstance(exc, Invalid) else str(exc)
+                        raise ConfigError(f"{key}: {reason}") from None
+            return default
+
+        return cls(
+            vault_addr=get("VAULT_ADDR", _vault_addr, cls.vault_addr, "BAO_ADDR"),
+            vault_token=get("VAULT_TOKEN", str, None, "BAO_TOKEN") or _token_helper_file(),
+            vault_namespace=get("VAULT_NAMESPACE", str, None, "BAO_NAMESPACE"),
+            vault_cacert=get("VAULT_CACERT", _existing_file, None, "BAO_CACERT"),
+            vault_skip_verify=get("VAULT_SKIP_VERIFY", _go_bool, False, "BAO_SKIP_VERIFY"),
+            vault_auth=get("SIDECAR_VAULT_AUTH", _one_of(VAULT_AUTH_METHODS), cls.vault_auth),
+            public_url=get("SIDECAR_PUBLIC_URL", _public_url, cls.public_url),
+            bind=get("SIDECAR_BIND", _bind, cls.bind),
+            kv_mount=get("SIDECAR_KV_MOUNT", _path, cls.kv_mount),
+            prefix=get("SIDECAR_PREFIX", _path, cls.prefix),
+            state_prefix=get("SIDECAR_STATE_PREFIX", _path, cls.state_prefix),
+            environments=get("SIDECAR_ENVIRONMENTS", _environments, cls.environments),
+            refresh_interval=get("SIDECAR_REFRESH_INTERVAL", _positive_float, cls.refresh_interval),
+            refresh_margin=get("SIDECAR_REFRESH_MARGIN", _non_negative_int, cls.refresh_margin),
+            workers=get("SIDECAR_WORKERS", _positive_int, cls.workers),
+        )
+
+
+def _token_helper_file() -> str | None:
+    """The Vault CLI's fallback when VAULT_TOKEN is unset: the token in ~/.vault-token."""
+    try:
+        return (Path.home() / ".vault-token").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _vault_addr(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http or https URL, like https://vault.example.com:8200")
+    return raw.rstrip("/")
+
+
+def _public_url(raw: str) -> str:
+    url = check_url(raw, "the public URL")
+    if urlsplit(url).query:
+        raise ValueError("must not contain a query string")
+    return url.rstrip("/")
+
+
+def _bind(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, like 127.0.0.1:8080 or [::1]:8080")
+    return raw
+
+
+def _path(raw: str) -> str:
+    """A mount or prefix: name-rule segments joined by '/'."""
+    for segment in raw.strip("/").split("/"):
+        check_name(segment, "path segment")
+    return raw.strip("/")
+
+
+def _environments(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in raw.split(",") if n.strip()))
+    if not names:
+        raise ValueError("must name at least one environment")
+    for name in names:
+        check_name(name, "environment")
+    return names
+
+
+def _go_bool(raw: str) -> bool:
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise ValueError("must be true or false")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
+def _existing_file(raw: str) -> str:
+    if not Path(raw).is_file():
+        raise ValueError(f"no such file: {raw}")
+    return raw
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value < float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    if not raw.isdigit():
+        raise ValueError("must be a whole number of seconds, 0 or more")
+    return int(raw)
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError("must be a whole number, 1 or more")
+    return int(raw)

@@ -1,0 +1,61 @@
+"""The project's own errors: one class per meaning, each with its HTTP status.
+
+Messages are shown to users as they are, so they never carry a secret.
+"""
+
+from __future__ import annotations
+
+
+class SidecarError(Exception):
+    """Base class; `code` and `status` become the JSON error body and HTTP status."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Invalid(SidecarError):
+    """Bad input. `fields` maps a field name to what is wrong with it."""
+
+    code = "invalid"
+    status = 400
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = dict(fields or {})
+
+
+class Unauthorized(SidecarError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(SidecarError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(SidecarError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(SidecarError):
+    """A check-and-set lost, or the object is in use."""
+
+    code = "conflict"
+    status = 409
+
+
+class VaultUnavailable(SidecarError):
+    """Vault is unreachable, sealed, or answered with a server error."""
+
+    code = "vault_unavailable"
+    status = 503
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""

@@ -1,0 +1,232 @@
+"""Data the sidecar keeps, and the validation every piece of input passes through."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import Invalid
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+SCOPE_SPLIT_RE = re.compile(r"[\s,]+")
+MAX_URL_LENGTH = 2048
+MAX_TEXT_LENGTH = 1024
+MAX_SCOPES = 100
+MAX_REFRESH_MARGIN = 86_400
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+# Parameters the sidecar itself sets on an authorization request; a provider may not override them.
+RESERVED_AUTHORIZE_PARAMS = frozenset(
+    {"response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"}
+)
+
+
+def check_name(value: object, what: str = "name") -> str:
+    """Return `value` if it obeys the name rule; this is the gate every Vault path segment passes."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+        raise Invalid(
+            f"{what} must be 1 to 64 characters of letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+            {what: "invalid name"},
+        )
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(value: object, what: str) -> str:
+    """An endpoint URL: https, or http to a loopback host; no credentials, no fragment."""
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"{what} is required and must be a string", {what: "required"})
+    if len(value) > MAX_URL_LENGTH or any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise Invalid(f"{what} is not a valid URL", {what: "not a valid URL"})
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise Invalid(f"{what} is not a valid URL", {what: "not a valid URL"}) from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise Invalid(f"{what} must be an absolute https URL", {what: "must be an absolute https URL"})
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise Invalid(
+            f"{what} must use https (http is allowed only for a loopback host)",
+            {what: "must use https"},
+        )
+    if parts.username is not None or parts.password is not None:
+        raise Invalid(f"{what} must not contain credentials", {what: "must not contain credentials"})
+    if parts.fragment or value.endswith("#"):
+        raise Invalid(f"{what} must not contain a fragment", {what: "must not contain a fragment"})
+    return value
+
+
+def parse_scopes(value: object, what: str = "scopes") -> tuple[str, ...]:
+    """Scopes from a list, or from one pasted string split on newlines, commas or spaces.
+
+    Blanks are dropped, duplicates removed, order kept; each scope must be an RFC 6749 scope-token.
+    """
+    if isinstance(value, str):
+        items: Iterable[object] = SCOPE_SPLIT_RE.split(value)
+    elif isinstance(value, list | tuple):
+        items = value
+    else:
+        raise Invalid(f"{what} must be a list of strings or one string", {what: "must be a list or a string"})
+    scopes: dict[str, None] = {}
+    for item in items:
+        if not isinstance(item, str):
+            raise Invalid(f"{what} must contain only strings", {what: "must contain only strings"})
+        for scope in SCOPE_SPLIT_RE.split(item):
+            if not scope:
+                continue
+            if not SCOPE_RE.fullmatch(scope) or len(scope) > MAX_TEXT_LENGTH:
+                raise Invalid(
+                    f"{what}: {scope[:80]!r} is not a valid scope (no quotes, backslashes or control characters)",
+                    {what: "invalid scope"},
+                )
+            scopes[scope] = None
+    if len(scopes) > MAX_SCOPES:
+        raise Invalid(f"{what}: at most {MAX_SCOPES} scopes", {what: "too many scopes"})
+    return tuple(scopes)
+
+
+def _text(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"{key} is required and must be a non-empty string", {key: "required"})
+    if len(value) > MAX_TEXT_LENGTH or any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise Invalid(f"{key} must be at most {MAX_TEXT_LENGTH} printable characters", {key: "invalid"})
+    return value
+
+
+def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise Invalid(f"{key} must be true or false", {key: "must be a boolean"})
+    return value
+
+
+def _margin(data: Mapping[str, Any]) -> int | None:
+    value = data.get("refresh_margin")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REFRESH_MARGIN:
+        raise Invalid(
+            f"refresh_margin must be a whole number of seconds from 0 to {MAX_REFRESH_MARGIN}",
+            {"refresh_margin": "invalid"},
+        )
+    return value
+
+
+def _authorize_params(data: Mapping[str, Any]) -> dict[str, str]:
+    value = data.get("extra_authorize_params") or {}
+    key = "extra_authorize_params"
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise Invalid(f"{key} must be an object of string values", {key: "must map strings to strings"})
+    for k, v in value.items():
+        if not k or len(k) > 128 or len(v) > MAX_TEXT_LENGTH or any(ord(c) < 0x20 for c in k + v):
+            raise Invalid(f"{key}: {k[:80]!r} is not a valid parameter", {key: "invalid parameter"})
+        if k in RESERVED_AUTHORIZE_PARAMS:
+            raise Invalid(f"{key}: {k!r} is set by the sidecar and cannot be overridden", {key: "reserved"})
+    return dict(value)
+
+
+@dataclass(frozen=True)
+class Provider:
+    """An OAuth provider registration. The client secret never shows in a repr."""
+
+    name: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    authorization_url: str
+    token_url: str
+    scopes: tuple[str, ...]
+    revocation_url: str | None = None
+    token_auth_method: str = "client_secret_basic"
+    pkce: bool = True
+    extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    refresh_margin: int | None = None
+
+    FIELDS = frozenset(
+        {
+            "client_id",
+            "client_secret",
+            "authorization_url",
+            "token_url",
+            "scopes",
+            "revocation_url",
+            "token_auth_method",
+            "pkce",
+            "extra_authorize_params",
+            "refresh_margin",
+        }
+    )
+
+    @classmethod
+    def from_input(cls, name: str, data: object) -> Provider:
+        """Validate user input; raises `Invalid` naming the first bad field."""
+        check_name(name, "provider")
+        if not isinstance(data, Mapping):
+            raise Invalid("the provider must be a JSON object")
+        unknown = sorted(set(data) - cls.FIELDS - {"name"})
+        if unknown:
+            raise Invalid(f"unknown field(s): {', '.join(map(str, unknown))[:200]}", {k: "unknown" for k in unknown})
+        if data.get("name", name) != name:
+            raise Invalid("name in the body differs from the name in the path", {"name": "differs from the path"})
+        if "scopes" not in data:
+            raise Invalid("scopes is required", {"scopes": "required"})
+        scopes = parse_scopes(data["scopes"])
+        if not scopes:
+            raise Invalid("scopes must name at least one scope", {"scopes": "required"})
+        method = data.get("token_auth_method", "client_secret_basic")
+        if method not in TOKEN_AUTH_METHODS:
+            raise Invalid(
+                f"token_auth_method must be one of {', '.join(TOKEN_AUTH_METHODS)}",
+                {"token_auth_method": "invalid"},
+            )
+        revocation_url = data.get("revocation_url")
+        return cls(
+            name=name,
+            client_id=_text(data, "client_id"),
+            client_secret=_text(data, "client_secret"),
+            authorization_url=check_url(data.get("authorization_url"), "authorization_url"),
+            token_url=check_url(data.get("token_url"), "token_url"),
+            scopes=scopes,
+            revocation_url=None if revocation_url in (None, "") else check_url(revocation_url, "revocation_url"),
+            token_auth_method=method,
+            pkce=_bool(data, "pkce", True),
+            extra_authorize_params=_authorize_params(data),
+            refresh_margin=_margin(data),
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """The document stored in Vault (client secret included)."""
+        record = asdict(self)
+        record["scopes"] = list(self.scopes)
+        record["extra_authorize_params"] = dict(self.extra_authorize_params)
+        return record
+
+    @classmethod
+    def from_record(cls, name: str, record: Mapping[str, Any]) -> Provider:
+        """Rebuild from Vault; re-validated, since the record may have been edited by hand."""
+        return cls.from_input(name, {k: v for k, v in record.items() if k in cls.FIELDS})
+
+    def public(self) -> dict[str, Any]:
+        """What the API shows: everything but the client secret."""
+        shown = self.to_record()
+        del shown["client_secret"]
+        shown["client_secret_set"] = bool(self.client_secret)
+        return shown

@@ -1,0 +1,177 @@
+"""The only door to Vault: every path, every call, every Vault error mapped once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import hvac
+import hvac.exceptions as vault_errors
+import requests
+
+from .config import Settings
+from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
+from .models import Provider, check_name
+
+log = logging.getLogger(__name__)
+
+Tree = Literal["providers", "grants", "pending"]
+_LABEL: dict[Tree, str] = {"providers": "provider", "grants": "secret", "pending": "login"}
+VAULT_TIMEOUT = 10.0
+_UNAVAILABLE = (
+    vault_errors.VaultDown,
+    vault_errors.InternalServerError,
+    vault_errors.BadGateway,
+    vault_errors.RateLimitExceeded,
+    vault_errors.VaultNotInitialized,
+    vault_errors.UnexpectedError,
+    requests.RequestException,
+)
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A KV v2 document and the version it was read at (for check-and-set)."""
+
+    data: dict[str, Any]
+    version: int
+
+
+@contextmanager
+def _vault(what: str) -> Iterator[None]:
+    """Translate hvac and transport errors into the project's own, once."""
+    try:
+        yield
+    except vault_errors.InvalidPath:
+        raise NotFound(f"{what} not found") from None
+    except vault_errors.Forbidden:
+        raise Forbidden(f"permission denied on {what}") from None
+    except vault_errors.Unauthorized:
+        raise Unauthorized("the Vault token is missing or not valid") from None
+    except vault_errors.InvalidRequest as exc:
+        if "check-and-set" in str(exc):
+            raise Conflict(f"{what} was changed by someone else; read it again and retry") from None
+        log.error("Vault rejected a request for %s: %s", what, type(exc).__name__)
+        raise SidecarError(f"Vault rejected the request for {what}") from None
+    except _UNAVAILABLE as exc:
+        log.warning("Vault unavailable while accessing %s: %s", what, type(exc).__name__)
+        raise VaultUnavailable("Vault is unreachable, sealed or failing; try again shortly") from None
+
+
+class Store:
+    """Vault KV v2 access with one token: the caller's, or the sidecar's own."""
+
+    def __init__(self, settings: Settings, token: str | None, session: requests.Session | None = None) -> None:
+        self._settings = settings
+        self._client = hvac.Client(
+            url=settings.vault_addr,
+            token=token,
+            namespace=settings.vault_namespace,
+            verify=settings.vault_cacert or not settings.vault_skip_verify,
+            timeout=VAULT_TIMEOUT,
+            session=session,
+        )
+        self._kv = self._client.secrets.kv.v2
+
+    def __repr__(self) -> str:
+        return f"Store(vault_addr={self._settings.vault_addr!r})"
+
+    def path(self, tree: Tree, name: str) -> str:
+        """The KV path of a named object in the private tree; the name rule is enforced here."""
+        return f"{self._settings.state_prefix}/{tree}/{check_name(name, _LABEL[tree])}"
+
+    # -- check-and-set KV primitives -------------------------------------------------------
+
+    def read(self, tree: Tree, name: str) -> Versioned:
+        path = self.path(tree, name)
+        with _vault(f"{_LABEL[tree]} {name!r}"):
+            resp = self._kv.read_secret_version(
+                path=path, mount_point=self._settings.kv_mount, raise_on_deleted_version=True
+            )
+        return Versioned(data=resp["data"]["data"] or {}, version=resp["data"]["metadata"]["version"])
+
+    def write(self, tree: Tree, name: str, data: dict[str, Any], cas: int | None = None) -> int:
+        """Write a new version; with `cas`, only if the current version is `cas` (0: only if absent)."""
+        path = self.path(tree, name)
+        with _vault(f"{_LABEL[tree]} {name!r}"):
+            resp = self._kv.create_or_update_secret(
+                path=path, secret=data, cas=cas, mount_point=self._settings.kv_mount
+            )
+        return int(resp["data"]["version"])
+
+    def delete(self, tree: Tree, name: str) -> None:
+        """Remove every version, so no old secret lingers in the history."""
+        path = self.path(tree, name)
+        with _vault(f"{_LABEL[tree]} {name!r}"):
+            self._kv.delete_metadata_and_all_versions(path=path, mount_point=self._settings.kv_mount)
+
+    def names(self, tree: Tree) -> list[str]:
+        try:
+            with _vault(tree):
+                resp = self._kv.list_secrets(
+                    path=f"{self._settings.state_prefix}/{tree}", mount_point=self._settings.kv_mount
+                )
+        except NotFound:
+            return []
+        return sorted(k for k in resp["data"]["keys"] if not k.endswith("/"))
+
+    # -- providers -------------------------------------------------------------------------
+
+    def get_provider(self, name: str) -> Provider:
+        return Provider.from_record(name, self.read("providers", name).data)
+
+    def list_providers(self) -> list[Provider]:
+        providers = []
+        for name in self.names("providers"):
+            try:
+                providers.append(self.get_provider(name))
+            except NotFound:  # deleted between the list and the read
+                continue
+        return providers
+
+    def put_provider(self, provider: Provider) -> int:
+        """Create or replace; returns the new version (1 when created)."""
+        return self.write("providers", provider.name, provider.to_record())
+
+    def delete_provider(self, name: str) -> None:
+        self.read("providers", name)  # 404 for a provider that does not exist
+        self.delete("providers", name)
+
+    # -- tokens and health -----------------------------------------------------------------
+
+    def check_token(self) -> None:
+        """Raise `Unauthorized` unless this store's token is a live Vault token."""
+        if not self._client.token:
+            raise Unauthorized("a Vault token is required")
+        try:
+            with _vault("the token"):
+                self._client.auth.token.lookup_self()
+        except Forbidden:
+            raise Unauthorized("the Vault token is missing or not valid") from None
+
+    def check_ready(self) -> None:
+        """Raise `VaultUnavailable` unless Vault is reachable, initialised, unsealed, and our token valid."""
+        with _vault("Vault health"):
+            health = self._client.sys.read_health_status(method="GET", standby_ok=True)
+        if not isinstance(health, dict):
+            reasons = {501: "Vault is not initialised", 503: "Vault is sealed"}
+            raise VaultUnavailable(reasons.get(health.status_code, f"Vault health is {health.status_code}"))
+        try:
+            self.check_token()
+        except Unauthorized:
+            raise VaultUnavailable("the sidecar's own Vault token is missing or not valid") from None
+
+    # -- administration (dev mode and `policies write`) -----------------------------------------
+
+    def write_policy(self, name: str, hcl: str) -> None:
+        with _vault(f"policy {name!r}"):
+            self._client.sys.create_or_update_policy(name=check_name(name, "policy"), policy=hcl)
+
+    def create_token(self, policies: list[str], ttl: str, display_name: str) -> str:
+        """A child token with exactly these policies (plus Vault's `default`)."""
+        with _vault("a new token"):
+            resp = self._client.auth.token.create(policies=policies, ttl=ttl, display_name=display_name)
+        return resp["auth"]["client_token"]

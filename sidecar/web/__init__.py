@@ -1,0 +1,70 @@
+"""The Flask app factory: blueprints, one JSON error format, no stack trace to users."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import requests
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+from ..config import Settings
+from ..errors import SidecarError
+from ..store import Store
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What every request shares: settings, a pooled HTTP session to Vault, the sidecar's own store."""
+
+    settings: Settings
+    session: requests.Session
+    own_store: Store
+
+    def store_for(self, token: str | None) -> Store:
+        return Store(self.settings, token, self.session)
+
+
+def runtime(app: Flask) -> Runtime:
+    return app.extensions["sidecar"]
+
+
+def error_body(code: str, message: str, status: int, fields: dict[str, str] | None = None):
+    error: dict[str, object] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return jsonify(error=error), status
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+    session = requests.Session()
+    app.extensions["sidecar"] = Runtime(settings, session, Store(settings, settings.vault_token, session))
+
+    from . import api, health
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(SidecarError)
+    def _sidecar_error(exc: SidecarError):
+        return error_body(exc.code, exc.message, exc.status, getattr(exc, "fields", None))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_body(code, exc.description or exc.name, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unexpected error")
+        return error_body("internal", "internal error; the sidecar's log has the details", 500)
+
+    return app

@@ -1,0 +1,26 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+from ..errors import VaultUnavailable
+from . import error_body, runtime
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is alive and serving."""
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz():
+    """Vault is reachable and unsealed, and the sidecar's own token is valid."""
+    try:
+        runtime(current_app).own_store.check_ready()
+    except VaultUnavailable as exc:
+        return error_body(exc.code, exc.message, exc.status)
+    return {"status": "ready"}
