@@ -13,7 +13,7 @@ from .errors import ConfigError, Invalid
 from .models import check_name, check_url
 
 T = TypeVar("T")
-VAULT_AUTH_METHODS = ("token", "approle", "kubernetes")
+VAULT_AUTH_METHODS = ("token",)  # approle and kubernetes are in the contract, not built yet
 # Go's strconv.ParseBool, which the Vault CLI uses for VAULT_SKIP_VERIFY.
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -135,7 +135,7 @@ def _go_bool(raw: str) -> bool:
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}")
+            raise ValueError(f"{raw!r} is not supported; use one of: {', '.join(choices)}")
         return raw
 
     return parse
@@ -148,7 +148,10 @@ def _existing_file(raw: str) -> str:
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
     if not 0 < value < float("inf"):
         raise ValueError("must be a positive number of seconds")
     return value

@@ -1,0 +1,22 @@
+# Operators: manage providers and secrets through the sidecar's API.
+path "secret/data/oauth-sidecar/providers/*" {
+  capabilities = ["create", "read", "update", "delete"]
+}
+path "secret/metadata/oauth-sidecar/providers/*" {
+  capabilities = ["read", "list", "delete"]
+}
+path "secret/data/oauth-sidecar/grants/*" {
+  capabilities = ["create", "read", "update", "delete"]
+}
+path "secret/metadata/oauth-sidecar/grants/*" {
+  capabilities = ["read", "list", "delete"]
+}
+path "secret/data/oauth-sidecar/pending/*" {
+  capabilities = ["create", "update"]
+}
+path "secret/data/oauth/*" {
+  capabilities = ["read", "delete"]
+}
+path "secret/metadata/oauth/*" {
+  capabilities = ["read", "list", "delete"]
+}

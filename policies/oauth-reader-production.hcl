@@ -1,0 +1,4 @@
+# Apps of the production environment: read their access tokens, nothing else.
+path "secret/data/oauth/production/*" {
+  capabilities = ["read"]
+}

@@ -1,0 +1,31 @@
+# The sidecar itself: read providers, keep grants, pending logins and environment views.
+path "secret/data/oauth-sidecar/providers/*" {
+  capabilities = ["read"]
+}
+path "secret/metadata/oauth-sidecar/providers/*" {
+  capabilities = ["list"]
+}
+path "secret/data/oauth-sidecar/grants/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/oauth-sidecar/grants/*" {
+  capabilities = ["read", "list", "delete"]
+}
+path "secret/data/oauth-sidecar/pending/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/oauth-sidecar/pending/*" {
+  capabilities = ["delete"]
+}
+path "secret/data/oauth/development/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/data/oauth/production/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/oauth/development/*" {
+  capabilities = ["delete"]
+}
+path "secret/metadata/oauth/production/*" {
+  capabilities = ["delete"]
+}

@@ -1,0 +1,150 @@
+import json
+import logging
+
+import pytest
+
+from sidecar.web import MAX_BODY_BYTES
+
+from .conftest import CLIENT_SECRET, bao_kv_get, provider_body, vault_tree
+
+
+def test_provider_lifecycle(client, admin, root):
+    created = client.put("/v1/providers/google", json=provider_body(), headers=admin)
+    assert created.status_code == 201
+    assert created.json["scopes"] == ["openid", "email", "https://www.googleapis.com/auth/spreadsheets"]
+    assert created.json["client_secret_set"] is True
+
+    got = client.get("/v1/providers/google", headers=admin)
+    assert got.status_code == 200 and got.json == created.json
+
+    replaced = client.put(
+        "/v1/providers/google", json=provider_body(client_id="new-id", scopes=["openid"]), headers=admin
+    )
+    assert replaced.status_code == 200
+    assert client.get("/v1/providers/google", headers=admin).json["client_id"] == "new-id"
+
+    client.put("/v1/providers/slack", json=provider_body(), headers=admin)
+    listed = client.get("/v1/providers", headers=admin).json["providers"]
+    assert [p["name"] for p in listed] == ["google", "slack"]
+
+    assert client.delete("/v1/providers/google", headers=admin).status_code == 204
+    gone = client.get("/v1/providers/google", headers=admin)
+    assert gone.status_code == 404 and gone.json["error"]["code"] == "not_found"
+    assert client.delete("/v1/providers/google", headers=admin).status_code == 404
+    assert list(vault_tree(root)) == ["oauth-sidecar/providers/slack"]
+
+
+def test_stored_where_the_contract_says(client, admin, vault, tokens):
+    client.put("/v1/providers/google", json=provider_body(pkce=False), headers=admin)
+    out = bao_kv_get(vault, tokens.admin, "secret/oauth-sidecar/providers/google")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)["data"]["data"]
+    assert data["client_secret"] == CLIENT_SECRET
+    assert data["token_url"] == "https://oauth2.example.com/token"
+    assert data["pkce"] is False
+    # An app's reader token cannot see the provider tree at all.
+    denied = bao_kv_get(vault, tokens.reader["production"], "secret/oauth-sidecar/providers/google")
+    assert denied.returncode != 0 and "permission denied" in denied.stderr
+
+
+def test_client_secret_never_leaves(client, admin, caplog):
+    caplog.set_level(logging.DEBUG)
+    bodies = [
+        client.put("/v1/providers/google", json=provider_body(), headers=admin),
+        client.put("/v1/providers/google", json=provider_body(), headers=admin),
+        client.get("/v1/providers/google", headers=admin),
+        client.get("/v1/providers", headers=admin),
+        client.put("/v1/providers/google", json=provider_body(token_url="http://evil.example"), headers=admin),
+        client.put("/v1/providers/google", json=provider_body(scopes='"'), headers=admin),
+    ]
+    for response in bodies:
+        assert CLIENT_SECRET not in response.get_data(as_text=True)
+    assert CLIENT_SECRET not in caplog.text
+
+
+BAD_REQUESTS = [
+    # (path, body as sent, expected status)
+    ("/v1/providers/..%2Fx", provider_body(), 404),
+    ("/v1/providers/../x", provider_body(), 404),
+    ("/v1/providers/a/b", provider_body(), 404),
+    ("/v1/providers/a%20b", provider_body(), 400),
+    ("/v1/providers/.hidden", provider_body(), 400),
+    ("/v1/providers/" + "a" * 65, provider_body(), 400),
+    ("/v1/providers/", provider_body(), 404),
+    ("/v1/providers/google", provider_body(client_id=None), 400),
+    ("/v1/providers/google", provider_body(client_secret=None), 400),
+    ("/v1/providers/google", provider_body(authorization_url=None), 400),
+    ("/v1/providers/google", provider_body(token_url=None), 400),
+    ("/v1/providers/google", provider_body(scopes=None), 400),
+    ("/v1/providers/google", provider_body(token_url="http://oauth2.example.com/token"), 400),
+    ("/v1/providers/google", provider_body(authorization_url="http://203.0.113.9/auth"), 400),
+    ("/v1/providers/google", provider_body(token_url="https//missing-colon"), 400),
+    ("/v1/providers/google", provider_body(token_url="https://exa mple.com"), 400),
+    ("/v1/providers/google", provider_body(scopes='openid "email"'), 400),
+    ("/v1/providers/google", provider_body(scopes=["openid", "back\\slash"]), 400),
+    ("/v1/providers/google", provider_body(extra="field"), 400),
+    ("/v1/providers/google", "not json at all", 400),
+    ("/v1/providers/google", "[1, 2, 3]", 400),
+    ("/v1/providers/google", '"a string"', 400),
+    ("/v1/providers/google", "null", 400),
+    ("/v1/providers/google", "", 400),
+    ("/v1/providers/google", b"\xff\xfe", 400),
+    ("/v1/providers/google", json.dumps(provider_body(client_id="x" * MAX_BODY_BYTES)), 413),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status"), BAD_REQUESTS)
+def test_bad_input_is_refused_and_writes_nothing(client, admin, root, path, body, status):
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    response = client.put(path, data=data, headers={**admin, "Content-Type": "application/json"})
+    assert response.status_code == status
+    error = response.json["error"]
+    assert error["code"] and error["message"]
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert vault_tree(root) == {}
+
+
+def test_a_refused_replace_keeps_the_old_provider(client, admin, root):
+    client.put("/v1/providers/google", json=provider_body(), headers=admin)
+    before = vault_tree(root)
+    response = client.put("/v1/providers/google", json=provider_body(scopes="bad\\scope"), headers=admin)
+    assert response.status_code == 400 and response.json["error"]["fields"] == {"scopes": "invalid scope"}
+    assert vault_tree(root) == before
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"X-Vault-Token": "s.not-a-real-token"},
+        {"Authorization": "Bearer s.not-a-real-token"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"X-Vault-Token": "bad token\x7f"},
+    ],
+)
+def test_missing_or_invalid_token_is_401(client, root, headers):
+    for method, path in [("get", "/v1/providers"), ("put", "/v1/providers/google"), ("delete", "/v1/providers/x")]:
+        response = getattr(client, method)(path, json=provider_body(), headers=headers)
+        assert response.status_code == 401, (method, path)
+        assert response.json["error"]["code"] == "unauthorized"
+    assert vault_tree(root) == {}
+
+
+def test_bearer_token_works_and_vault_policy_decides(client, tokens, root):
+    bearer = {"Authorization": f"Bearer {tokens.admin}"}
+    assert client.put("/v1/providers/google", json=provider_body(), headers=bearer).status_code == 201
+    reader = {"X-Vault-Token": tokens.reader["production"]}
+    for response in (
+        client.get("/v1/providers", headers=reader),
+        client.get("/v1/providers/google", headers=reader),
+        client.put("/v1/providers/google", json=provider_body(client_id="hijack"), headers=reader),
+        client.delete("/v1/providers/google", headers=reader),
+    ):
+        assert response.status_code == 403 and response.json["error"]["code"] == "forbidden"
+    assert client.get("/v1/providers/google", headers=bearer).json["client_id"] == "1234.apps.example.com"
+
+
+def test_unknown_routes_and_methods_answer_json(client, admin):
+    assert client.get("/v1/nothing", headers=admin).json["error"]["code"] == "not_found"
+    response = client.post("/v1/providers/google", json={}, headers=admin)
+    assert response.status_code == 405 and response.json["error"]["code"] == "method_not_allowed"

@@ -1,0 +1,199 @@
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from sidecar.cli import main
+from sidecar.devvault import bao_binary, free_port
+
+from .conftest import CLIENT_SECRET, bao_kv_get, provider_body, vault_tree
+
+PASTED_SCOPES = "openid\nemail\n\nhttps://www.googleapis.com/auth/spreadsheets\n"
+
+
+@pytest.fixture
+def run(vault, tokens, root, tmp_path):
+    """Invoke the CLI in-process, as an operator holding the oauth-admin token."""
+    env = {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": tokens.admin, "HOME": str(tmp_path), "OAUTH_CLIENT_SECRET": ""}
+
+    def invoke(*args: str, input: str | None = None, **extra_env: str):
+        return CliRunner().invoke(main, list(args), input=input, env={**env, **extra_env}, catch_exceptions=False)
+
+    return invoke
+
+
+def put_google(run, *extra: str, **env: str):
+    return run(
+        "providers", "put", "google",
+        "--client-id", "1234.apps.example.com",
+        "--authorization-url", "https://accounts.example.com/o/oauth2/v2/auth",
+        "--token-url", "https://oauth2.example.com/token",
+        "--scopes-file", "-",
+        *extra,
+        input=PASTED_SCOPES,
+        **env,
+    )  # fmt: skip
+
+
+def test_put_with_scopes_pasted_on_stdin(run, vault, tokens):
+    result = put_google(run, "--param", "access_type=offline", OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["scopes"] == ["openid", "email", "https://www.googleapis.com/auth/spreadsheets"]
+    assert shown["extra_authorize_params"] == {"access_type": "offline"}
+    assert CLIENT_SECRET not in result.output
+    stored = json.loads(bao_kv_get(vault, tokens.admin, "secret/oauth-sidecar/providers/google").stdout)
+    assert stored["data"]["data"]["client_secret"] == CLIENT_SECRET
+
+
+def test_client_secret_from_a_file(run, tmp_path, vault, tokens):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(CLIENT_SECRET + "\n")
+    assert put_google(run, "--client-secret-file", str(secret_file)).exit_code == 0
+    stored = json.loads(bao_kv_get(vault, tokens.admin, "secret/oauth-sidecar/providers/google").stdout)
+    assert stored["data"]["data"]["client_secret"] == CLIENT_SECRET
+
+
+def test_list_get_delete(run, root):
+    put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+    listed = run("providers", "list")
+    assert listed.exit_code == 0 and listed.stdout.startswith("google ")
+    as_json = json.loads(run("providers", "list", "--json").stdout)
+    assert [p["name"] for p in as_json["providers"]] == ["google"]
+    got = run("providers", "get", "google")
+    assert json.loads(got.stdout)["client_secret_set"] is True
+    assert CLIENT_SECRET not in listed.output + got.output
+    assert run("providers", "delete", "google").exit_code == 0
+    assert vault_tree(root) == {}
+    missing = run("providers", "get", "google")
+    assert missing.exit_code == 1 and "not found" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("providers", "get", "../x"), "1 to 64 characters"),
+        (("providers", "delete", "a/b"), "1 to 64 characters"),
+    ],
+)
+def test_bad_names_are_refused(run, root, args, message):
+    result = run(*args)
+    assert result.exit_code == 1 and message in result.stderr
+    assert vault_tree(root) == {}
+
+
+def test_bad_put_input_is_refused_and_writes_nothing(run, root):
+    no_secret = put_google(run)
+    assert no_secret.exit_code == 1 and "client secret" in no_secret.stderr
+    bad_scope = put_google(run, "--scopes", 'a"b', OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+    assert bad_scope.exit_code == 1 and "scopes" in bad_scope.stderr
+    http_url = run(
+        "providers", "put", "google", "--client-id", "x", "--authorization-url", "http://example.com/a",
+        "--token-url", "https://example.com/t", "--scopes", "openid", OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+    )  # fmt: skip
+    assert http_url.exit_code == 1 and "https" in http_url.stderr
+    bad_param = put_google(run, "--param", "noequals", OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+    assert bad_param.exit_code == 1 and "KEY=VALUE" in bad_param.stderr
+    assert vault_tree(root) == {}
+
+
+def test_token_problems_are_clear(run):
+    bogus = run("providers", "list", VAULT_TOKEN="s.not-a-real-token")
+    assert bogus.exit_code == 1 and "not valid" in bogus.stderr
+    unset = run("providers", "list", VAULT_TOKEN="")
+    assert unset.exit_code == 1 and "token is required" in unset.stderr
+    bad_config = run("providers", "list", SIDECAR_ENVIRONMENTS="a/b")
+    assert bad_config.exit_code == 2 and "SIDECAR_ENVIRONMENTS" in bad_config.stderr
+
+
+def test_dev_runs_everything_and_stops_cleanly(tmp_path):
+    """The README's run command: OpenBao plus the sidecar, a provider round trip, Ctrl-C."""
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
+        "SIDECAR_BIND": f"127.0.0.1:{port}",
+        "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "oauth-sidecar"), "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        banner = ""
+        while "Press Ctrl-C" not in banner:
+            line = proc.stdout.readline()
+            assert line, f"dev exited early: {proc.stderr.read()}"
+            banner += line
+        token = re.search(r"Login token\s+(\S+)", banner).group(1)
+        vault_addr = re.search(r"OpenBao dev server\s+(\S+)", banner).group(1)
+        base = f"http://127.0.0.1:{port}"
+        put = requests.put(f"{base}/v1/providers/google", json=provider_body(), headers={"X-Vault-Token": token})
+        assert put.status_code == 201
+        got = requests.get(f"{base}/v1/providers/google", headers={"X-Vault-Token": token}).json()
+        assert got["client_secret_set"] is True and "client_secret" not in got
+        stored = subprocess.run(
+            [bao_binary(), "kv", "get", "-field=client_secret",
+             "secret/oauth-sidecar/providers/google"],
+            env={**env, "VAULT_ADDR": vault_addr, "VAULT_TOKEN": token}, capture_output=True, text=True,
+        )  # fmt: skip
+        assert stored.stdout.strip() == CLIENT_SECRET, stored.stderr
+        assert requests.get(f"{base}/readyz").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert CLIENT_SECRET not in out + err
+    time.sleep(0.2)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{vault_addr}/v1/sys/health", timeout=2)
+
+
+def test_serve_runs_gunicorn_from_the_environment(vault, tokens, root, tmp_path):
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
+        "VAULT_ADDR": vault.addr,
+        "VAULT_TOKEN": tokens.sidecar,
+        "SIDECAR_BIND": f"127.0.0.1:{port}",
+        "SIDECAR_WORKERS": "2",
+        "HOME": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "oauth-sidecar"), "serve"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = requests.get(f"{base}/readyz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.2)
+        assert ready.status_code == 200
+        put = requests.put(
+            f"{base}/v1/providers/google?note=query-not-logged", json=provider_body(),
+            headers={"X-Vault-Token": tokens.admin},
+        )  # fmt: skip
+        assert put.status_code == 201
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert '"PUT /v1/providers/google HTTP/1.1" 201' in out + err
+    assert "query-not-logged" not in out + err and CLIENT_SECRET not in out + err
+
+
+def test_serve_refuses_bad_configuration():
+    result = CliRunner().invoke(main, ["serve"], env={"SIDECAR_BIND": "nowhere"})
+    assert result.exit_code == 2 and "SIDECAR_BIND" in result.stderr

@@ -1,0 +1,146 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.errors import Invalid
+from sidecar.models import Provider, check_name, check_url, parse_scopes
+
+from .conftest import CLIENT_SECRET, provider_body
+
+BAD_NAMES = ["../x", "a/b", "a b", "", "a" * 65, ".hidden", "-x", "_x", "a\n", "a\x00", "é", "a%2Fb", None, 7]
+
+
+@pytest.mark.parametrize("name", ["google", "G00gle", "a", "a" * 64, "slack-prod_2.v1", "0"])
+def test_name_rule_accepts(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_name_rule_rejects(name):
+    with pytest.raises(Invalid, match="1 to 64 characters"):
+        check_name(name)
+
+
+@given(st.text(max_size=80))
+def test_every_accepted_name_is_a_safe_path_segment(name):
+    try:
+        check_name(name)
+    except Invalid:
+        return
+    assert 1 <= len(name) <= 64
+    assert "/" not in name and name not in (".", "..") and name.isascii() and name.isprintable()
+    assert name[0].isalnum()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://accounts.google.com/o/oauth2/v2/auth",
+        "https://login.example.com:8443/token?tenant=x",
+        "http://127.0.0.1:8080/token",
+        "http://127.5.6.7/token",
+        "http://localhost:9000/token",
+        "http://[::1]:9000/token",
+    ],
+)
+def test_url_accepts(url):
+    assert check_url(url, "token_url") == url
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://example.com/token", "https"),
+        ("http://10.0.0.1/token", "https"),
+        ("ftp://example.com/token", "absolute https"),
+        ("example.com/token", "absolute https"),
+        ("https://", "absolute https"),
+        ("not a url", "not a valid URL"),
+        ("https://exa mple.com/", "not a valid URL"),
+        ("https://example.com:99999/", "not a valid URL"),
+        ("https://user:pw@example.com/", "credentials"),
+        ("https://example.com/token#frag", "fragment"),
+        ("https://example.com/\x00", "not a valid URL"),
+        ("", "required"),
+        (42, "required"),
+    ],
+)
+def test_url_rejects(url, reason):
+    with pytest.raises(Invalid, match=reason):
+        check_url(url, "token_url")
+
+
+def test_scopes_from_a_pasted_newline_list():
+    pasted = "openid\r\nemail\n\n  https://www.googleapis.com/auth/spreadsheets  \nemail\n"
+    assert parse_scopes(pasted) == ("openid", "email", "https://www.googleapis.com/auth/spreadsheets")
+
+
+def test_scopes_split_on_commas_and_spaces_and_keep_order():
+    assert parse_scopes("b, a c,b") == ("b", "a", "c")
+    assert parse_scopes(["b a", "", "c", "a"]) == ("b", "a", "c")
+
+
+@pytest.mark.parametrize("bad", ['say"hi"', "back\\slash", "tab\x01", ["ok", 3], {"a": 1}, 5])
+def test_scopes_reject_bad_tokens_and_types(bad):
+    with pytest.raises(Invalid):
+        parse_scopes(bad)
+
+
+@given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E)), max_size=20))
+def test_scopes_are_valid_rfc6749_tokens_or_refused(items):
+    try:
+        scopes = parse_scopes(items)
+    except Invalid:
+        assert any('"' in i or "\\" in i for i in items)
+        return
+    assert len(set(scopes)) == len(scopes)
+    assert all(s and '"' not in s and "\\" not in s and "," not in s for s in scopes)
+
+
+def test_provider_defaults_and_public_view():
+    provider = Provider.from_input("google", provider_body(extra_authorize_params={"access_type": "offline"}))
+    assert provider.scopes == ("openid", "email", "https://www.googleapis.com/auth/spreadsheets")
+    assert (provider.token_auth_method, provider.pkce, provider.revocation_url) == ("client_secret_basic", True, None)
+    public = provider.public()
+    assert public["client_secret_set"] is True
+    assert "client_secret" not in public and CLIENT_SECRET not in str(public)
+    assert CLIENT_SECRET not in repr(provider)
+
+
+def test_provider_record_round_trip():
+    provider = Provider.from_input("google", provider_body(refresh_margin=120, pkce=False))
+    assert Provider.from_record("google", provider.to_record()) == provider
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"client_id": None}, "client_id"),
+        ({"client_secret": ""}, "client_secret"),
+        ({"client_secret": "   "}, "client_secret"),
+        ({"client_id": 123}, "client_id"),
+        ({"scopes": None}, "scopes"),
+        ({"scopes": " \n , "}, "scopes"),
+        ({"pkce": "yes"}, "pkce"),
+        ({"refresh_margin": -1}, "refresh_margin"),
+        ({"refresh_margin": True}, "refresh_margin"),
+        ({"refresh_margin": 1.5}, "refresh_margin"),
+        ({"token_auth_method": "private_key_jwt"}, "token_auth_method"),
+        ({"extra_authorize_params": {"redirect_uri": "https://evil.example"}}, "extra_authorize_params"),
+        ({"extra_authorize_params": {"prompt": 1}}, "extra_authorize_params"),
+        ({"extra_authorize_params": ["a"]}, "extra_authorize_params"),
+        ({"revocation_url": "http://example.com/revoke"}, "revocation_url"),
+        ({"surprise": 1}, "surprise"),
+        ({"name": "other"}, "name"),
+    ],
+)
+def test_provider_rejects_bad_fields_by_name(override, field):
+    with pytest.raises(Invalid) as caught:
+        Provider.from_input("google", provider_body(**override))
+    assert field in caught.value.fields
+    assert CLIENT_SECRET not in caught.value.message
+
+
+def test_provider_body_must_be_an_object():
+    with pytest.raises(Invalid, match="JSON object"):
+        Provider.from_input("google", ["client_id"])

@@ -1,0 +1,25 @@
+"""The repository keeps its promises: CI runs the README's test command; committed policies are current."""
+
+import re
+from pathlib import Path
+
+from sidecar.config import Settings
+from sidecar.policies import render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    return re.findall(r"```sh\n(python3 -m venv .*)\n```", (ROOT / "README.md").read_text())
+
+
+def test_ci_runs_the_readme_test_command():
+    run_cmd, test_cmd = readme_commands()
+    assert run_cmd.endswith("oauth-sidecar dev") and test_cmd.endswith("pytest")
+    assert test_cmd in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_committed_policies_match_the_default_settings():
+    rendered = render(Settings())
+    committed = {p.stem: p.read_text() for p in (ROOT / "policies").glob("*.hcl")}
+    assert committed == rendered
