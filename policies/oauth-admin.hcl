@@ -12,7 +12,7 @@ path "secret/metadata/oauth-sidecar/grants/*" {
   capabilities = ["read", "list", "delete"]
 }
 path "secret/data/oauth-sidecar/pending/*" {
-  capabilities = ["create", "update"]
+  capabilities = ["create", "read", "update"]
 }
 path "secret/data/oauth/*" {
   capabilities = ["read", "delete"]

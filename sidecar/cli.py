@@ -7,15 +7,17 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
-from werkzeug.serving import WSGIRequestHandler
 
+from . import grants, logins
 from .config import Settings
-from .errors import ConfigError, Invalid, SidecarError
-from .models import Provider, TOKEN_AUTH_METHODS
+from .errors import ConfigError, Invalid, NotFound, SidecarError
+from .models import TOKEN_AUTH_METHODS, Provider
 from .store import Store
 
 
@@ -47,7 +49,7 @@ def dev() -> None:
     from werkzeug.serving import make_server
 
     from .devvault import DevVault, bootstrap
-    from .web import create_app
+    from .web import QuietHandler, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = Settings.from_env({k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))})
@@ -79,13 +81,6 @@ def dev() -> None:
         signal.signal(signal.SIGTERM, _interrupt)
         server.serve_forever()  # returns on Ctrl-C; leaving the `with` stops OpenBao
     click.echo("stopped", err=True)
-
-
-class QuietHandler(WSGIRequestHandler):
-    """Logs the path without its query string: /callback carries authorization codes."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        self.log("info", '"%s %s" %s', self.command, self.path.partition("?")[0], code)
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
@@ -215,3 +210,88 @@ def providers_delete(name: str) -> None:
     """Delete a provider and every stored version of its client secret."""
     operator_store().delete_provider(name)
     click.echo(f"deleted provider {name}", err=True)
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+
+@main.group("secrets")
+def secrets_group() -> None:
+    """Connect, inspect and delete OAuth secrets (with your own VAULT_TOKEN)."""
+
+
+@secrets_group.command("connect")
+@click.argument("name")
+@click.option("--provider", "provider_name", required=True, help="A registered provider.")
+@click.option("--env", "environments", multiple=True, help="An environment (repeatable; default: all).")
+@click.option("--scopes", help="Scopes to ask for instead of the provider's, separated by spaces, commas or newlines.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the link in a browser.")
+@click.option("--poll", default=1.0, show_default=True, help="Seconds between checks.", hidden=True)
+def secrets_connect(
+    name: str, provider_name: str, environments: tuple[str, ...], scopes: str | None, open_browser: bool, poll: float
+) -> None:
+    """Start a login; print the link, then wait until it completes or expires."""
+    settings = Settings.from_env()
+    store = operator_store()
+    login = logins.start(store, settings, name, provider_name, list(environments) or None, scopes)
+    click.echo(login.url)
+    if open_browser:
+        click.launch(login.url)
+    outcome = _wait_for_login(store, name, login, poll)
+    if outcome != "connected":
+        fail(outcome)
+    print_json(store.get_grant(name).public())
+
+
+def _wait_for_login(store: Store, name: str, login: logins.Login, poll: float) -> str:
+    """Poll Vault until the callback stored this login's tokens; show the time left meanwhile."""
+    interactive, reported = sys.stderr.isatty(), -1
+    while (left := int((login.expires_at - datetime.now(UTC)).total_seconds())) > 0:
+        try:
+            if store.get_grant(name).login_id == login.id:
+                click.echo("\nlogin completed" if interactive else "login completed", err=True)
+                return "connected"
+        except NotFound:
+            pass
+        try:
+            store.read("pending", login.id)
+        except NotFound:
+            return "the login ended without tokens; the browser page says why"
+        if interactive:
+            click.echo(f"\rwaiting for the login in the browser… {left // 60}:{left % 60:02d} left ", nl=False, err=True)
+        elif reported < 0 or reported - left >= 60:  # a line a minute when stderr is a log
+            click.echo(f"waiting for the login in the browser ({left}s left)", err=True)
+            reported = left
+        time.sleep(poll)
+    return "the login link expired before the login completed"
+
+
+@secrets_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def secrets_list(as_json: bool) -> None:
+    """List connected secrets with their status (never token values)."""
+    found = grants.status_all(operator_store())
+    if as_json:
+        print_json({"secrets": found})
+        return
+    if not found:
+        click.echo("no secrets")
+    for s in found:
+        envs = ",".join(s["environments"])
+        click.echo(f"{s['name']:<24} {s['provider']:<16} {s['status']:<26} {envs:<24} {s['expires_at'] or '-'}")
+
+
+@secrets_group.command("get")
+@click.argument("name")
+def secrets_get(name: str) -> None:
+    """Show one secret's status as JSON (never token values)."""
+    print_json(operator_store().get_grant(name).public())
+
+
+@secrets_group.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Delete even if the provider cannot revoke the token.")
+def secrets_delete(name: str, force: bool) -> None:
+    """Revoke the token at the provider, then delete the secret from every environment."""
+    revoked = grants.delete(operator_store(), Settings.from_env(), name, force=force)
+    click.echo(f"deleted secret {name}" + (" (revoked at the provider)" if revoked else ""), err=True)

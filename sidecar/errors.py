@@ -57,5 +57,24 @@ class VaultUnavailable(SidecarError):
     status = 503
 
 
+class OAuthPermanent(SidecarError):
+    """The provider refused for good (invalid_grant, invalid_client, ...); retrying will not help."""
+
+    code = "oauth_refused"
+    status = 502
+
+
+class OAuthTransient(SidecarError):
+    """The provider could not answer now (network, timeout, 5xx, 429); retrying later may work."""
+
+    code = "oauth_unavailable"
+    status = 502
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
+

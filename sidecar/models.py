@@ -6,6 +6,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -159,9 +160,13 @@ class Provider:
     pkce: bool = True
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
     refresh_margin: int | None = None
+    issuer: str | None = None
+    authorization_response_iss_parameter_supported: bool = False
 
     FIELDS = frozenset(
         {
+            "issuer",
+            "authorization_response_iss_parameter_supported",
             "client_id",
             "client_secret",
             "authorization_url",
@@ -198,6 +203,12 @@ class Provider:
                 {"token_auth_method": "invalid"},
             )
         revocation_url = data.get("revocation_url")
+        issuer = data.get("issuer")
+        if data.get("authorization_response_iss_parameter_supported") and not issuer:
+            raise Invalid(
+                "authorization_response_iss_parameter_supported needs the provider's issuer",
+                {"issuer": "required when the provider sends iss"},
+            )
         return cls(
             name=name,
             client_id=_text(data, "client_id"),
@@ -210,6 +221,10 @@ class Provider:
             pkce=_bool(data, "pkce", True),
             extra_authorize_params=_authorize_params(data),
             refresh_margin=_margin(data),
+            issuer=None if issuer in (None, "") else check_url(issuer, "issuer"),
+            authorization_response_iss_parameter_supported=_bool(
+                data, "authorization_response_iss_parameter_supported", False
+            ),
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -230,3 +245,151 @@ class Provider:
         del shown["client_secret"]
         shown["client_secret_set"] = bool(self.client_secret)
         return shown
+
+
+# -- tokens and grants ------------------------------------------------------------------------
+
+STATUSES = ("active", "retrying", "reauthorization_required")
+# An expires_in beyond this is treated as "no expiry known" rather than trusted.
+MAX_EXPIRES_IN = 10 * 365 * 86_400
+
+
+def rfc3339(moment: datetime | None) -> str:
+    """RFC 3339 UTC with a Z, or "" for unknown; the consumer views' format."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+
+
+def parse_rfc3339(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def expiry_from(expires_in: object, now: datetime) -> datetime | None:
+    """`now + expires_in`, or None when it is missing, not a number, not positive, or absurd."""
+    if isinstance(expires_in, str) and expires_in.strip().isdigit():
+        expires_in = int(expires_in)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return None
+    if not 0 < expires_in <= MAX_EXPIRES_IN:
+        return None
+    return now + timedelta(seconds=int(expires_in))
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """What a token endpoint granted. Token values never show in a repr."""
+
+    access_token: str = field(repr=False)
+    token_type: str
+    expires_at: datetime | None
+    scopes: tuple[str, ...]
+    refresh_token: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_at": rfc3339(self.expires_at),
+            "scopes": list(self.scopes),
+            "refresh_token": self.refresh_token or "",
+            "id_token": self.id_token or "",
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TokenSet:
+        return cls(
+            access_token=record["access_token"],
+            token_type=record.get("token_type") or "Bearer",
+            expires_at=parse_rfc3339(record.get("expires_at")),
+            scopes=tuple(record.get("scopes") or ()),
+            refresh_token=record.get("refresh_token") or None,
+            id_token=record.get("id_token") or None,
+        )
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The canonical record of a connected secret: its tokens, where they go, and its health."""
+
+    name: str
+    provider: str
+    environments: tuple[str, ...]
+    tokens: TokenSet
+    status: str = "active"
+    login_id: str = ""
+    connected_at: datetime | None = None
+    last_refreshed_at: datetime | None = None
+    last_error: str = ""
+    failures: int = 0
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "provider": self.provider,
+            "environments": list(self.environments),
+            **self.tokens.to_record(),
+            "status": self.status,
+            "login_id": self.login_id,
+            "connected_at": rfc3339(self.connected_at),
+            "last_refreshed_at": rfc3339(self.last_refreshed_at),
+            "last_error": self.last_error,
+            "failures": self.failures,
+        }
+
+    @classmethod
+    def from_record(cls, name: str, record: Mapping[str, Any]) -> Grant:
+        return cls(
+            name=name,
+            provider=record["provider"],
+            environments=tuple(record.get("environments") or ()),
+            tokens=TokenSet.from_record(record),
+            status=record.get("status") or "active",
+            login_id=record.get("login_id") or "",
+            connected_at=parse_rfc3339(record.get("connected_at")),
+            last_refreshed_at=parse_rfc3339(record.get("last_refreshed_at")),
+            last_error=record.get("last_error") or "",
+            failures=int(record.get("failures") or 0),
+        )
+
+    def public(self) -> dict[str, Any]:
+        """Status and health for the API: never a token value."""
+        return {
+            "name": self.name,
+            "provider": self.provider,
+            "environments": list(self.environments),
+            "status": self.status,
+            "scopes": list(self.tokens.scopes),
+            "expires_at": rfc3339(self.tokens.expires_at),
+            "has_refresh_token": bool(self.tokens.refresh_token),
+            "connected_at": rfc3339(self.connected_at),
+            "last_refreshed_at": rfc3339(self.last_refreshed_at),
+            "last_error": self.last_error,
+        }
+
+    def view(self) -> dict[str, str]:
+        """Exactly the contract's fields of `<prefix>/<environment>/<name>`: never a refresh token."""
+        return {
+            "access_token": self.tokens.access_token,
+            "token_type": self.tokens.token_type,
+            "expires_at": rfc3339(self.tokens.expires_at),
+            "scope": " ".join(self.tokens.scopes),
+            "provider": self.provider,
+            "status": self.status,
+        }
+
+
+def check_environments(value: object, configured: tuple[str, ...]) -> tuple[str, ...]:
+    """A non-empty subset of the configured environments; None means all of them."""
+    if value is None:
+        return configured
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise Invalid("environments must be a non-empty list of names", {"environments": "invalid"})
+    unknown = [v for v in value if v not in configured]
+    if unknown:
+        raise Invalid(
+            f"unknown environment {unknown[0][:64]!r}; configured: {', '.join(configured)}",
+            {"environments": "unknown environment"},
+        )
+    return tuple(dict.fromkeys(value))

@@ -35,7 +35,7 @@ def render(settings: Settings) -> dict[str, str]:
             _rule(f"{meta}/{state}/providers/*", '["read", "list", "delete"]'),
             _rule(f"{data}/{state}/grants/*", _CRUD),
             _rule(f"{meta}/{state}/grants/*", '["read", "list", "delete"]'),
-            _rule(f"{data}/{state}/pending/*", '["create", "update"]'),
+            _rule(f"{data}/{state}/pending/*", '["create", "read", "update"]'),
             _rule(f"{data}/{views}/*", '["read", "delete"]'),
             _rule(f"{meta}/{views}/*", '["read", "list", "delete"]'),
         ]

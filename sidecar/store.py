@@ -14,7 +14,7 @@ import requests
 
 from .config import Settings
 from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
-from .models import Provider, check_name
+from .models import Grant, Provider, check_name
 
 log = logging.getLogger(__name__)
 
@@ -83,30 +83,22 @@ class Store:
         """The KV path of a named object in the private tree; the name rule is enforced here."""
         return f"{self._settings.state_prefix}/{tree}/{check_name(name, _LABEL[tree])}"
 
+    def view_path(self, environment: str, name: str) -> str:
+        """`<prefix>/<environment>/<name>`, what apps read; the name rule is enforced here."""
+        return f"{self._settings.prefix}/{check_name(environment, 'environment')}/{check_name(name, 'secret')}"
+
     # -- check-and-set KV primitives -------------------------------------------------------
 
     def read(self, tree: Tree, name: str) -> Versioned:
-        path = self.path(tree, name)
-        with _vault(f"{_LABEL[tree]} {name!r}"):
-            resp = self._kv.read_secret_version(
-                path=path, mount_point=self._settings.kv_mount, raise_on_deleted_version=True
-            )
-        return Versioned(data=resp["data"]["data"] or {}, version=resp["data"]["metadata"]["version"])
+        return self._read(self.path(tree, name), f"{_LABEL[tree]} {name!r}")
 
     def write(self, tree: Tree, name: str, data: dict[str, Any], cas: int | None = None) -> int:
         """Write a new version; with `cas`, only if the current version is `cas` (0: only if absent)."""
-        path = self.path(tree, name)
-        with _vault(f"{_LABEL[tree]} {name!r}"):
-            resp = self._kv.create_or_update_secret(
-                path=path, secret=data, cas=cas, mount_point=self._settings.kv_mount
-            )
-        return int(resp["data"]["version"])
+        return self._write(self.path(tree, name), f"{_LABEL[tree]} {name!r}", data, cas)
 
     def delete(self, tree: Tree, name: str) -> None:
         """Remove every version, so no old secret lingers in the history."""
-        path = self.path(tree, name)
-        with _vault(f"{_LABEL[tree]} {name!r}"):
-            self._kv.delete_metadata_and_all_versions(path=path, mount_point=self._settings.kv_mount)
+        self._delete(self.path(tree, name), f"{_LABEL[tree]} {name!r}")
 
     def names(self, tree: Tree) -> list[str]:
         try:
@@ -117,6 +109,43 @@ class Store:
         except NotFound:
             return []
         return sorted(k for k in resp["data"]["keys"] if not k.endswith("/"))
+
+    def _read(self, path: str, what: str) -> Versioned:
+        with _vault(what):
+            resp = self._kv.read_secret_version(
+                path=path, mount_point=self._settings.kv_mount, raise_on_deleted_version=True
+            )
+        return Versioned(data=resp["data"]["data"] or {}, version=resp["data"]["metadata"]["version"])
+
+    def _write(self, path: str, what: str, data: dict[str, Any], cas: int | None) -> int:
+        with _vault(what):
+            resp = self._kv.create_or_update_secret(
+                path=path, secret=data, cas=cas, mount_point=self._settings.kv_mount
+            )
+        return int(resp["data"]["version"])
+
+    def _delete(self, path: str, what: str) -> None:
+        with _vault(what):
+            self._kv.delete_metadata_and_all_versions(path=path, mount_point=self._settings.kv_mount)
+
+    # -- environment views -----------------------------------------------------------------
+
+    def read_view(self, environment: str, name: str) -> dict[str, Any]:
+        return self._read(self.view_path(environment, name), f"secret {name!r} in {environment!r}").data
+
+    def write_view(self, environment: str, grant: Grant) -> None:
+        self._write(self.view_path(environment, grant.name), f"secret {grant.name!r} in {environment!r}", grant.view(), None)
+
+    def delete_view(self, environment: str, name: str) -> None:
+        self._delete(self.view_path(environment, name), f"secret {name!r} in {environment!r}")
+
+    # -- grants ----------------------------------------------------------------------------
+
+    def get_grant(self, name: str) -> Grant:
+        return Grant.from_record(name, self.read("grants", name).data)
+
+    def put_grant(self, grant: Grant, cas: int | None = None) -> int:
+        return self.write("grants", grant.name, grant.to_record(), cas)
 
     # -- providers -------------------------------------------------------------------------
 
@@ -138,7 +167,16 @@ class Store:
 
     def delete_provider(self, name: str) -> None:
         self.read("providers", name)  # 404 for a provider that does not exist
+        users = [g for g in self.names("grants") if self._provider_of(g) == name]
+        if users:
+            raise Conflict(f"provider {name!r} is used by secret(s) {', '.join(users[:10])}; delete them first")
         self.delete("providers", name)
+
+    def _provider_of(self, grant: str) -> str | None:
+        try:
+            return self.read("grants", grant).data.get("provider")
+        except NotFound:  # deleted between the list and the read
+            return None
 
     # -- tokens and health -----------------------------------------------------------------
 

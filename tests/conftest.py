@@ -3,19 +3,25 @@ if the `bao` binary is missing, they fail (they do not skip)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import hvac
 import pytest
+import requests
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
 
 from sidecar.config import Settings
-from sidecar.devvault import DevTokens, DevVault, bao_binary, bootstrap
+from sidecar.devvault import DevTokens, DevVault, bao_binary, bootstrap, free_port
 from sidecar.store import Store
-from sidecar.web import create_app
+from sidecar.web import QuietHandler, create_app
 
 CLIENT_SECRET = "cs-7f3a9c1e-never-show-me"
 
@@ -99,3 +105,146 @@ def bao_kv_get(vault: DevVault, token: str, path: str) -> subprocess.CompletedPr
         text=True,
         timeout=30,
     )
+
+
+# -- the OAuth provider: oauth2-mock-server, made strict (tests/oauth-provider/server.js) -----------
+
+PROVIDER_DIR = Path(__file__).parent / "oauth-provider"
+CLIENT_ID = "sidecar-test-client"
+
+
+class MockProvider:
+    """Drives and inspects the real OAuth server over HTTP."""
+
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+
+    def configure(self, **config: Any) -> None:
+        requests.post(f"{self.issuer}/__control/config", json=config, timeout=5).raise_for_status()
+
+    def next(self, **overrides: Any) -> None:
+        """One-shot behaviours: token={status, body, omit, set}, revoke=[status...], authorize={error}."""
+        requests.post(f"{self.issuer}/__control/next", json=overrides, timeout=5).raise_for_status()
+
+    def log(self) -> dict[str, Any]:
+        return requests.get(f"{self.issuer}/__control/log", timeout=5).json()
+
+    def accepts(self, access_token: str) -> bool:
+        resp = requests.get(f"{self.issuer}/api/resource", headers={"Authorization": f"Bearer {access_token}"}, timeout=5)
+        return resp.status_code == 200
+
+    def registration(self, **overrides: Any) -> dict[str, Any]:
+        """A PUT /v1/providers body for this server."""
+        mine = {
+            "client_id": CLIENT_ID,
+            "authorization_url": f"{self.issuer}/authorize",
+            "token_url": f"{self.issuer}/token",
+            "revocation_url": f"{self.issuer}/revoke",
+            "scopes": "openid\nprofile\nemail",
+        }
+        return provider_body(**{**mine, **overrides})
+
+
+@pytest.fixture(scope="session")
+def oauth_server() -> Iterator[str]:
+    """The OAuth server as a process; missing Node.js packages fail the run (they never skip it)."""
+    if not (PROVIDER_DIR / "node_modules" / "oauth2-mock-server").is_dir():
+        pytest.fail(f"the test OAuth provider is not installed: run `npm ci --prefix {PROVIDER_DIR}`")
+    proc = subprocess.Popen(
+        ["node", str(PROVIDER_DIR / "server.js")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    first = proc.stdout.readline() if proc.stdout else ""
+    try:
+        issuer = json.loads(first)["issuer"]
+    except (ValueError, KeyError):
+        proc.kill()
+        pytest.fail(f"the test OAuth provider did not start: {first}")
+    yield issuer
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def oauth(oauth_server: str) -> MockProvider:
+    provider = MockProvider(oauth_server)
+    requests.post(f"{oauth_server}/__control/reset", timeout=5).raise_for_status()
+    provider.configure(clients={CLIENT_ID: CLIENT_SECRET})
+    return provider
+
+
+# -- the sidecar over real HTTP, for flows that cross to the provider and back -------------------
+
+
+@dataclass
+class LiveSidecar:
+    url: str
+    settings: Settings
+
+
+@pytest.fixture(scope="session")
+def live(vault: DevVault, tokens: DevTokens) -> Iterator[LiveSidecar]:
+    port = free_port()
+    settings = Settings.from_env(
+        {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": tokens.sidecar, "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    )
+    server = make_server("127.0.0.1", port, create_app(settings), threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield LiveSidecar(settings.public_url, settings)
+    server.shutdown()
+
+
+def sidecar_log(caplog: pytest.LogCaptureFixture) -> str:
+    """What the sidecar logged, without the test client's own urllib3 lines (it knows the codes)."""
+    return "\n".join(
+        r.getMessage() for r in caplog.records if not (r.name.startswith("urllib3") and r.threadName == "MainThread")
+    )
+
+
+# -- connecting secrets over HTTP, as an operator and a browser would ---------------------------------
+
+
+@pytest.fixture
+def api(live, tokens, oauth, root):
+    """Calls the sidecar's /v1 API as an operator; registers the test provider as `mock`."""
+
+    def call(method: str, path: str, **kwargs) -> requests.Response:
+        headers = {"X-Vault-Token": tokens.admin, **kwargs.pop("headers", {})}
+        return requests.request(method, f"{live.url}{path}", headers=headers, timeout=30, **kwargs)
+
+    call.register = lambda **overrides: call("PUT", "/v1/providers/mock", json=oauth.registration(**overrides))
+    assert call.register().status_code in (200, 201)
+    return call
+
+
+def start(api, name="sheets", **body) -> str:
+    response = api("POST", "/v1/secrets", json={"name": name, "provider": "mock", **body})
+    assert response.status_code == 201, response.text
+    assert response.json()["expires_at"].endswith("Z")
+    return response.json()["authorization_url"]
+
+
+def callback_url(browser: requests.Session, link: str) -> str:
+    """Open the link and let the provider answer, but stop before the callback is called."""
+    to_provider = browser.get(link, allow_redirects=False)
+    assert to_provider.status_code == 302, to_provider.text
+    back = browser.get(to_provider.headers["Location"], allow_redirects=False)
+    assert back.status_code == 302
+    return back.headers["Location"]
+
+
+def grant_record(root, name="sheets") -> dict:
+    return root.secrets.kv.v2.read_secret_version(
+        path=f"oauth-sidecar/grants/{name}", mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+
+
+def views(root, name="sheets") -> dict[str, dict]:
+    tree = vault_tree(root)
+    return {
+        env: root.secrets.kv.v2.read_secret_version(
+            path=f"oauth/{env}/{name}", mount_point="secret", raise_on_deleted_version=True
+        )["data"]["data"]
+        for env in ("development", "production")
+        if f"oauth/{env}/{name}" in tree
+    }

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sidecar.cli import main
 from sidecar.devvault import bao_binary, free_port
 
-from .conftest import CLIENT_SECRET, bao_kv_get, provider_body, vault_tree
+from .conftest import CLIENT_SECRET, bao_kv_get, grant_record, provider_body, start, vault_tree
 
 PASTED_SCOPES = "openid\nemail\n\nhttps://www.googleapis.com/auth/spreadsheets\n"
 
@@ -197,3 +197,58 @@ def test_serve_runs_gunicorn_from_the_environment(vault, tokens, root, tmp_path)
 def test_serve_refuses_bad_configuration():
     result = CliRunner().invoke(main, ["serve"], env={"SIDECAR_BIND": "nowhere"})
     assert result.exit_code == 2 and "SIDECAR_BIND" in result.stderr
+
+
+def cli_env(vault, token, tmp_path, **extra: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
+        "VAULT_ADDR": vault.addr,
+        "VAULT_TOKEN": token,
+        "HOME": str(tmp_path),
+        **extra,
+    }
+
+
+def test_secrets_connect_waits_for_the_browser(api, live, vault, tokens, root, oauth, tmp_path):
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "oauth-sidecar"), "secrets", "connect", "sheets", "--provider", "mock",
+         "--env", "production"],
+        env=cli_env(vault, tokens.admin, tmp_path, SIDECAR_PUBLIC_URL=live.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    link = proc.stdout.readline().strip()
+    assert link.startswith(f"{live.url}/login/")
+    time.sleep(1.5)  # the command is now waiting, and says so
+    assert requests.Session().get(link, timeout=30).status_code == 200
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "waiting for the login" in err and "login completed" in err
+    status = json.loads(out)
+    assert (status["name"], status["status"], status["environments"]) == ("sheets", "active", ["production"])
+
+
+def test_secrets_connect_reports_a_failed_login(api, live, vault, tokens, oauth, tmp_path):
+    oauth.next(authorize={"error": "access_denied"})
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "oauth-sidecar"), "secrets", "connect", "sheets", "--provider", "mock"],
+        env=cli_env(vault, tokens.admin, tmp_path, SIDECAR_PUBLIC_URL=live.url),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    link = proc.stdout.readline().strip()
+    assert requests.Session().get(link, timeout=30).status_code == 400
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and "ended without tokens" in err
+
+
+def test_secrets_list_get_delete(api, run, oauth, root):
+    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    listed = run("secrets", "list")
+    assert listed.exit_code == 0 and listed.stdout.split()[:3] == ["sheets", "mock", "active"]
+    got = json.loads(run("secrets", "get", "sheets").stdout)
+    assert got["has_refresh_token"] is True and "access_token" not in got
+    assert grant_record(root)["refresh_token"] not in listed.output + json.dumps(got)
+    deleted = run("secrets", "delete", "sheets")
+    assert deleted.exit_code == 0 and "revoked at the provider" in deleted.stderr
+    assert oauth.log()["revoke"][0]["token_type_hint"] == "refresh_token"
+    assert list(vault_tree(root)) == ["oauth-sidecar/providers/mock"]
+    assert run("secrets", "get", "sheets").exit_code == 1

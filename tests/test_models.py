@@ -1,9 +1,11 @@
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.errors import Invalid
-from sidecar.models import Provider, check_name, check_url, parse_scopes
+from sidecar.models import Grant, Provider, TokenSet, check_name, check_url, expiry_from, parse_scopes
 
 from .conftest import CLIENT_SECRET, provider_body
 
@@ -144,3 +146,41 @@ def test_provider_rejects_bad_fields_by_name(override, field):
 def test_provider_body_must_be_an_object():
     with pytest.raises(Invalid, match="JSON object"):
         Provider.from_input("google", ["client_id"])
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "expected"),
+    [
+        (3600, NOW + timedelta(hours=1)),
+        ("3600", NOW + timedelta(hours=1)),
+        (59.9, NOW + timedelta(seconds=59)),
+        (None, None),
+        (0, None),
+        (-5, None),
+        ("soon", None),
+        (True, None),
+        (10**12, None),
+        (float("nan"), None),
+    ],
+)
+def test_expiry_from_tolerates_any_expires_in(expires_in, expected):
+    assert expiry_from(expires_in, NOW) == expected
+
+
+def test_grant_views_carry_exactly_the_contract_fields_and_no_refresh_token():
+    tokens = TokenSet("at-secret", "Bearer", NOW, ("openid", "email"), refresh_token="rt-secret", id_token="idt")
+    grant = Grant("sheets", "google", ("production",), tokens, connected_at=NOW)
+    assert grant.view() == {
+        "access_token": "at-secret",
+        "token_type": "Bearer",
+        "expires_at": "2026-01-01T00:00:00Z",
+        "scope": "openid email",
+        "provider": "google",
+        "status": "active",
+    }
+    assert Grant.from_record("sheets", grant.to_record()) == grant
+    for shown in (repr(grant), repr(tokens), str(grant.public())):
+        assert "at-secret" not in shown and "rt-secret" not in shown and "idt" not in shown

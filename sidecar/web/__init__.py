@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import requests
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.serving import WSGIRequestHandler
 
 from ..config import Settings
 from ..errors import SidecarError
@@ -29,6 +30,13 @@ class Runtime:
         return Store(self.settings, token, self.session)
 
 
+class QuietHandler(WSGIRequestHandler):
+    """For werkzeug's server: logs the path without its query string, since /callback carries codes."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("info", '"%s %s" %s', self.command, self.path.partition("?")[0], code)
+
+
 def runtime(app: Flask) -> Runtime:
     return app.extensions["sidecar"]
 
@@ -48,9 +56,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     session = requests.Session()
     app.extensions["sidecar"] = Runtime(settings, session, Store(settings, settings.vault_token, session))
 
-    from . import api, health
+    from . import api, auth, health
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
 
     @app.errorhandler(SidecarError)

@@ -6,8 +6,9 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
+from .. import grants, logins
 from ..errors import Invalid, Unauthorized
-from ..models import Provider
+from ..models import Provider, rfc3339
 from ..store import Store
 from . import runtime
 
@@ -68,3 +69,39 @@ def put_provider(name: str):
 def delete_provider(name: str):
     store().delete_provider(name)
     return "", 204
+
+
+@bp.post("/secrets")
+def create_secret():
+    body = json_object()
+    unknown = sorted(set(body) - {"name", "provider", "environments", "scopes"})
+    if unknown:
+        raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
+    login = logins.start(
+        store(), runtime(current_app).settings, body.get("name"), body.get("provider"),
+        body.get("environments"), body.get("scopes"),
+    )  # fmt: skip
+    return {"name": body["name"], "authorization_url": login.url, "expires_at": rfc3339(login.expires_at)}, 201
+
+
+@bp.get("/secrets")
+def list_secrets():
+    return {"secrets": grants.status_all(store())}
+
+
+@bp.get("/secrets/<name>")
+def get_secret(name: str):
+    return store().get_grant(name).public()
+
+
+@bp.get("/secrets/<name>/token")
+def get_token(name: str):
+    token = grants.access_token(store(), runtime(current_app).settings, name, request.args.get("environment"))
+    return token, 200, {"Cache-Control": "no-store"}
+
+
+@bp.delete("/secrets/<name>")
+def delete_secret(name: str):
+    force = request.args.get("force", "").lower() in ("1", "true", "yes")
+    revoked = grants.delete(store(), runtime(current_app).settings, name, force=force)
+    return {"name": name, "deleted": True, "revoked": revoked}

@@ -1,0 +1,198 @@
+"""Connecting a secret: start a login, bind it to one browser, finish it at the callback.
+
+Everything about a login in flight lives in Vault (`pending/<id>`), so any replica can
+finish a login that another one started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from . import oauth
+from .config import Settings
+from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
+from .grants import save_connected
+from .models import Grant, check_environments, check_name, parse_rfc3339, parse_scopes, rfc3339
+from .store import Store
+
+LOGIN_TTL = timedelta(minutes=10)
+MAX_STATE_LENGTH = 512
+
+
+class LoginRefused(SidecarError):
+    """The callback or login link is refused before any token request; shown as a 400 page."""
+
+    code = "login_refused"
+    status = 400
+
+
+class LoginFailed(SidecarError):
+    """The provider did not give us tokens for a valid callback."""
+
+    code = "login_failed"
+    status = 502
+
+
+@dataclass(frozen=True)
+class Login:
+    id: str
+    url: str
+    expires_at: datetime
+
+
+def login_id(state: str) -> str:
+    """The pending record's name: derived from the state, which itself never becomes a path."""
+    return hashlib.sha256(state.encode()).hexdigest()[:32]
+
+
+def cookie_name(lid: str) -> str:
+    return f"oauth_sidecar_login_{lid}"
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def start(
+    store: Store,
+    settings: Settings,
+    name: object,
+    provider_name: object,
+    environments: object = None,
+    scopes: object = None,
+) -> Login:
+    """Validate everything, then record the login in Vault and return the sidecar's link."""
+    name = check_name(name, "name")
+    provider_name = check_name(provider_name, "provider")
+    envs = check_environments(environments, settings.environments)
+    try:
+        provider = store.get_provider(provider_name)
+    except NotFound:
+        raise Invalid(f"unknown provider {provider_name!r}", {"provider": "unknown provider"}) from None
+    wanted = provider.scopes if scopes is None else parse_scopes(scopes)
+    if not wanted:
+        raise Invalid("scopes must name at least one scope", {"scopes": "required"})
+    request = oauth.authorization_request(provider, settings.redirect_uri, wanted)
+    lid, expires_at = login_id(request.state), datetime.now(UTC) + LOGIN_TTL
+    store.write(
+        "pending",
+        lid,
+        {
+            "name": name,
+            "provider": provider.name,
+            "environments": list(envs),
+            "scopes": list(wanted),
+            "state": request.state,
+            "code_verifier": request.code_verifier or "",
+            "authorization_endpoint": provider.authorization_url,
+            "issuer": provider.issuer or "",
+            "iss_required": provider.authorization_response_iss_parameter_supported,
+            "redirect_to": request.url,
+            "binding": "",
+            "expires_at": rfc3339(expires_at),
+        },
+        cas=0,
+    )
+    return Login(lid, f"{settings.public_url}/login/{lid}", expires_at)
+
+
+def open_link(store: Store, lid: str) -> tuple[str, str, int]:
+    """Bind the login to the browser that opens the link first: (provider URL, cookie value, seconds left)."""
+    try:
+        pending = store.read("pending", lid)
+    except (NotFound, Invalid):
+        raise LoginRefused("This login link is unknown or has expired. Start the connection again.") from None
+    left = _seconds_left(pending.data)
+    if left <= 0 or pending.data.get("consumed_at"):
+        raise LoginRefused("This login link has expired or was already used. Start the connection again.")
+    if pending.data.get("binding"):
+        raise LoginRefused("This login link was already opened in a browser. Start the connection again.")
+    cookie = secrets.token_urlsafe(32)
+    try:
+        store.write("pending", lid, {**pending.data, "binding": _digest(cookie)}, cas=pending.version)
+    except Conflict:
+        raise LoginRefused("This login link was already opened in a browser. Start the connection again.") from None
+    return pending.data["redirect_to"], cookie, left
+
+
+def finish(store: Store, settings: Settings, args: Mapping[str, str], cookie_for: Callable[[str], str | None]) -> Grant:
+    """The callback: refuse anything doubtful before a token request, redeem the code once, store the tokens."""
+    state = args.get("state", "")
+    if not state or len(state) > MAX_STATE_LENGTH:
+        raise LoginRefused("The provider's answer carries no valid state, so it cannot be matched to a login.")
+    lid = login_id(state)
+    try:
+        pending = store.read("pending", lid)
+    except NotFound:
+        raise LoginRefused("This login is unknown, expired or already finished. Start the connection again.") from None
+    data = pending.data
+    if data.get("consumed_at") or not hmac.compare_digest(str(data.get("state", "")), state):
+        raise LoginRefused("This login was already finished. Start the connection again.")
+    if _seconds_left(data) <= 0:
+        raise LoginRefused("This login has expired. Start the connection again.")
+    cookie = cookie_for(cookie_name(lid)) or ""
+    if not data.get("binding") or not hmac.compare_digest(_digest(cookie), str(data["binding"])):
+        raise LoginRefused("This login was started in another browser. Finish it in the browser that opened the link.")
+    _check_issuer(data, args.get("iss"))
+    _consume(store, lid, pending.version)
+    try:
+        return _redeem(store, settings, data, args, lid)
+    finally:
+        store.delete("pending", lid)
+
+
+def _check_issuer(data: Mapping[str, object], iss: str | None) -> None:
+    """RFC 9207: the answer must come from the issuer the browser was sent to."""
+    if iss is not None and data.get("issuer") and not hmac.compare_digest(iss, str(data["issuer"])):
+        raise LoginRefused("The answer came from a different issuer than the login was sent to.")
+    if iss is None and data.get("iss_required"):
+        raise LoginRefused("The provider always identifies itself (iss), but this answer does not.")
+
+
+def _consume(store: Store, lid: str, version: int) -> None:
+    """Single use: of any number of concurrent callbacks, exactly one wins this check-and-set."""
+    try:
+        store.write("pending", lid, {"consumed_at": rfc3339(datetime.now(UTC))}, cas=version)
+    except Conflict:
+        raise LoginRefused("This login was already finished. Start the connection again.") from None
+
+
+def _redeem(store: Store, settings: Settings, data: Mapping[str, object], args: Mapping[str, str], lid: str) -> Grant:
+    if "error" in args:
+        detail = args.get("error_description")
+        raise LoginRefused(f"The provider refused the login: {args['error']}" + (f" ({detail})" if detail else ""))
+    code = args.get("code")
+    if not code:
+        raise LoginRefused("The provider's answer carries no authorization code.")
+    try:
+        provider = store.get_provider(str(data["provider"]))
+    except NotFound:
+        raise LoginRefused("The provider of this login was deleted meanwhile.") from None
+    try:
+        tokens = oauth.exchange_code(
+            provider, code, str(data["code_verifier"]) or None, settings.redirect_uri, tuple(data["scopes"])
+        )
+    except (OAuthPermanent, OAuthTransient) as exc:
+        raise LoginFailed(f"The provider did not issue tokens: {exc.message}") from None
+    now = datetime.now(UTC)
+    grant = Grant(
+        name=str(data["name"]),
+        provider=provider.name,
+        environments=tuple(data["environments"]),
+        tokens=tokens,
+        login_id=lid,
+        connected_at=now,
+        last_refreshed_at=now,
+    )
+    save_connected(store, grant)
+    return grant
+
+
+def _seconds_left(data: Mapping[str, object]) -> int:
+    expires_at = parse_rfc3339(data.get("expires_at"))
+    return int((expires_at - datetime.now(UTC)).total_seconds()) if expires_at else 0

@@ -1,0 +1,72 @@
+"""The public login routes: `/login/<id>` binds a browser, `/callback` finishes the login."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, redirect, render_template, request
+
+from .. import logins
+from ..errors import SidecarError
+from ..models import Grant, rfc3339
+from . import runtime
+
+bp = Blueprint("auth", __name__)
+
+
+def _page(status: int, title: str, message: str, grant: Grant | None = None) -> Response:
+    settings = runtime(current_app).settings
+    paths = [f"{settings.kv_mount}/{settings.prefix}/{env}/{grant.name}" for env in grant.environments] if grant else []
+    html = render_template(
+        "login_result.html",
+        title=title,
+        message=message,
+        grant=grant,
+        paths=paths,
+        expires_at=rfc3339(grant.tokens.expires_at) if grant else "",
+    )
+    return Response(html, status=status, mimetype="text/html")
+
+
+@bp.after_request
+def _no_store(response: Response) -> Response:
+    # Codes and states ride in these URLs: keep them out of caches and Referer headers.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@bp.get("/login/<lid>")
+def login(lid: str) -> Response:
+    settings = runtime(current_app).settings
+    try:
+        target, cookie, max_age = logins.open_link(runtime(current_app).own_store, lid)
+    except logins.LoginRefused as exc:
+        return _page(exc.status, "Login link not valid", exc.message)
+    response = redirect(target, code=302)
+    response.set_cookie(
+        logins.cookie_name(lid),
+        cookie,
+        max_age=max_age,
+        path="/callback",
+        httponly=True,
+        samesite="Lax",
+        secure=settings.public_url.startswith("https://"),
+    )
+    return response
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    if any(len(values) > 1 for values in request.args.listvalues()):
+        return _page(400, "Login refused", "A parameter appears more than once in the provider's answer.")
+    args = request.args.to_dict()
+    try:
+        grant = logins.finish(runtime(current_app).own_store, runtime(current_app).settings, args, request.cookies.get)
+    except logins.LoginRefused as exc:
+        return _page(exc.status, "Login refused", exc.message)
+    except SidecarError as exc:
+        return _page(exc.status, "Login not completed", exc.message)
+    response = _page(200, "Connected", f"{grant.name} is connected to {grant.provider}.", grant)
+    response.delete_cookie(logins.cookie_name(grant.login_id), path="/callback")
+    return response
