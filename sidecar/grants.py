@@ -8,7 +8,7 @@ from . import oauth
 from .config import Settings
 from .errors import Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .models import Grant, check_name
-from .store import Store
+from .store import Store, retrying
 
 
 class RevocationFailed(SidecarError):
@@ -22,9 +22,9 @@ def save_connected(store: Store, grant: Grant) -> None:
         before = store.get_grant(grant.name).environments
     except NotFound:
         before = ()
-    store.put_grant(grant)
+    retrying(lambda: store.put_grant(grant))
     for env in grant.environments:
-        store.write_view(env, grant)
+        retrying(lambda env=env: store.write_view(env, grant))
     for env in before:
         if env not in grant.environments:
             store.delete_view(env, grant.name)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import hvac
 import hvac.exceptions as vault_errors
@@ -17,6 +18,7 @@ from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, V
 from .models import Grant, Provider, check_name
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Tree = Literal["providers", "grants", "pending"]
 _LABEL: dict[Tree, str] = {"providers": "provider", "grants": "secret", "pending": "login"}
@@ -38,6 +40,19 @@ class Versioned:
 
     data: dict[str, Any]
     version: int
+
+
+def retrying(call: Callable[[], T], attempts: int = 5, delay: float = 0.2) -> T:
+    """Retry a Vault call through brief unavailability: for writes that must not be lost,
+    such as tokens the provider has just issued and will not issue again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except VaultUnavailable:
+            if attempt == attempts:
+                raise
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 @contextmanager

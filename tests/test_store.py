@@ -4,7 +4,7 @@ from sidecar.config import Settings
 from sidecar.devvault import free_port
 from sidecar.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized, VaultUnavailable
 from sidecar.models import Provider
-from sidecar.store import Store
+from sidecar.store import Store, retrying
 
 from .conftest import provider_body, vault_tree
 
@@ -70,3 +70,17 @@ def test_vault_errors_map_to_our_own(settings, tokens, root):
 def test_repr_shows_no_token(settings, tokens):
     assert tokens.admin not in repr(Store(settings, tokens.admin))
     assert tokens.admin not in repr(tokens)
+
+
+def test_retrying_rides_out_brief_unavailability():
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise VaultUnavailable("down")
+        return "written"
+
+    assert retrying(flaky, attempts=5, delay=0) == "written" and len(calls) == 3
+    with pytest.raises(VaultUnavailable):
+        retrying(lambda: (_ for _ in ()).throw(VaultUnavailable("still down")), attempts=2, delay=0)
