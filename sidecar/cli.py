@@ -168,6 +168,12 @@ def providers_get(name: str) -> None:
 @click.option("--pkce/--no-pkce", default=True, help="Use PKCE (S256) on logins.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Extra authorization parameter.")
 @click.option("--refresh-margin", type=int, help="Seconds before expiry to refresh (default: SIDECAR_REFRESH_MARGIN).")
+@click.option("--issuer", help="The provider's issuer URL, checked against the iss of its answers (RFC 9207).")
+@click.option(
+    "--iss-parameter-supported/--no-iss-parameter-supported",
+    default=False,
+    help="The provider always sends iss with its answers; refuse answers without it.",
+)
 def providers_put(name: str, **opts: Any) -> None:
     """Create or replace a provider."""
     if (opts["scopes"] is None) == (opts["scopes_file"] is None):
@@ -187,6 +193,8 @@ def providers_put(name: str, **opts: Any) -> None:
         "pkce": opts["pkce"],
         "extra_authorize_params": {k: v for k, _, v in pairs},
         "refresh_margin": opts["refresh_margin"],
+        "issuer": opts["issuer"],
+        "authorization_response_iss_parameter_supported": opts["iss_parameter_supported"],
     }
     provider = Provider.from_input(name, body)
     created = operator_store().put_provider(provider) == 1

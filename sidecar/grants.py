@@ -69,7 +69,7 @@ def delete(store: Store, settings: Settings, name: str, force: bool = False) -> 
     except (OAuthPermanent, OAuthTransient, NotFound) as exc:
         if not force:
             raise RevocationFailed(
-                f"revocation failed, so nothing was deleted: {exc.message}; force=true deletes anyway"
+                f"revocation failed, so nothing was deleted: {exc.message}; delete with force to skip revocation"
             ) from None
     for env in set(settings.environments) | set(grant.environments):
         store.delete_view(env, name)

@@ -252,3 +252,14 @@ def test_secrets_list_get_delete(api, run, oauth, root):
     assert oauth.log()["revoke"][0]["token_type_hint"] == "refresh_token"
     assert list(vault_tree(root)) == ["oauth-sidecar/providers/mock"]
     assert run("secrets", "get", "sheets").exit_code == 1
+
+
+def test_put_takes_the_issuer_fields(run):
+    result = put_google(
+        run, "--issuer", "https://accounts.example.com", "--iss-parameter-supported", OAUTH_CLIENT_SECRET=CLIENT_SECRET
+    )
+    shown = json.loads(result.stdout)
+    assert shown["issuer"] == "https://accounts.example.com"
+    assert shown["authorization_response_iss_parameter_supported"] is True
+    refused = put_google(run, "--iss-parameter-supported", OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+    assert refused.exit_code == 1 and "issuer" in refused.stderr
