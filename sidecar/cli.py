@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -49,6 +53,7 @@ def dev() -> None:
     from werkzeug.serving import make_server
 
     from .devvault import DevVault, bootstrap
+    from .refresher import Refresher
     from .web import QuietHandler, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -78,8 +83,15 @@ def dev() -> None:
             f"  curl -H \"X-Vault-Token: $VAULT_TOKEN\" {settings.public_url}/v1/providers\n\n"
             "Press Ctrl-C to stop.\n"
         )
+        stop = threading.Event()
+        loop = threading.Thread(target=Refresher(settings, Store(settings, settings.vault_token)).run, args=(stop,))
+        loop.start()
         signal.signal(signal.SIGTERM, _interrupt)
-        server.serve_forever()  # returns on Ctrl-C; leaving the `with` stops OpenBao
+        try:
+            server.serve_forever()  # returns on Ctrl-C; leaving the `with` stops OpenBao
+        finally:
+            stop.set()
+            loop.join()
     click.echo("stopped", err=True)
 
 
@@ -89,25 +101,67 @@ def _interrupt(signum: int, frame: object) -> NoReturn:
 
 @main.command()
 def serve() -> None:
-    """Production entry: gunicorn web workers, configured from the environment."""
-    from gunicorn.app.base import BaseApplication
+    """Production: gunicorn web workers plus exactly one refresher process, supervised together.
 
+    SIGTERM is passed to both; the refresher finishes the Vault writes of refreshes in flight.
+    If either process dies, the other is stopped and serve exits non-zero, so the orchestrator
+    restarts the replica whole.
+    """
+    Settings.from_env()  # refuse bad settings before starting anything
+    metrics_dir = tempfile.mkdtemp(prefix="oauth-sidecar-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf", "sidecar.web:create_app()"]
+    children = [
+        subprocess.Popen(gunicorn, env=env),
+        subprocess.Popen([sys.executable, "-m", "sidecar", "refresh"], env=env),
+    ]
+    stopping = threading.Event()
+
+    def forward(signum: int, frame: object) -> None:
+        stopping.set()
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        while not stopping.is_set() and all(c.poll() is None for c in children):
+            stopping.wait(0.5)
+        failed = not stopping.is_set()
+        if failed:
+            click.echo("error: a sidecar process exited; stopping the replica", err=True)
+            forward(signal.SIGTERM, None)
+        for child in children:
+            child.wait()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One pass over every grant, then exit (non-zero if a refresh failed).")
+def refresh(once: bool) -> None:
+    """Run the refresher: one loop, every SIDECAR_REFRESH_INTERVAL seconds, until SIGTERM."""
+    from .refresher import Refresher
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-
-    class Server(BaseApplication):  # type: ignore[misc]
-        def load_config(self) -> None:
-            self.cfg.set("bind", [settings.bind])
-            self.cfg.set("workers", settings.workers)
-            self.cfg.set("accesslog", "-")
-            # %(U)s is the path without the query string: /callback carries authorization codes.
-            self.cfg.set("access_log_format", '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms')
-
-        def load(self) -> Callable[..., Any]:
-            from .web import create_app
-
-            return create_app(settings)
-
-    Server().run()
+    store = Store(settings, settings.vault_token)
+    store.check_token()
+    refresher = Refresher(settings, store)
+    if once:
+        outcomes = refresher.refresh_due()
+        refresher.shutdown()
+        for outcome in outcomes:
+            click.echo(f"{outcome.name}: {outcome.result}" + (f" ({outcome.detail})" if outcome.detail else ""))
+        failed = [o for o in outcomes if o.failed]
+        click.echo(f"{len(outcomes)} due, {len(outcomes) - len(failed)} refreshed or settled, {len(failed)} failed", err=True)
+        sys.exit(1 if failed else 0)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    refresher.run(stop)
 
 
 # -- providers -------------------------------------------------------------------------------

@@ -35,6 +35,10 @@ class Settings:
     environments: tuple[str, ...] = ("development", "production")
     refresh_interval: float = 10.0
     refresh_margin: int = 300
+    refresh_concurrency: int = 8
+    resync_interval: float = 60.0
+    resync_rate: float = 200.0
+    claim_ttl: int = 120
     workers: int = 2
 
     @property
@@ -77,6 +81,10 @@ class Settings:
             environments=get("SIDECAR_ENVIRONMENTS", _environments, cls.environments),
             refresh_interval=get("SIDECAR_REFRESH_INTERVAL", _positive_float, cls.refresh_interval),
             refresh_margin=get("SIDECAR_REFRESH_MARGIN", _non_negative_int, cls.refresh_margin),
+            refresh_concurrency=get("SIDECAR_REFRESH_CONCURRENCY", _positive_int, cls.refresh_concurrency),
+            resync_interval=get("SIDECAR_RESYNC_INTERVAL", _positive_float, cls.resync_interval),
+            resync_rate=get("SIDECAR_RESYNC_RATE", _positive_float, cls.resync_rate),
+            claim_ttl=get("SIDECAR_CLAIM_TTL", _positive_int, cls.claim_ttl),
             workers=get("SIDECAR_WORKERS", _positive_int, cls.workers),
         )
 

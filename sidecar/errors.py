@@ -58,10 +58,14 @@ class VaultUnavailable(SidecarError):
 
 
 class OAuthPermanent(SidecarError):
-    """The provider refused for good (invalid_grant, invalid_client, ...); retrying will not help."""
+    """The provider refused (invalid_grant, invalid_client, ...); `error` is its OAuth error code."""
 
     code = "oauth_refused"
     status = 502
+
+    def __init__(self, message: str, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class OAuthTransient(SidecarError):

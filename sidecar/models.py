@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -20,6 +21,8 @@ MAX_URL_LENGTH = 2048
 MAX_TEXT_LENGTH = 1024
 MAX_SCOPES = 100
 MAX_REFRESH_MARGIN = 86_400
+# An expires_in beyond this is treated as "no expiry known" rather than trusted.
+MAX_EXPIRES_IN = 10 * 365 * 86_400
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
 # Parameters the sidecar itself sets on an authorization request; a provider may not override them.
 RESERVED_AUTHORIZE_PARAMS = frozenset(
@@ -118,15 +121,12 @@ def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def _margin(data: Mapping[str, Any]) -> int | None:
-    value = data.get("refresh_margin")
+def _seconds(data: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
+    value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REFRESH_MARGIN:
-        raise Invalid(
-            f"refresh_margin must be a whole number of seconds from 0 to {MAX_REFRESH_MARGIN}",
-            {"refresh_margin": "invalid"},
-        )
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Invalid(f"{key} must be a whole number of seconds from {low} to {high}", {key: "invalid"})
     return value
 
 
@@ -160,6 +160,7 @@ class Provider:
     pkce: bool = True
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
     refresh_margin: int | None = None
+    max_token_lifetime: int | None = None
     issuer: str | None = None
     authorization_response_iss_parameter_supported: bool = False
 
@@ -167,6 +168,7 @@ class Provider:
         {
             "issuer",
             "authorization_response_iss_parameter_supported",
+            "max_token_lifetime",
             "client_id",
             "client_secret",
             "authorization_url",
@@ -220,7 +222,8 @@ class Provider:
             token_auth_method=method,
             pkce=_bool(data, "pkce", True),
             extra_authorize_params=_authorize_params(data),
-            refresh_margin=_margin(data),
+            refresh_margin=_seconds(data, "refresh_margin", 0, MAX_REFRESH_MARGIN),
+            max_token_lifetime=_seconds(data, "max_token_lifetime", 60, MAX_EXPIRES_IN),
             issuer=None if issuer in (None, "") else check_url(issuer, "issuer"),
             authorization_response_iss_parameter_supported=_bool(
                 data, "authorization_response_iss_parameter_supported", False
@@ -250,8 +253,6 @@ class Provider:
 # -- tokens and grants ------------------------------------------------------------------------
 
 STATUSES = ("active", "retrying", "reauthorization_required")
-# An expires_in beyond this is treated as "no expiry known" rather than trusted.
-MAX_EXPIRES_IN = 10 * 365 * 86_400
 
 
 def rfc3339(moment: datetime | None) -> str:
@@ -323,6 +324,9 @@ class Grant:
     last_refreshed_at: datetime | None = None
     last_error: str = ""
     failures: int = 0
+    next_attempt_at: datetime | None = None
+    claim_owner: str = ""
+    claim_until: datetime | None = None
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -336,6 +340,9 @@ class Grant:
             "last_refreshed_at": rfc3339(self.last_refreshed_at),
             "last_error": self.last_error,
             "failures": self.failures,
+            "next_attempt_at": rfc3339(self.next_attempt_at),
+            "claim_owner": self.claim_owner,
+            "claim_until": rfc3339(self.claim_until),
         }
 
     @classmethod
@@ -351,6 +358,9 @@ class Grant:
             last_refreshed_at=parse_rfc3339(record.get("last_refreshed_at")),
             last_error=record.get("last_error") or "",
             failures=int(record.get("failures") or 0),
+            next_attempt_at=parse_rfc3339(record.get("next_attempt_at")),
+            claim_owner=record.get("claim_owner") or "",
+            claim_until=parse_rfc3339(record.get("claim_until")),
         )
 
     def public(self) -> dict[str, Any]:
@@ -366,6 +376,8 @@ class Grant:
             "connected_at": rfc3339(self.connected_at),
             "last_refreshed_at": rfc3339(self.last_refreshed_at),
             "last_error": self.last_error,
+            "failures": self.failures,
+            "next_attempt_at": rfc3339(self.next_attempt_at),
         }
 
     def view(self) -> dict[str, str]:
@@ -393,3 +405,23 @@ def check_environments(value: object, configured: tuple[str, ...]) -> tuple[str,
             {"environments": "unknown environment"},
         )
     return tuple(dict.fromkeys(value))
+
+
+def due_at(grant: Grant, margin: int, max_token_lifetime: int | None = None) -> datetime | None:
+    """When to refresh: `expires_at - min(margin, lifetime / 2)`, a little earlier by a jitter
+    of up to a tenth of that lead, and not before a backoff allows. None: never on a timer."""
+    if grant.status == "reauthorization_required" or not grant.tokens.refresh_token:
+        return None
+    issued = grant.last_refreshed_at or grant.connected_at
+    expires = grant.tokens.expires_at
+    if expires is None:
+        if not (max_token_lifetime and issued):
+            return None
+        expires = issued + timedelta(seconds=max_token_lifetime)
+    lifetime = (expires - issued).total_seconds() if issued else 2.0 * margin
+    lead = min(float(margin), max(lifetime, 0.0) / 2)
+    # Deterministic, so every replica and every resync agree on the same moment.
+    seed = hashlib.sha256(f"{grant.name}|{rfc3339(expires)}".encode()).digest()
+    jitter = lead * 0.1 * int.from_bytes(seed[:8], "big") / 2**64
+    due = expires - timedelta(seconds=lead + jitter)
+    return max(due, grant.next_attempt_at) if grant.next_attempt_at else due

@@ -64,6 +64,13 @@ def exchange_code(
     return _token_set(_post(provider, provider.token_url, form, "token request"), scopes, now)
 
 
+def refresh(provider: Provider, refresh_token: str, scopes: tuple[str, ...]) -> TokenSet:
+    """Redeem a refresh token. No scope is sent: RFC 6749 section 6 then grants the original scope."""
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    now = datetime.now(UTC)
+    return _token_set(_post(provider, provider.token_url, form, "refresh"), scopes, now)
+
+
 def revoke(provider: Provider, token: str, hint: str) -> bool:
     """RFC 7009 revocation; False when the provider has no revocation endpoint. A 503 is retried."""
     if not provider.revocation_url:
@@ -128,7 +135,7 @@ def _raise_for(resp: requests.Response, what: str) -> None:
     message = f"{what}: {error}" + (f" ({description})" if description else "")
     if status == 429 or status >= 500:
         raise OAuthTransient(message, retry_after=_retry_after(resp))
-    raise OAuthPermanent(message)
+    raise OAuthPermanent(message, error=_clean(body.get("error")))
 
 
 def _json(resp: requests.Response, strict: bool = True) -> Mapping[str, Any]:

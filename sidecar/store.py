@@ -14,6 +14,7 @@ import hvac.exceptions as vault_errors
 import requests
 
 from .config import Settings
+from .metrics import VAULT_ERRORS
 from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
 from .models import Grant, Provider, check_name
 
@@ -63,15 +64,19 @@ def _vault(what: str) -> Iterator[None]:
     except vault_errors.InvalidPath:
         raise NotFound(f"{what} not found") from None
     except vault_errors.Forbidden:
+        VAULT_ERRORS.labels("forbidden").inc()
         raise Forbidden(f"permission denied on {what}") from None
     except vault_errors.Unauthorized:
         raise Unauthorized("the Vault token is missing or not valid") from None
     except vault_errors.InvalidRequest as exc:
         if "check-and-set" in str(exc):
+            VAULT_ERRORS.labels("conflict").inc()
             raise Conflict(f"{what} was changed by someone else; read it again and retry") from None
+        VAULT_ERRORS.labels("rejected").inc()
         log.error("Vault rejected a request for %s: %s", what, type(exc).__name__)
         raise SidecarError(f"Vault rejected the request for {what}") from None
     except _UNAVAILABLE as exc:
+        VAULT_ERRORS.labels("unavailable").inc()
         log.warning("Vault unavailable while accessing %s: %s", what, type(exc).__name__)
         raise VaultUnavailable("Vault is unreachable, sealed or failing; try again shortly") from None
 
@@ -192,6 +197,14 @@ class Store:
             return self.read("grants", grant).data.get("provider")
         except NotFound:  # deleted between the list and the read
             return None
+
+    def may(self, tree: Tree, name: str, capability: str) -> bool:
+        """Whether this store's token has `capability` on the object (Vault's capabilities-self)."""
+        path = f"{self._settings.kv_mount}/data/{self.path(tree, name)}"
+        with _vault(f"the capabilities on {_LABEL[tree]} {name!r}"):
+            resp = self._client.sys.get_capabilities(paths=[path])
+        granted = resp.get(path) or resp.get("capabilities") or []
+        return capability in granted or "root" in granted
 
     # -- tokens and health -----------------------------------------------------------------
 

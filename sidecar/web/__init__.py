@@ -12,6 +12,7 @@ from werkzeug.serving import WSGIRequestHandler
 
 from ..config import Settings
 from ..errors import SidecarError
+from ..refresher import Refresher
 from ..store import Store
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ class Runtime:
     settings: Settings
     session: requests.Session
     own_store: Store
+    refresher: Refresher
 
     def store_for(self, token: str | None) -> Store:
         return Store(self.settings, token, self.session)
@@ -54,7 +56,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     session = requests.Session()
-    app.extensions["sidecar"] = Runtime(settings, session, Store(settings, settings.vault_token, session))
+    own_store = Store(settings, settings.vault_token, session)
+    app.extensions["sidecar"] = Runtime(settings, session, own_store, Refresher(settings, own_store))
 
     from . import api, auth, health
 

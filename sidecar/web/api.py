@@ -7,8 +7,9 @@ from typing import Any
 from flask import Blueprint, current_app, g, request
 
 from .. import grants, logins
-from ..errors import Invalid, Unauthorized
+from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from ..models import Provider, rfc3339
+from ..refresher import RefreshFailed
 from ..store import Store
 from . import runtime
 
@@ -105,3 +106,18 @@ def delete_secret(name: str):
     force = request.args.get("force", "").lower() in ("1", "true", "yes")
     revoked = grants.delete(store(), runtime(current_app).settings, name, force=force)
     return {"name": name, "deleted": True, "revoked": revoked}
+
+
+@bp.post("/secrets/<name>/refresh")
+def refresh_secret(name: str):
+    """Refresh now, through the same claim as the refresher; the caller needs `update` on the grant."""
+    if not store().may("grants", name, "update"):
+        raise Forbidden(f"permission denied on secret {name!r}")
+    outcome = runtime(current_app).refresher.refresh_one(name, force=True)
+    if outcome.result == "refreshed":
+        return runtime(current_app).own_store.get_grant(name).public()
+    if outcome.result == "missing":
+        raise NotFound(f"secret {name!r} not found")
+    if outcome.result in ("claimed_elsewhere", "lost_race", "superseded"):
+        raise Conflict(f"secret {name!r} is being refreshed by another replica right now; try again shortly")
+    raise RefreshFailed(f"refresh of {name!r} failed: {outcome.detail or outcome.result}")

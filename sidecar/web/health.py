@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint, Response, current_app
 
 from ..errors import VaultUnavailable
+from ..metrics import exposition
 from . import error_body, runtime
 
 bp = Blueprint("health", __name__)
@@ -24,3 +25,10 @@ def readyz():
     except VaultUnavailable as exc:
         return error_body(exc.code, exc.message, exc.status)
     return {"status": "ready"}
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus: refreshes by outcome, refresh latency, grants by status, Vault errors."""
+    body, content_type = exposition()
+    return Response(body, content_type=content_type)

@@ -1,0 +1,364 @@
+"""The refresh loop: every grant refreshed before it expires, once, by whichever replica claims it.
+
+One `Refresher` per replica keeps an in-memory due-queue. A tick with nothing due and no resync
+step sends nothing to Vault; a periodic, rate-limited resync teaches the queue about grants that
+other replicas created or refreshed. Replicas coordinate only through KV check-and-set: a claim
+`{owner, until}` is written at the version just read, and only its holder sends the refresh token.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import schedule
+
+from . import oauth
+from .config import Settings
+from .errors import Conflict, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
+from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
+from .models import STATUSES, Grant, Provider, due_at
+from .store import Store, retrying
+
+log = logging.getLogger(__name__)
+
+PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed client secret applies after this
+BACKOFF_MAX = 600.0
+RETRY_WRITE_MAX_DELAY = 5.0
+SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
+# Answers that mean the refresh token itself is dead: a person must log in again.
+DEAD_GRANT = frozenset({"invalid_grant", "unauthorized_client"})
+FAILED = frozenset({"retrying", "reauthorization_required", "error"})
+
+
+class RefreshFailed(SidecarError):
+    code = "refresh_failed"
+    status = 502
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    result: str  # refreshed, not_due, claimed_elsewhere, lost_race, superseded, retrying, reauthorization_required, ...
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.result in FAILED
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class Refresher:
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = now_utc) -> None:
+        self.settings = settings
+        self.store = store
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(settings.refresh_concurrency, thread_name_prefix="refresh")
+        self._lock = threading.Lock()
+        self._heap: list[tuple[datetime, str]] = []
+        self._due: dict[str, datetime] = {}  # the live entry per name; older heap entries are skipped
+        self._status: dict[str, str] = {}
+        self._in_flight: dict[str, Future[Outcome]] = {}
+        self._providers: dict[str, tuple[float, Provider]] = {}
+        self._scan: deque[str] = deque()
+        self._next_resync = 0.0
+        self._stopping: float | None = None
+
+    # -- the due-queue ----------------------------------------------------------------------
+
+    def _schedule(self, grant: Grant, at: datetime | None) -> None:
+        with self._lock:
+            self._status[grant.name] = grant.status
+            if at is None:
+                self._due.pop(grant.name, None)
+                return
+            self._due[grant.name] = at
+            heapq.heappush(self._heap, (at, grant.name))
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            self._due.pop(name, None)
+            self._status.pop(name, None)
+
+    def _pop_due(self, now: datetime) -> list[str]:
+        names = []
+        with self._lock:
+            while self._heap and self._heap[0][0] <= now:
+                at, name = heapq.heappop(self._heap)
+                if self._due.get(name) == at and name not in self._in_flight:
+                    del self._due[name]
+                    names.append(name)
+        return names
+
+    def next_due(self) -> datetime | None:
+        with self._lock:
+            return min(self._due.values(), default=None)
+
+    def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
+        margin = provider.refresh_margin if provider.refresh_margin is not None else self.settings.refresh_margin
+        due = due_at(grant, margin, provider.max_token_lifetime)
+        if due and grant.claim_until and grant.claim_owner != self.owner:
+            due = max(due, grant.claim_until)  # a live claim elsewhere: look again once it lapses
+        return due
+
+    def _provider(self, name: str) -> Provider:
+        cached = self._providers.get(name)
+        if cached and time.monotonic() - cached[0] < PROVIDER_TTL:
+            return cached[1]
+        provider = self.store.get_provider(name)
+        self._providers[name] = (time.monotonic(), provider)
+        return provider
+
+    def _learn(self, name: str) -> None:
+        """Read one grant and put it in the queue at its due time."""
+        try:
+            grant = self.store.get_grant(name)
+            self._schedule(grant, self._due_time(grant, self._provider(grant.provider)))
+        except NotFound:
+            self._forget(name)
+
+    # -- resync ------------------------------------------------------------------------------
+
+    def resync_step(self, budget: int) -> None:
+        """List the grants once per resync interval, then read at most `budget` of them per step."""
+        if not self._scan and time.monotonic() >= self._next_resync:
+            listed = self.store.names("grants")
+            self._next_resync = time.monotonic() + self.settings.resync_interval
+            with self._lock:
+                for gone in set(self._status) - set(listed):
+                    self._due.pop(gone, None)
+                    self._status.pop(gone, None)
+            self._scan.extend(listed)
+        for _ in range(min(budget, len(self._scan))):
+            self._learn(self._scan.popleft())
+        self._publish_statuses()
+
+    def _publish_statuses(self) -> None:
+        with self._lock:
+            counts = Counter(self._status.values())
+        for status in STATUSES:
+            GRANTS.labels(status).set(counts.get(status, 0))
+
+    # -- ticks and passes --------------------------------------------------------------------
+
+    def tick(self) -> list[Future[Outcome]]:
+        """One scheduler tick: a resync step, then every due grant handed to the worker pool."""
+        try:
+            self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
+        except SidecarError as exc:
+            log.warning("resync step failed: %s", exc.message)
+        return [self.submit(name) for name in self._pop_due(self._clock())]
+
+    def submit(self, name: str, force: bool = False) -> Future[Outcome]:
+        with self._lock:
+            running = self._in_flight.get(name)
+            if running is not None:
+                return running
+            future = self._pool.submit(self._guarded, name, force)
+            self._in_flight[name] = future
+        return future
+
+    def _guarded(self, name: str, force: bool) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = self.refresh_one(name, force)
+        except SidecarError as exc:
+            outcome = Outcome(name, "error", exc.message)
+        except Exception:  # a bug must not kill the worker pool or the loop
+            log.exception("refresh of %s failed unexpectedly", name)
+            outcome = Outcome(name, "error", "unexpected error; see the log")
+        finally:
+            with self._lock:
+                self._in_flight.pop(name, None)
+        REFRESHES.labels(outcome.result).inc()
+        if outcome.result == "refreshed":
+            REFRESH_SECONDS.observe(time.monotonic() - started)
+        if outcome.result in ("error", "lost_race"):
+            self._retry_soon(name)
+        return outcome
+
+    def _retry_soon(self, name: str) -> None:
+        with self._lock:
+            if name in self._due:
+                return
+            at = self._clock() + timedelta(seconds=max(1.0, self.settings.refresh_interval))
+            self._due[name] = at
+            heapq.heappush(self._heap, (at, name))
+
+    def refresh_due(self, now: datetime | None = None) -> list[Outcome]:
+        """One whole pass: read every grant, refresh those due, wait for them all."""
+        self._scan.clear()
+        self._next_resync = 0.0
+        self.resync_step(budget=10**9)
+        futures = [self.submit(name) for name in self._pop_due(now or self._clock())]
+        return [f.result() for f in futures]
+
+    # -- one grant ---------------------------------------------------------------------------
+
+    def refresh_one(self, name: str, force: bool = False) -> Outcome:
+        """Claim the grant if it is due (or `force`), redeem its refresh token, store the result."""
+        now = self._clock()
+        try:
+            current = self.store.read("grants", name)
+        except NotFound:
+            self._forget(name)
+            return Outcome(name, "missing")
+        grant = Grant.from_record(name, current.data)
+        provider = self._provider(grant.provider)
+        due = self._due_time(grant, provider)
+        if grant.claim_until and grant.claim_until > now and grant.claim_owner != self.owner:
+            self._schedule(grant, due)
+            return Outcome(name, "claimed_elsewhere")
+        if not grant.tokens.refresh_token:
+            return Outcome(name, "no_refresh_token", "this grant has no refresh token; connect it again")
+        if not force and (due is None or due > now):
+            self._schedule(grant, due)
+            return Outcome(name, "not_due")
+        claimed = replace(grant, claim_owner=self.owner, claim_until=now + timedelta(seconds=self.settings.claim_ttl))
+        try:
+            version = self.store.put_grant(claimed, cas=current.version)
+        except Conflict:
+            return Outcome(name, "lost_race")  # a sibling claimed or wrote it first; it is theirs
+        # From here on, only this replica may use the refresh token.
+        try:
+            tokens = oauth.refresh(provider, grant.tokens.refresh_token, grant.tokens.scopes)
+        except OAuthTransient as exc:
+            return self._failed(claimed, version, provider, exc.message, exc.retry_after)
+        except OAuthPermanent as exc:
+            if exc.error in DEAD_GRANT:
+                return self._dead(name, version, exc.message)
+            if exc.error == "invalid_client":
+                self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
+                message = f"{exc.message}: the provider's client credentials are refused; fix the provider"
+                return self._failed(claimed, version, provider, message, None)
+            return self._failed(claimed, version, provider, exc.message, None)
+        done = self._clock()
+        refreshed = replace(
+            grant,
+            tokens=replace(tokens, refresh_token=tokens.refresh_token or grant.tokens.refresh_token),
+            status="active",
+            last_refreshed_at=done,
+            last_error="",
+            failures=0,
+            next_attempt_at=None,
+            claim_owner="",
+            claim_until=None,
+        )
+        if not self._store_result(refreshed, version):
+            return Outcome(name, "superseded", "the grant changed while its refresh was in flight")
+        self._schedule(refreshed, self._due_time(refreshed, provider))
+        return Outcome(name, "refreshed")
+
+    def _store_result(self, refreshed: Grant, version: int) -> bool:
+        """Write the new tokens; never give up on them while Vault is only unavailable."""
+        delay, asked_to_stop = 0.2, None
+        while True:
+            try:
+                self.store.put_grant(refreshed, cas=version)
+                break
+            except Conflict:
+                log.error("grant %s changed while this replica held its claim; its new tokens are dropped", refreshed.name)
+                return False
+            except VaultUnavailable:
+                if self._stopping and time.monotonic() - self._stopping > SHUTDOWN_GRACE:
+                    log.error("gave up storing the refreshed tokens of %s: Vault stayed unavailable", refreshed.name)
+                    raise
+                log.warning("storing the refreshed tokens of %s: Vault unavailable; retrying", refreshed.name)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_WRITE_MAX_DELAY)
+        self._write_views(refreshed)
+        return True
+
+    def _write_views(self, grant: Grant) -> None:
+        for env in grant.environments:
+            retrying(lambda env=env: self.store.write_view(env, grant))
+
+    def _failed(
+        self, claimed: Grant, version: int, provider: Provider, message: str, retry_after: float | None
+    ) -> Outcome:
+        """Keep the current token, record the failure, back off; the claim is released."""
+        failures = claimed.failures + 1
+        delay = self._backoff(claimed, provider, failures, retry_after)
+        failed = replace(
+            claimed,
+            status="retrying",
+            failures=failures,
+            last_error=message,
+            next_attempt_at=self._clock() + timedelta(seconds=delay),
+            claim_owner="",
+            claim_until=None,
+        )
+        try:
+            self.store.put_grant(failed, cas=version)
+            self._write_views(failed)
+        except (Conflict, VaultUnavailable) as exc:
+            log.warning("could not record the failed refresh of %s: %s", claimed.name, exc.message)
+        self._schedule(failed, self._due_time(failed, provider))
+        log.warning("refresh of %s failed (attempt %d), next in %.0fs: %s", claimed.name, failures, delay, message)
+        return Outcome(claimed.name, "retrying", message)
+
+    def _backoff(self, grant: Grant, provider: Provider, failures: int, retry_after: float | None) -> float:
+        """Exponential with jitter, from a base that suits the token's lifetime; Retry-After honoured."""
+        margin = provider.refresh_margin if provider.refresh_margin is not None else self.settings.refresh_margin
+        issued = grant.last_refreshed_at or grant.connected_at
+        lifetime = (grant.tokens.expires_at - issued).total_seconds() if grant.tokens.expires_at and issued else 0
+        lead = min(margin, lifetime / 2) if lifetime > 0 else margin
+        base = min(5.0, max(0.5, lead / 4))
+        delay = min(base * 2 ** (failures - 1), BACKOFF_MAX) * random.uniform(0.8, 1.2)
+        return max(delay, retry_after or 0.0)
+
+    def _dead(self, name: str, version: int, message: str) -> Outcome:
+        """The refresh token is refused for good. Re-read first: a sibling may have refreshed it."""
+        latest = self.store.read("grants", name)
+        if latest.version != version:
+            return Outcome(name, "superseded", "another replica changed the grant meanwhile")
+        marked = replace(
+            Grant.from_record(name, latest.data),
+            status="reauthorization_required",
+            last_error=message,
+            next_attempt_at=None,
+            claim_owner="",
+            claim_until=None,
+        )
+        try:
+            self.store.put_grant(marked, cas=latest.version)
+        except Conflict:
+            return Outcome(name, "superseded", "another replica changed the grant meanwhile")
+        self._write_views(marked)
+        self._schedule(marked, None)
+        log.warning("grant %s needs a new login: %s", name, message)
+        return Outcome(name, "reauthorization_required", message)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick every SIDECAR_REFRESH_INTERVAL seconds until `stop` is set, then finish in-flight work."""
+        scheduler = schedule.Scheduler()
+        scheduler.every(self.settings.refresh_interval).seconds.do(self.tick)
+        log.info("refresher %s started", self.owner)
+        self.tick()
+        while not stop.is_set():
+            scheduler.run_pending()
+            stop.wait(max(0.05, min(scheduler.idle_seconds or 0.0, self.settings.refresh_interval)))
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop taking work and wait for refreshes in flight, including their Vault writes."""
+        self._stopping = time.monotonic()
+        self._pool.shutdown(wait=True)
+        log.info("refresher %s stopped", self.owner)
