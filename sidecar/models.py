@@ -255,9 +255,12 @@ class Provider:
 STATUSES = ("active", "retrying", "reauthorization_required")
 
 
-def rfc3339(moment: datetime | None) -> str:
-    """RFC 3339 UTC with a Z, or "" for unknown; the consumer views' format."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else ""
+def rfc3339(moment: datetime | None, precise: bool = False) -> str:
+    """RFC 3339 UTC with a Z, or "" for unknown. Whole seconds (the consumer views' format) unless
+    `precise`: the grant record keeps microseconds, since due times are computed from it."""
+    if moment is None:
+        return ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ" if precise else "%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(value: object) -> datetime | None:
@@ -292,7 +295,7 @@ class TokenSet:
         return {
             "access_token": self.access_token,
             "token_type": self.token_type,
-            "expires_at": rfc3339(self.expires_at),
+            "expires_at": rfc3339(self.expires_at, precise=True),
             "scopes": list(self.scopes),
             "refresh_token": self.refresh_token or "",
             "id_token": self.id_token or "",
@@ -336,13 +339,13 @@ class Grant:
             **self.tokens.to_record(),
             "status": self.status,
             "login_id": self.login_id,
-            "connected_at": rfc3339(self.connected_at),
-            "last_refreshed_at": rfc3339(self.last_refreshed_at),
+            "connected_at": rfc3339(self.connected_at, precise=True),
+            "last_refreshed_at": rfc3339(self.last_refreshed_at, precise=True),
             "last_error": self.last_error,
             "failures": self.failures,
-            "next_attempt_at": rfc3339(self.next_attempt_at),
+            "next_attempt_at": rfc3339(self.next_attempt_at, precise=True),
             "claim_owner": self.claim_owner,
-            "claim_until": rfc3339(self.claim_until),
+            "claim_until": rfc3339(self.claim_until, precise=True),
         }
 
     @classmethod

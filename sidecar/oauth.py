@@ -61,14 +61,14 @@ def exchange_code(
     if code_verifier:
         form["code_verifier"] = code_verifier
     now = datetime.now(UTC)
-    return _token_set(_post(provider, provider.token_url, form, "token request"), scopes, now)
+    return _token_set(_post(provider, provider.token_url, form, "token request"), scopes, now, "token request")
 
 
 def refresh(provider: Provider, refresh_token: str, scopes: tuple[str, ...]) -> TokenSet:
     """Redeem a refresh token. No scope is sent: RFC 6749 section 6 then grants the original scope."""
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     now = datetime.now(UTC)
-    return _token_set(_post(provider, provider.token_url, form, "refresh"), scopes, now)
+    return _token_set(_post(provider, provider.token_url, form, "refresh"), scopes, now, "refresh")
 
 
 def revoke(provider: Provider, token: str, hint: str) -> bool:
@@ -102,15 +102,15 @@ def _post(provider: Provider, url: str, form: dict[str, str], what: str) -> requ
         raise OAuthTransient(f"{what}: the provider could not be reached ({type(exc).__name__})") from None
 
 
-def _token_set(resp: requests.Response, requested: tuple[str, ...], now: datetime) -> TokenSet:
+def _token_set(resp: requests.Response, requested: tuple[str, ...], now: datetime, what: str) -> TokenSet:
     if resp.status_code != 200:
-        _raise_for(resp, "token request")
+        _raise_for(resp, what)
     body = _json(resp)
     if "error" in body:
-        _raise_for(resp, "token request")
+        _raise_for(resp, what)
     access_token, token_type = body.get("access_token"), body.get("token_type") or "Bearer"
     if not isinstance(access_token, str) or not access_token or not isinstance(token_type, str):
-        raise OAuthPermanent("token request: the provider's answer has no access token")
+        raise OAuthPermanent(f"{what}: the provider's answer has no access token")
     granted = body.get("scope")
     # RFC 6749 section 5.1: no scope in the answer means the requested scope was granted.
     scopes = tuple(s for s in SCOPE_SPLIT_RE.split(granted) if s) if isinstance(granted, str) else requested

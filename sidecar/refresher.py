@@ -28,7 +28,7 @@ from . import oauth
 from .config import Settings
 from .errors import Conflict, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
-from .models import STATUSES, Grant, Provider, due_at
+from .models import STATUSES, Grant, Provider, due_at, rfc3339
 from .store import Store, retrying
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,9 @@ class Refresher:
         )
         if not self._store_result(refreshed, version):
             return Outcome(name, "superseded", "the grant changed while its refresh was in flight")
-        self._schedule(refreshed, self._due_time(refreshed, provider))
+        next_due = self._due_time(refreshed, provider)
+        self._schedule(refreshed, next_due)
+        log.info("refreshed %s (was due %s); expires %s, next due %s", name, rfc3339(due), rfc3339(tokens.expires_at), rfc3339(next_due))
         return Outcome(name, "refreshed")
 
     def _store_result(self, refreshed: Grant, version: int) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,3 +250,106 @@ def views(root, name="sheets") -> dict[str, dict]:
         for env in ("development", "production")
         if f"oauth/{env}/{name}" in tree
     }
+
+
+# -- refreshing ------------------------------------------------------------------------------------
+
+
+FAST_REFRESH = {"SIDECAR_REFRESH_INTERVAL": "0.2", "SIDECAR_RESYNC_INTERVAL": "1"}
+
+
+def fast_settings(vault: DevVault, token: str, **extra: str) -> Settings:
+    """Settings for a refresher that ticks often enough for tokens that live seconds."""
+    return Settings.from_env(
+        {
+            "VAULT_ADDR": extra.pop("VAULT_ADDR", vault.addr),
+            "VAULT_TOKEN": token,
+            **FAST_REFRESH,
+            **extra,
+        }
+    )
+
+
+class CountingSession(requests.Session):
+    """Counts the HTTP requests a Store sends to Vault."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.count += 1
+        return super().request(*args, **kwargs)
+
+
+def wait_for(condition: Any, timeout: float = 20.0, every: float = 0.1) -> Any:
+    """Poll until `condition()` is truthy; return its value, or fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {getattr(condition, '__name__', 'a condition')}")
+
+
+class CuttableProxy:
+    """A TCP proxy on loopback that a test can cut (every connection dropped, new ones refused
+    at once) and restore: Vault unreachable for one client only, at a moment of the test's choosing."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.open = threading.Event()
+        self.open.set()
+        self.sockets: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def addr(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.open.clear()
+        for s in list(self.sockets):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.sockets.clear()
+
+    def restore(self) -> None:
+        self.open.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()

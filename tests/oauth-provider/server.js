@@ -2,8 +2,10 @@
 // real provider is (single-use codes bound to their redirect URI and PKCE challenge, client
 // authentication, revocation), plus a protected resource and a small control surface:
 //   GET  /api/resource        200 for a live access token, 401 otherwise
-//   POST /__control/config    {clients: {id: secret}, sendIss: bool}
-//   POST /__control/next      {token: {status, body, omit, set}, revoke: [status, ...], authorize: {error}}
+//   POST /__control/config    {clients: {id: secret}, sendIss: bool, ttl: seconds, rotate: bool}
+//   POST /__control/next      {token: {status, body, omit, set, delayMs}, revoke: [status, ...], authorize: {error}}
+// With `rotate`, every refresh returns a new refresh token and spends the old one; presenting a
+// spent one again revokes the whole grant (its family), as providers with reuse detection do.
 //   GET  /__control/log       what the server saw; POST /__control/reset clears it
 // Prints {"issuer": "http://127.0.0.1:PORT"} on its first line of output.
 import { randomUUID } from "node:crypto";
@@ -19,11 +21,11 @@ service.on("beforeTokenSigning", (token) => { token.payload.jti = randomUUID(); 
 
 let config, codes, accessTokens, refreshTokens, log, next;
 function reset() {
-  config = { clients: {}, sendIss: false };
+  config = { clients: {}, sendIss: false, ttl: 3600, rotate: false };
   codes = new Map();
   accessTokens = new Map();
   refreshTokens = new Map();
-  log = { authorize: [], token: [], tokenRequests: 0, revoke: [], revokeRequests: 0, resource: [] };
+  log = { authorize: [], token: [], tokenRequests: 0, revoke: [], revokeRequests: 0, resource: [], reuse: 0 };
   next = { token: [], revoke: [], authorize: [] };
 }
 reset();
@@ -62,7 +64,7 @@ service.on("beforeResponse", (response, req) => {
   const client = clientOf(req, body);
   const entry = { grant_type: body.grant_type, code: body.code, redirect_uri: body.redirect_uri,
     code_verifier: Boolean(body.code_verifier), client_id: client.id, auth_method: client.method,
-    refresh_token: body.refresh_token, status: 200 };
+    refresh_token: body.refresh_token, status: 200, at: Date.now() };
   log.token.push(entry);
   const fail = (status, error) => { response.statusCode = entry.status = status; response.body = { error }; };
   if (!authenticated(client)) return fail(401, "invalid_client");
@@ -74,10 +76,22 @@ service.on("beforeResponse", (response, req) => {
     response.body.scope = issued.scope;
   } else if (body.grant_type === "refresh_token") {
     const known = refreshTokens.get(body.refresh_token);
+    if (known?.spent) {
+      log.reuse += 1;
+      for (const token of [...refreshTokens.values(), ...accessTokens.values()]) {
+        if (token.family === known.family) token.revoked = true;
+      }
+      return fail(400, "invalid_grant");
+    }
     if (!known || known.revoked) return fail(400, "invalid_grant");
+    entry.family = known.family;
     response.body.scope = known.scope;
+    response.family = known.family;
+    if (config.rotate) known.spent = true;
+    else delete response.body.refresh_token; // a non-rotating provider keeps the refresh token as it is
   }
-  const override = next.token.shift();
+  response.body.expires_in = config.ttl;
+  const override = req.override;
   if (override) {
     for (const key of override.omit || []) delete response.body[key];
     Object.assign(response.body, override.set || {});
@@ -87,8 +101,11 @@ service.on("beforeResponse", (response, req) => {
   if (response.statusCode === 200) {
     const now = Math.floor(Date.now() / 1000);
     const lifetime = typeof response.body.expires_in === "number" && response.body.expires_in > 0 ? response.body.expires_in : 3600;
-    accessTokens.set(response.body.access_token, { exp: now + lifetime, revoked: false, scope: response.body.scope });
-    if (response.body.refresh_token) refreshTokens.set(response.body.refresh_token, { revoked: false, scope: response.body.scope });
+    const family = response.family ?? randomUUID();
+    accessTokens.set(response.body.access_token, { exp: now + lifetime, revoked: false, scope: response.body.scope, family });
+    if (response.body.refresh_token) {
+      refreshTokens.set(response.body.refresh_token, { revoked: false, spent: false, scope: response.body.scope, family });
+    }
   }
 });
 
@@ -115,7 +132,12 @@ function send(res, status, body) {
 
 const server = http.createServer(async (req, res) => {
   const url = new URL(req.url, issuer.url);
-  if (url.pathname === "/token" && req.method === "POST") log.tokenRequests += 1;
+  if (url.pathname === "/token" && req.method === "POST") {
+    log.tokenRequests += 1;
+    req.override = next.token.shift();
+    if (req.override?.delayMs) await new Promise((resolve) => setTimeout(resolve, req.override.delayMs));
+    if (req.override?.hangUp) return req.socket.destroy();
+  }
   if (url.pathname === "/revoke" && req.method === "POST") {
     log.revokeRequests += 1;
     const body = await readForm(req);

@@ -1,0 +1,332 @@
+"""The refresher against a real OpenBao and a real OAuth server whose tokens live seconds."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from sidecar import oauth as oauth_module
+from sidecar.models import Grant, parse_rfc3339
+from sidecar.refresher import Refresher
+from sidecar.store import Store
+
+from .conftest import (
+    FAST_REFRESH,
+    CountingSession,
+    CuttableProxy,
+    fast_settings,
+    grant_record,
+    start,
+    views,
+    wait_for,
+)
+
+
+@pytest.fixture
+def connect(api, oauth, root):
+    """Connect `name` through the real login flow with tokens that live `ttl` seconds."""
+
+    def go(name: str = "sheets", ttl: int = 4, **config) -> dict:
+        oauth.configure(ttl=ttl, **config)
+        assert requests.Session().get(start(api, name), timeout=30).status_code == 200
+        return grant_record(root, name)
+
+    return go
+
+
+@pytest.fixture
+def refresher(vault, tokens, root) -> Iterator[Refresher]:
+    instance = Refresher(fast_settings(vault, tokens.sidecar), Store(fast_settings(vault, tokens.sidecar), tokens.sidecar))
+    yield instance
+    instance.shutdown()
+
+
+@contextmanager
+def running(refresher: Refresher) -> Iterator[None]:
+    stop = threading.Event()
+    loop = threading.Thread(target=refresher.run, args=(stop,))
+    loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+
+
+def refreshed_since(root, name: str, after: str):
+    def check():
+        record = grant_record(root, name)
+        return record if record["last_refreshed_at"] != after and record["status"] == "active" else None
+
+    return check
+
+
+def test_a_token_is_refreshed_before_it_expires(connect, refresher, root, oauth):
+    before = connect(ttl=4)
+    old_view = views(root)["production"]
+    with running(refresher):
+        after = wait_for(refreshed_since(root, "sheets", before["last_refreshed_at"]), timeout=15)
+    assert parse_rfc3339(after["last_refreshed_at"]) < parse_rfc3339(before["expires_at"])
+    current = views(root)
+    assert current["production"] == current["development"]
+    assert current["production"]["access_token"] == after["access_token"] != old_view["access_token"]
+    # The view shows whole seconds (the contract's format); the grant keeps microseconds for due maths.
+    assert parse_rfc3339(current["production"]["expires_at"]) == parse_rfc3339(after["expires_at"]).replace(microsecond=0)
+    assert current["production"]["expires_at"] > old_view["expires_at"]
+    assert oauth.accepts(after["access_token"])
+    # This provider sends no refresh token on refresh: the old one is kept, and it still works.
+    assert after["refresh_token"] == before["refresh_token"]
+    assert after["claim_owner"] == "" and after["failures"] == 0
+
+
+def test_only_due_grants_are_refreshed_and_idle_ticks_cost_nothing(connect, vault, tokens, root, oauth):
+    connect(ttl=3600)
+    session = CountingSession()
+    settings = fast_settings(vault, tokens.sidecar, SIDECAR_RESYNC_INTERVAL="3600")
+    refresher = Refresher(settings, Store(settings, tokens.sidecar, session))
+    try:
+        assert refresher.tick() == []  # learns the grant; it is not due for an hour
+        assert refresher.next_due() is not None
+        learned = session.count
+        for _ in range(50):
+            assert refresher.tick() == []
+        assert session.count == learned  # nothing due, no resync due: no Vault request at all
+        assert oauth.log()["tokenRequests"] == 1  # just the login
+        assert refresher.refresh_one("sheets").result == "not_due"
+        assert refresher.refresh_one("sheets", force=True).result == "refreshed"
+    finally:
+        refresher.shutdown()
+
+
+def test_rotating_refresh_tokens_are_stored_and_used_once(connect, refresher, root, oauth):
+    before = connect(ttl=3, rotate=True)
+    with running(refresher):
+        first = wait_for(refreshed_since(root, "sheets", before["last_refreshed_at"]), timeout=15)
+        second = wait_for(refreshed_since(root, "sheets", first["last_refreshed_at"]), timeout=15)
+    assert len({before["refresh_token"], first["refresh_token"], second["refresh_token"]}) == 3
+    assert oauth.log()["reuse"] == 0 and oauth.accepts(second["access_token"])
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [
+        [{"status": 500, "body": {"error": "server_error"}}, {"hangUp": True}, {"status": 429, "body": {}}],
+        [{"delayMs": 1500}, {"status": 503, "body": {}}],
+    ],
+    ids=["500-reset-429", "timeout-503"],
+)
+def test_transient_failures_back_off_then_recover(connect, refresher, root, oauth, monkeypatch, failures):
+    monkeypatch.setattr(oauth_module, "TIMEOUT", 0.5)
+    before = connect(ttl=4)
+    oauth.next(token=failures)
+    statuses = set()
+    with running(refresher):
+
+        def recovered():
+            served = views(root)["production"]["access_token"]  # read first: views follow the grant
+            record = grant_record(root, "sheets")
+            statuses.add(record["status"])
+            if record["status"] == "retrying":
+                assert record["last_error"] and before["refresh_token"] not in record["last_error"]
+                assert served == before["access_token"]  # the still-valid token is still served
+            return record if record["status"] == "active" and record["last_refreshed_at"] != before["last_refreshed_at"] else None
+
+        after = wait_for(recovered, timeout=30, every=0.05)
+    assert "retrying" in statuses
+    assert after["failures"] == 0 and after["last_error"] == "" and oauth.accepts(after["access_token"])
+    assert oauth.log()["tokenRequests"] >= 1 + len(failures) + 1  # the login, each failure, the success
+
+
+def test_invalid_grant_needs_a_new_login_and_stops_attempts(connect, refresher, root, oauth, api):
+    connect(ttl=3)
+    oauth.next(token={"status": 400, "body": {"error": "invalid_grant", "error_description": "revoked by user"}})
+    with running(refresher):
+        record = wait_for(lambda: (r := grant_record(root, "sheets"))["status"] == "reauthorization_required" and r)
+        calls = oauth.log()["tokenRequests"]
+        threading.Event().wait(3)  # well past the next due time
+    assert oauth.log()["tokenRequests"] == calls
+    assert "invalid_grant" in record["last_error"] and "revoked by user" in record["last_error"]
+    assert views(root)["production"]["status"] == "reauthorization_required"
+    assert api("GET", "/v1/secrets/sheets").json()["status"] == "reauthorization_required"
+    # Reconnecting brings it back.
+    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    assert grant_record(root, "sheets")["status"] == "active"
+
+
+def test_invalid_client_is_fixed_by_updating_the_provider(connect, refresher, root, oauth, api):
+    before = connect(ttl=3)
+    assert api("PUT", "/v1/providers/mock", json=oauth.registration(client_secret="rotated-away")).status_code == 200
+    with running(refresher):
+        failing = wait_for(lambda: (r := grant_record(root, "sheets"))["status"] == "retrying" and r)
+        assert "invalid_client" in failing["last_error"] and "fix the provider" in failing["last_error"]
+        assert api("PUT", "/v1/providers/mock", json=oauth.registration()).status_code == 200
+        after = wait_for(refreshed_since(root, "sheets", before["last_refreshed_at"]), timeout=20)
+    assert after["refresh_token"] == before["refresh_token"] and oauth.accepts(after["access_token"])
+
+
+def test_refresh_now_through_the_api(connect, api, root, tokens, oauth):
+    before = connect(ttl=3600)
+    response = api("POST", "/v1/secrets/sheets/refresh")
+    assert response.status_code == 200, response.text
+    assert parse_rfc3339(response.json()["last_refreshed_at"]) >= parse_rfc3339(before["last_refreshed_at"]).replace(
+        microsecond=0
+    )
+    after = grant_record(root, "sheets")
+    assert after["access_token"] != before["access_token"] and oauth.accepts(after["access_token"])
+    assert "access_token" not in response.text and after["access_token"] not in response.text
+    reader = {"X-Vault-Token": tokens.reader["production"]}
+    assert api("POST", "/v1/secrets/sheets/refresh", headers=reader).status_code == 403
+    assert api("POST", "/v1/secrets/nope/refresh").status_code == 404
+    oauth.next(token={"status": 400, "body": {"error": "invalid_grant"}})
+    failed = api("POST", "/v1/secrets/sheets/refresh")
+    assert failed.status_code == 502 and "invalid_grant" in failed.json()["error"]["message"]
+
+
+def test_metrics_count_refreshes(connect, api, live):
+    connect(ttl=3600)
+    assert api("POST", "/v1/secrets/sheets/refresh").status_code == 200
+    page = requests.get(f"{live.url}/metrics", timeout=10).text
+    assert 'oauth_sidecar_refreshes_total{outcome="refreshed"}' in page
+    assert "oauth_sidecar_refresh_seconds_bucket" in page and "oauth_sidecar_vault_errors_total" in page
+
+
+def test_a_live_claim_elsewhere_is_respected_and_a_lapsed_one_taken_over(connect, refresher, root, oauth):
+    connect(ttl=3600)
+    store = refresher.store
+    current = store.read("grants", "sheets")
+    grant = Grant.from_record("sheets", current.data)
+    now = datetime.now(UTC)
+    store.put_grant(replace(grant, claim_owner="other:1:dead", claim_until=now.replace(year=now.year + 1)), cas=current.version)
+    assert refresher.refresh_one("sheets", force=True).result == "claimed_elsewhere"
+    current = store.read("grants", "sheets")
+    lapsed = replace(Grant.from_record("sheets", current.data), claim_until=now.replace(year=now.year - 1))
+    store.put_grant(lapsed, cas=current.version)
+    assert refresher.refresh_one("sheets", force=True).result == "refreshed"
+    assert grant_record(root, "sheets")["claim_owner"] == ""
+
+
+def test_vault_cut_right_after_the_provider_answered(connect, vault, tokens, root, oauth):
+    """The provider has rotated the refresh token; Vault is unreachable; the new one must land."""
+    before = connect(ttl=3600, rotate=True)
+    proxy = CuttableProxy(vault.port)
+    settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr)
+    refresher = Refresher(settings, Store(settings, tokens.sidecar))
+    try:
+        oauth.next(token={"delayMs": 1500})
+        future = refresher.submit("sheets", force=True)
+        wait_for(lambda: oauth.log()["tokenRequests"] == 2, every=0.02)  # the refresh is at the provider
+        proxy.cut()
+        threading.Event().wait(3)  # the provider answers meanwhile; every write fails
+        assert not future.done()
+        proxy.restore()
+        assert future.result(timeout=30).result == "refreshed"
+        after = grant_record(root, "sheets")
+        assert after["refresh_token"] != before["refresh_token"] and oauth.accepts(after["access_token"])
+        assert views(root)["production"]["access_token"] == after["access_token"]
+        # The rotated refresh token that landed is the live one: the next refresh is no reuse.
+        assert refresher.refresh_one("sheets", force=True).result == "refreshed"
+        assert oauth.log()["reuse"] == 0
+    finally:
+        refresher.shutdown()
+        proxy.close()
+
+
+def refresher_env(vault, token: str, tmp_path, **extra: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
+        "VAULT_ADDR": vault.addr,
+        "VAULT_TOKEN": token,
+        "HOME": str(tmp_path),
+        **FAST_REFRESH,
+        **extra,
+    }
+
+
+OAUTH_SIDECAR = str(Path(sys.executable).parent / "oauth-sidecar")
+
+
+def refresher_process(vault, token: str, tmp_path, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [OAUTH_SIDECAR, "refresh"], env=refresher_env(vault, token, tmp_path, **extra),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def run_once(vault, token: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [OAUTH_SIDECAR, "refresh", "--once"], env=refresher_env(vault, token, tmp_path),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_three_replicas_fifty_grants_no_refresh_token_redeemed_twice(api, oauth, root, vault, tokens, tmp_path):
+    oauth.configure(ttl=4, rotate=True)
+    names = [f"grant-{i:02d}" for i in range(50)]
+    for name in names:
+        assert requests.Session().get(start(api, name), timeout=30).status_code == 200
+    replicas = [refresher_process(vault, tokens.sidecar, tmp_path, SIDECAR_REFRESH_CONCURRENCY="4") for _ in range(3)]
+    threading.Event().wait(12)  # about six refresh cycles of every grant
+    for replica in replicas:
+        replica.send_signal(signal.SIGTERM)
+    outputs = [replica.communicate(timeout=60)[0] for replica in replicas]
+    assert [r.returncode for r in replicas] == [0, 0, 0], outputs
+    log = oauth.log()
+    assert log["reuse"] == 0
+    refreshes = [t for t in log["token"] if t["grant_type"] == "refresh_token"]
+    assert all(t["status"] == 200 for t in refreshes)
+    assert len({t["refresh_token"] for t in refreshes}) == len(refreshes)  # each one redeemed once
+    per_grant: dict[str, list[int]] = {}
+    for t in refreshes:
+        per_grant.setdefault(t["family"], []).append(t["at"])
+    assert len(per_grant) == 50
+    # A 4 s lifetime is refreshed at about half of it: every grant in every cycle, and once per
+    # cycle (two refreshes of one grant never closer than a second, whichever replicas did them).
+    assert min(len(times) for times in per_grant.values()) >= 4
+    gaps = [b - a for times in per_grant.values() for a, b in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 1000, (sorted(gaps)[:5], outputs)
+    for name in names:
+        record = grant_record(root, name)
+        assert record["status"] == "active" and record["claim_owner"] == ""
+        assert oauth.accepts(record["access_token"]), name
+
+
+def test_a_killed_claim_holder_is_taken_over_after_the_claim_lapses(connect, oauth, root, vault, tokens, tmp_path):
+    before = connect(ttl=4)
+    oauth.next(token={"delayMs": 6000})
+    first = refresher_process(vault, tokens.sidecar, tmp_path, SIDECAR_CLAIM_TTL="3")
+    wait_for(lambda: oauth.log()["tokenRequests"] == 2, every=0.02)  # it claimed and sent the refresh
+    first.kill()
+    first.wait()
+    claimed = grant_record(root, "sheets")
+    assert claimed["claim_owner"] and parse_rfc3339(claimed["claim_until"]) > datetime.now(UTC)
+    second = refresher_process(vault, tokens.sidecar, tmp_path, SIDECAR_CLAIM_TTL="3")
+    try:
+        after = wait_for(refreshed_since(root, "sheets", before["last_refreshed_at"]), timeout=20)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.communicate(timeout=30)
+    assert after["claim_owner"] == "" and parse_rfc3339(after["last_refreshed_at"]) >= parse_rfc3339(claimed["claim_until"])
+    assert oauth.accepts(after["access_token"])
+
+
+def test_refresh_once_exits_non_zero_when_a_grant_failed(connect, oauth, root, vault, tokens, tmp_path):
+    connect("steady", ttl=3600)
+    quiet = run_once(vault, tokens.sidecar, tmp_path)
+    assert quiet.returncode == 0 and "0 due" in quiet.stderr
+    connect("doomed", ttl=2)
+    threading.Event().wait(1.2)  # past its due time
+    oauth.next(token={"status": 400, "body": {"error": "invalid_grant"}})
+    failed = run_once(vault, tokens.sidecar, tmp_path)
+    assert failed.returncode == 1 and "doomed: reauthorization_required" in failed.stdout
+    assert grant_record(root, "doomed")["status"] == "reauthorization_required"
+    assert grant_record(root, "steady")["status"] == "active"
