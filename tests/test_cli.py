@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sidecar.cli import main
 from sidecar.devvault import bao_binary, free_port
 
-from .conftest import CLIENT_SECRET, bao_kv_get, grant_record, provider_body, start, vault_tree
+from .conftest import CLIENT_SECRET, bao_kv_get, grant_record, provider_body, start, vault_tree, wait_for
 
 PASTED_SCOPES = "openid\nemail\n\nhttps://www.googleapis.com/auth/spreadsheets\n"
 
@@ -186,12 +186,39 @@ def test_serve_runs_gunicorn_from_the_environment(vault, tokens, root, tmp_path)
             headers={"X-Vault-Token": tokens.admin},
         )  # fmt: skip
         assert put.status_code == 201
+        # Exactly one refresher beside the web workers, and its metrics reach /metrics.
+        assert sum("sidecar refresh" in cmd for cmd in descendants(proc.pid)) == 1
+        metrics = wait_for(lambda: (m := requests.get(f"{base}/metrics", timeout=5).text) and "oauth_sidecar_grants{" in m and m)
+        assert 'oauth_sidecar_grants{status="active"}' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    assert "refresher" in err and "stopped" in err
     assert '"PUT /v1/providers/google HTTP/1.1" 201' in out + err
     assert "query-not-logged" not in out + err and CLIENT_SECRET not in out + err
+
+
+def descendants(pid: int) -> list[str]:
+    """Command lines of every process below `pid`."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current:
+                found.append(commands[child])
+                frontier.append(child)
+    return found
 
 
 def test_serve_refuses_bad_configuration():

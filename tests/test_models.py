@@ -1,3 +1,4 @@
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -5,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.errors import Invalid
-from sidecar.models import Grant, Provider, TokenSet, check_name, check_url, expiry_from, parse_scopes
+from sidecar.models import Grant, Provider, TokenSet, check_name, check_url, due_at, expiry_from, parse_scopes
 
 from .conftest import CLIENT_SECRET, provider_body
 
@@ -184,3 +185,41 @@ def test_grant_views_carry_exactly_the_contract_fields_and_no_refresh_token():
     assert Grant.from_record("sheets", grant.to_record()) == grant
     for shown in (repr(grant), repr(tokens), str(grant.public())):
         assert "at-secret" not in shown and "rt-secret" not in shown and "idt" not in shown
+
+
+def grant_expiring(lifetime: float | None, **changes) -> Grant:
+    expires = NOW + timedelta(seconds=lifetime) if lifetime is not None else None
+    tokens = TokenSet("at", "Bearer", expires, ("openid",), refresh_token="rt")
+    return replace(Grant("sheets", "google", ("production",), tokens, last_refreshed_at=NOW), **changes)
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "margin", "lead"),
+    [(3600, 300, 300), (3600, 0, 0), (400, 300, 200), (4, 300, 2)],
+)
+def test_due_at_is_expiry_less_the_smaller_of_margin_and_half_the_lifetime(lifetime, margin, lead):
+    due = due_at(grant_expiring(lifetime), margin)
+    latest = NOW + timedelta(seconds=lifetime - lead)
+    assert latest - timedelta(seconds=lead * 0.1) <= due <= latest
+
+
+def test_due_at_jitter_spreads_grants_made_together():
+    dues = {due_at(replace(grant_expiring(3600), name=f"g{i}"), 300) for i in range(200)}
+    assert len(dues) > 150
+    assert min(dues) >= NOW + timedelta(seconds=3600 - 330) and max(dues) <= NOW + timedelta(seconds=3300)
+
+
+def test_due_at_without_expiry_needs_a_maximum_lifetime():
+    assert due_at(grant_expiring(None), 300) is None
+    assert due_at(grant_expiring(None), 300, max_token_lifetime=3600) == due_at(grant_expiring(3600), 300)
+
+
+def test_due_at_never_for_a_dead_grant_or_one_without_refresh_token():
+    assert due_at(grant_expiring(3600, status="reauthorization_required"), 300) is None
+    no_refresh = grant_expiring(3600)
+    assert due_at(replace(no_refresh, tokens=replace(no_refresh.tokens, refresh_token=None)), 300) is None
+
+
+def test_due_at_waits_for_the_backoff():
+    later = NOW + timedelta(hours=2)
+    assert due_at(grant_expiring(3600, status="retrying", next_attempt_at=later), 300) == later
