@@ -43,7 +43,7 @@ class TokenEndpoint(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         body = json.dumps(
             {"access_token": secrets.token_urlsafe(32), "token_type": "Bearer", "expires_in": 3600}

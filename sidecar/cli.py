@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -80,7 +79,7 @@ def dev() -> None:
             f"Reader token        {tokens.reader[reader_env]}  (policy oauth-reader-{reader_env})\n\n"
             "Try it:\n"
             f"  export VAULT_ADDR={vault.addr} VAULT_TOKEN={tokens.admin}\n"
-            f"  curl -H \"X-Vault-Token: $VAULT_TOKEN\" {settings.public_url}/v1/providers\n\n"
+            f'  curl -H "X-Vault-Token: $VAULT_TOKEN" {settings.public_url}/v1/providers\n\n'
             "Press Ctrl-C to stop.\n"
         )
         stop = threading.Event()
@@ -110,7 +109,14 @@ def serve() -> None:
     Settings.from_env()  # refuse bad settings before starting anything
     metrics_dir = tempfile.mkdtemp(prefix="oauth-sidecar-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    gunicorn = [sys.executable, "-m", "gunicorn", "--config", "python:sidecar.gunicorn_conf", "sidecar.web:create_app()"]
+    gunicorn = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:sidecar.gunicorn_conf",
+        "sidecar.web:create_app()",
+    ]
     children = [
         subprocess.Popen(gunicorn, env=env),
         subprocess.Popen([sys.executable, "-m", "sidecar", "refresh"], env=env),
@@ -156,7 +162,9 @@ def refresh(once: bool) -> None:
         for outcome in outcomes:
             click.echo(f"{outcome.name}: {outcome.result}" + (f" ({outcome.detail})" if outcome.detail else ""))
         failed = [o for o in outcomes if o.failed]
-        click.echo(f"{len(outcomes)} due, {len(outcomes) - len(failed)} refreshed or settled, {len(failed)} failed", err=True)
+        click.echo(
+            f"{len(outcomes)} due, {len(outcomes) - len(failed)} refreshed or settled, {len(failed)} failed", err=True
+        )
         sys.exit(1 if failed else 0)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -320,7 +328,9 @@ def _wait_for_login(store: Store, name: str, login: logins.Login, poll: float) -
         except NotFound:
             return "the login ended without tokens; the browser page says why"
         if interactive:
-            click.echo(f"\rwaiting for the login in the browser… {left // 60}:{left % 60:02d} left ", nl=False, err=True)
+            click.echo(
+                f"\rwaiting for the login in the browser… {left // 60}:{left % 60:02d} left ", nl=False, err=True
+            )
         elif reported < 0 or reported - left >= 60:  # a line a minute when stderr is a log
             click.echo(f"waiting for the login in the browser ({left}s left)", err=True)
             reported = left

@@ -85,7 +85,9 @@ class DevVault:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise VaultUnavailable(f"the OpenBao dev server did not become ready in {timeout:.0f}s; its log: {self.log_path}")
+        raise VaultUnavailable(
+            f"the OpenBao dev server did not become ready in {timeout:.0f}s; its log: {self.log_path}"
+        )
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -81,4 +81,3 @@ class OAuthTransient(SidecarError):
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable."""
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from . import oauth
@@ -22,9 +23,9 @@ def save_connected(store: Store, grant: Grant) -> None:
         before = store.get_grant(grant.name).environments
     except NotFound:
         before = ()
-    retrying(lambda: store.put_grant(grant))
+    retrying(partial(store.put_grant, grant))
     for env in grant.environments:
-        retrying(lambda env=env: store.write_view(env, grant))
+        retrying(partial(store.write_view, env, grant))
     for env in before:
         if env not in grant.environments:
             store.delete_view(env, grant.name)

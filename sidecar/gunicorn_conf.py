@@ -17,6 +17,6 @@ accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
 
-def child_exit(server, worker):  # noqa: ANN001 - gunicorn's hook signature
+def child_exit(server, worker):
     """A dead worker's live gauges must not linger in the shared metrics directory."""
     multiprocess.mark_process_dead(worker.pid)

@@ -12,6 +12,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from . import oauth
 from .config import Settings
@@ -146,7 +147,7 @@ def finish(store: Store, settings: Settings, args: Mapping[str, str], cookie_for
         store.delete("pending", lid)
 
 
-def _check_issuer(data: Mapping[str, object], iss: str | None) -> None:
+def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:
     """RFC 9207: the answer must come from the issuer the browser was sent to."""
     if iss is not None and data.get("issuer") and not hmac.compare_digest(iss, str(data["issuer"])):
         raise LoginRefused("The answer came from a different issuer than the login was sent to.")
@@ -162,7 +163,7 @@ def _consume(store: Store, lid: str, version: int) -> None:
         raise LoginRefused("This login was already finished. Start the connection again.") from None
 
 
-def _redeem(store: Store, settings: Settings, data: Mapping[str, object], args: Mapping[str, str], lid: str) -> Grant:
+def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Mapping[str, str], lid: str) -> Grant:
     if "error" in args:
         detail = args.get("error_description")
         raise LoginRefused(f"The provider refused the login: {args['error']}" + (f" ({detail})" if detail else ""))
@@ -193,6 +194,6 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, object], args: 
     return grant
 
 
-def _seconds_left(data: Mapping[str, object]) -> int:
+def _seconds_left(data: Mapping[str, Any]) -> int:
     expires_at = parse_rfc3339(data.get("expires_at"))
     return int((expires_at - datetime.now(UTC)).total_seconds()) if expires_at else 0

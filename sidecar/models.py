@@ -34,8 +34,7 @@ def check_name(value: object, what: str = "name") -> str:
     """Return `value` if it obeys the name rule; this is the gate every Vault path segment passes."""
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise Invalid(
-            f"{what} must be 1 to 64 characters of letters, digits, '_', '.' or '-', "
-            "starting with a letter or digit",
+            f"{what} must be 1 to 64 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
             {what: "invalid name"},
         )
     return value
@@ -133,9 +132,7 @@ def _seconds(data: Mapping[str, Any], key: str, low: int, high: int) -> int | No
 def _authorize_params(data: Mapping[str, Any]) -> dict[str, str]:
     value = data.get("extra_authorize_params") or {}
     key = "extra_authorize_params"
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise Invalid(f"{key} must be an object of string values", {key: "must map strings to strings"})
     for k, v in value.items():
         if not k or len(k) > 128 or len(v) > MAX_TEXT_LENGTH or any(ord(c) < 0x20 for c in k + v):

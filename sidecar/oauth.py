@@ -48,7 +48,10 @@ def authorization_request(provider: Provider, redirect_uri: str, scopes: tuple[s
     if provider.pkce:
         client = WebApplicationClient(provider.client_id)
         verifier = client.create_code_verifier(64)
-        params += [("code_challenge", client.create_code_challenge(verifier, "S256")), ("code_challenge_method", "S256")]
+        params += [
+            ("code_challenge", client.create_code_challenge(verifier, "S256")),
+            ("code_challenge_method", "S256"),
+        ]
     params += list(provider.extra_authorize_params.items())
     return AuthorizationRequest(add_params_to_uri(provider.authorization_url, params), state, verifier)
 

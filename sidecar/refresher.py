@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import schedule
 
@@ -263,18 +264,26 @@ class Refresher:
             return Outcome(name, "superseded", "the grant changed while its refresh was in flight")
         next_due = self._due_time(refreshed, provider)
         self._schedule(refreshed, next_due)
-        log.info("refreshed %s (was due %s); expires %s, next due %s", name, rfc3339(due), rfc3339(tokens.expires_at), rfc3339(next_due))
+        log.info(
+            "refreshed %s (was due %s); expires %s, next due %s",
+            name,
+            rfc3339(due),
+            rfc3339(tokens.expires_at),
+            rfc3339(next_due),
+        )
         return Outcome(name, "refreshed")
 
     def _store_result(self, refreshed: Grant, version: int) -> bool:
         """Write the new tokens; never give up on them while Vault is only unavailable."""
-        delay, asked_to_stop = 0.2, None
+        delay = 0.2
         while True:
             try:
                 self.store.put_grant(refreshed, cas=version)
                 break
             except Conflict:
-                log.error("grant %s changed while this replica held its claim; its new tokens are dropped", refreshed.name)
+                log.error(
+                    "grant %s changed while this replica held its claim; its new tokens are dropped", refreshed.name
+                )
                 return False
             except VaultUnavailable:
                 if self._stopping and time.monotonic() - self._stopping > SHUTDOWN_GRACE:
@@ -288,7 +297,7 @@ class Refresher:
 
     def _write_views(self, grant: Grant) -> None:
         for env in grant.environments:
-            retrying(lambda env=env: self.store.write_view(env, grant))
+            retrying(partial(self.store.write_view, env, grant))
 
     def _failed(
         self, claimed: Grant, version: int, provider: Provider, message: str, retry_after: float | None
@@ -351,7 +360,8 @@ class Refresher:
     def run(self, stop: threading.Event) -> None:
         """Tick every SIDECAR_REFRESH_INTERVAL seconds until `stop` is set, then finish in-flight work."""
         scheduler = schedule.Scheduler()
-        scheduler.every(self.settings.refresh_interval).seconds.do(self.tick)
+        # schedule is typed for whole seconds but computes with timedelta, so fractions work.
+        scheduler.every(self.settings.refresh_interval).seconds.do(self.tick)  # type: ignore[arg-type]
         log.info("refresher %s started", self.owner)
         self.tick()
         while not stop.is_set():

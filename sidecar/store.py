@@ -14,8 +14,8 @@ import hvac.exceptions as vault_errors
 import requests
 
 from .config import Settings
-from .metrics import VAULT_ERRORS
 from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
+from .metrics import VAULT_ERRORS
 from .models import Grant, Provider, check_name
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,9 @@ class Store:
         return self._read(self.view_path(environment, name), f"secret {name!r} in {environment!r}").data
 
     def write_view(self, environment: str, grant: Grant) -> None:
-        self._write(self.view_path(environment, grant.name), f"secret {grant.name!r} in {environment!r}", grant.view(), None)
+        self._write(
+            self.view_path(environment, grant.name), f"secret {grant.name!r} in {environment!r}", grant.view(), None
+        )
 
     def delete_view(self, environment: str, name: str) -> None:
         self._delete(self.view_path(environment, name), f"secret {name!r} in {environment!r}")

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,9 @@ class MockProvider:
         return requests.get(f"{self.issuer}/__control/log", timeout=5).json()
 
     def accepts(self, access_token: str) -> bool:
-        resp = requests.get(f"{self.issuer}/api/resource", headers={"Authorization": f"Bearer {access_token}"}, timeout=5)
+        resp = requests.get(
+            f"{self.issuer}/api/resource", headers={"Authorization": f"Bearer {access_token}"}, timeout=5
+        )
         return resp.status_code == 200
 
     def registration(self, **overrides: Any) -> dict[str, Any]:
@@ -326,25 +329,20 @@ class CuttableProxy:
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
+        with suppress(OSError):
             while data := source.recv(65536):
                 sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        CuttableProxy._drop(source, sink)
+
+    @staticmethod
+    def _drop(*sockets: socket.socket) -> None:
+        for s in sockets:
+            with suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
         self.open.clear()
-        for s in list(self.sockets):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        self._drop(*self.sockets)
         self.sockets.clear()
 
     def restore(self) -> None:

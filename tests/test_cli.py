@@ -124,7 +124,11 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
         "HOME": str(tmp_path),
     }
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "oauth-sidecar"), "dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(Path(sys.executable).parent / "oauth-sidecar"), "dev"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         banner = ""
@@ -188,7 +192,9 @@ def test_serve_runs_gunicorn_from_the_environment(vault, tokens, root, tmp_path)
         assert put.status_code == 201
         # Exactly one refresher beside the web workers, and its metrics reach /metrics.
         assert sum("sidecar refresh" in cmd for cmd in descendants(proc.pid)) == 1
-        metrics = wait_for(lambda: (m := requests.get(f"{base}/metrics", timeout=5).text) and "oauth_sidecar_grants{" in m and m)
+        metrics = wait_for(
+            lambda: (m := requests.get(f"{base}/metrics", timeout=5).text) and "oauth_sidecar_grants{" in m and m
+        )
         assert 'oauth_sidecar_grants{status="active"}' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -28,7 +28,11 @@ def test_connect_end_to_end(api, live, oauth, root, vault, tokens, caplog):
     assert set(production) == {"access_token", "token_type", "expires_at", "scope", "provider", "status"}
     assert views(root) == {"development": production, "production": production}
     assert oauth.accepts(production["access_token"])
-    assert (production["provider"], production["status"], production["scope"]) == ("mock", "active", "openid profile email")
+    assert (production["provider"], production["status"], production["scope"]) == (
+        "mock",
+        "active",
+        "openid profile email",
+    )
     assert production["expires_at"].endswith("Z")
 
     # What went over the wire: S256 PKCE, the exact redirect URI, Basic client authentication.
@@ -65,7 +69,10 @@ def test_only_the_chosen_environments(api, root):
         ({"set": {"expires_in": -30}}, {"scope": "openid profile email", "expires": False, "refresh": True}),
         ({"set": {"expires_in": "soon"}}, {"scope": "openid profile email", "expires": False, "refresh": True}),
         ({"set": {"expires_in": 10**13}}, {"scope": "openid profile email", "expires": False, "refresh": True}),
-        ({"omit": ["refresh_token", "id_token", "scope"]}, {"scope": "openid profile email", "expires": True, "refresh": False}),
+        (
+            {"omit": ["refresh_token", "id_token", "scope"]},
+            {"scope": "openid profile email", "expires": True, "refresh": False},
+        ),
     ],
 )  # fmt: skip
 def test_token_answers_of_every_shape_are_stored(api, oauth, root, answer, expect):

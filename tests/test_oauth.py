@@ -2,6 +2,7 @@ import base64
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -51,10 +52,10 @@ def test_pkce_can_be_turned_off():
 class Recorder(BaseHTTPRequestHandler):
     """A tiny HTTP endpoint whose answers the test sets, and which records what reached it."""
 
-    answers: list[tuple[int, dict[str, str], bytes]] = []
-    seen: list[tuple[str, str, bytes]] = []
+    answers: ClassVar[list[tuple[int, dict[str, str], bytes]]] = []
+    seen: ClassVar[list[tuple[str, str, bytes]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.seen.append((self.path, self.headers.get("Authorization", ""), body))
         status, headers, payload = self.answers.pop(0)

@@ -5,11 +5,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,9 @@ def connect(api, oauth, root):
 
 @pytest.fixture
 def refresher(vault, tokens, root) -> Iterator[Refresher]:
-    instance = Refresher(fast_settings(vault, tokens.sidecar), Store(fast_settings(vault, tokens.sidecar), tokens.sidecar))
+    instance = Refresher(
+        fast_settings(vault, tokens.sidecar), Store(fast_settings(vault, tokens.sidecar), tokens.sidecar)
+    )
     yield instance
     instance.shutdown()
 
@@ -81,7 +83,9 @@ def test_a_token_is_refreshed_before_it_expires(connect, refresher, root, oauth)
     assert current["production"] == current["development"]
     assert current["production"]["access_token"] == after["access_token"] != old_view["access_token"]
     # The view shows whole seconds (the contract's format); the grant keeps microseconds for due maths.
-    assert parse_rfc3339(current["production"]["expires_at"]) == parse_rfc3339(after["expires_at"]).replace(microsecond=0)
+    assert parse_rfc3339(current["production"]["expires_at"]) == parse_rfc3339(after["expires_at"]).replace(
+        microsecond=0
+    )
     assert current["production"]["expires_at"] > old_view["expires_at"]
     assert oauth.accepts(after["access_token"])
     # This provider sends no refresh token on refresh: the old one is kept, and it still works.
@@ -139,7 +143,11 @@ def test_transient_failures_back_off_then_recover(connect, refresher, root, oaut
             if record["status"] == "retrying":
                 assert record["last_error"] and before["refresh_token"] not in record["last_error"]
                 assert served == before["access_token"]  # the still-valid token is still served
-            return record if record["status"] == "active" and record["last_refreshed_at"] != before["last_refreshed_at"] else None
+            return (
+                record
+                if record["status"] == "active" and record["last_refreshed_at"] != before["last_refreshed_at"]
+                else None
+            )
 
         after = wait_for(recovered, timeout=30, every=0.05)
     assert "retrying" in statuses
@@ -206,7 +214,9 @@ def test_a_live_claim_elsewhere_is_respected_and_a_lapsed_one_taken_over(connect
     current = store.read("grants", "sheets")
     grant = Grant.from_record("sheets", current.data)
     now = datetime.now(UTC)
-    store.put_grant(replace(grant, claim_owner="other:1:dead", claim_until=now.replace(year=now.year + 1)), cas=current.version)
+    store.put_grant(
+        replace(grant, claim_owner="other:1:dead", claim_until=now.replace(year=now.year + 1)), cas=current.version
+    )
     assert refresher.refresh_one("sheets", force=True).result == "claimed_elsewhere"
     current = store.read("grants", "sheets")
     lapsed = replace(Grant.from_record("sheets", current.data), claim_until=now.replace(year=now.year - 1))
@@ -292,7 +302,7 @@ def test_three_replicas_fifty_grants_no_refresh_token_redeemed_twice(api, oauth,
     # A 4 s lifetime is refreshed at about half of it: every grant in every cycle, and once per
     # cycle (two refreshes of one grant never closer than a second, whichever replicas did them).
     assert min(len(times) for times in per_grant.values()) >= 4
-    gaps = [b - a for times in per_grant.values() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for times in per_grant.values() for a, b in pairwise(times)]
     assert min(gaps) >= 1000, (sorted(gaps)[:5], outputs)
     for name in names:
         record = grant_record(root, name)
@@ -315,7 +325,9 @@ def test_a_killed_claim_holder_is_taken_over_after_the_claim_lapses(connect, oau
     finally:
         second.send_signal(signal.SIGTERM)
         second.communicate(timeout=30)
-    assert after["claim_owner"] == "" and parse_rfc3339(after["last_refreshed_at"]) >= parse_rfc3339(claimed["claim_until"])
+    assert after["claim_owner"] == "" and parse_rfc3339(after["last_refreshed_at"]) >= parse_rfc3339(
+        claimed["claim_until"]
+    )
     assert oauth.accepts(after["access_token"])
 
 

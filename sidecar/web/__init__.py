@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import requests
 from flask import Flask, jsonify
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler
 
@@ -39,6 +40,12 @@ class QuietHandler(WSGIRequestHandler):
         self.log("info", '"%s %s" %s', self.command, self.path.partition("?")[0], code)
 
 
+class OrderedJSON(DefaultJSONProvider):
+    """Keys in the order the code builds them (name first), not sorted."""
+
+    sort_keys = False
+
+
 def runtime(app: Flask) -> Runtime:
     return app.extensions["sidecar"]
 
@@ -54,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.json.sort_keys = False
+    app.json = OrderedJSON(app)
     session = requests.Session()
     own_store = Store(settings, settings.vault_token, session)
     app.extensions["sidecar"] = Runtime(settings, session, own_store, Refresher(settings, own_store))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from .. import logins
 from ..errors import SidecarError
@@ -37,7 +38,7 @@ def _no_store(response: Response) -> Response:
 
 
 @bp.get("/login/<lid>")
-def login(lid: str) -> Response:
+def login(lid: str) -> BaseResponse:
     settings = runtime(current_app).settings
     try:
         target, cookie, max_age = logins.open_link(runtime(current_app).own_store, lid)
