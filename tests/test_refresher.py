@@ -342,3 +342,17 @@ def test_refresh_once_exits_non_zero_when_a_grant_failed(connect, oauth, root, v
     assert failed.returncode == 1 and "doomed: reauthorization_required" in failed.stdout
     assert grant_record(root, "doomed")["status"] == "reauthorization_required"
     assert grant_record(root, "steady")["status"] == "active"
+
+
+def test_sigterm_waits_for_the_refresh_in_flight(connect, oauth, root, vault, tokens, tmp_path):
+    before = connect(ttl=4, rotate=True)
+    oauth.next(token={"delayMs": 2000})
+    replica = refresher_process(vault, tokens.sidecar, tmp_path)
+    wait_for(lambda: oauth.log()["tokenRequests"] == 2, every=0.02)  # the refresh is at the provider
+    replica.send_signal(signal.SIGTERM)
+    output, _ = replica.communicate(timeout=30)
+    assert replica.returncode == 0, output
+    after = grant_record(root, "sheets")
+    # The rotated refresh token the provider issued during shutdown was stored, not dropped.
+    assert after["refresh_token"] != before["refresh_token"] and after["claim_owner"] == ""
+    assert oauth.accepts(after["access_token"])
