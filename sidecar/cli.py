@@ -230,6 +230,7 @@ def providers_get(name: str) -> None:
 @click.option("--pkce/--no-pkce", default=True, help="Use PKCE (S256) on logins.")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Extra authorization parameter.")
 @click.option("--refresh-margin", type=int, help="Seconds before expiry to refresh (default: SIDECAR_REFRESH_MARGIN).")
+@click.option("--max-token-lifetime", type=int, help="Seconds; refresh tokens without expiry within this.")
 @click.option("--issuer", help="The provider's issuer URL, checked against the iss of its answers (RFC 9207).")
 @click.option(
     "--iss-parameter-supported/--no-iss-parameter-supported",
@@ -255,6 +256,7 @@ def providers_put(name: str, **opts: Any) -> None:
         "pkce": opts["pkce"],
         "extra_authorize_params": {k: v for k, _, v in pairs},
         "refresh_margin": opts["refresh_margin"],
+        "max_token_lifetime": opts["max_token_lifetime"],
         "issuer": opts["issuer"],
         "authorization_response_iss_parameter_supported": opts["iss_parameter_supported"],
     }

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed client secret applies after this
 BACKOFF_MAX = 600.0
+ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault down, say) is looked at again
 RETRY_WRITE_MAX_DELAY = 5.0
 SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
 # Answers that mean the refresh token itself is dead: a person must log in again.
@@ -129,9 +130,16 @@ class Refresher:
         """Read one grant and put it in the queue at its due time."""
         try:
             grant = self.store.get_grant(name)
-            self._schedule(grant, self._due_time(grant, self._provider(grant.provider)))
         except NotFound:
             self._forget(name)
+            return
+        try:
+            provider = self._provider(grant.provider)
+        except NotFound:
+            log.warning("grant %s names provider %r, which does not exist", name, grant.provider)
+            self._schedule(grant, None)  # known, but nothing to refresh it with; the next resync looks again
+            return
+        self._schedule(grant, self._due_time(grant, provider))
 
     # -- resync ------------------------------------------------------------------------------
 
@@ -189,15 +197,17 @@ class Refresher:
         REFRESHES.labels(outcome.result).inc()
         if outcome.result == "refreshed":
             REFRESH_SECONDS.observe(time.monotonic() - started)
-        if outcome.result in ("error", "lost_race"):
-            self._retry_soon(name)
+        if outcome.result == "lost_race":  # look again once the winner has written
+            self._retry_soon(name, max(1.0, self.settings.refresh_interval))
+        elif outcome.result == "error":
+            self._retry_soon(name, max(ERROR_RETRY, self.settings.refresh_interval))
         return outcome
 
-    def _retry_soon(self, name: str) -> None:
+    def _retry_soon(self, name: str, seconds: float) -> None:
         with self._lock:
             if name in self._due:
                 return
-            at = self._clock() + timedelta(seconds=max(1.0, self.settings.refresh_interval))
+            at = self._clock() + timedelta(seconds=seconds)
             self._due[name] = at
             heapq.heappush(self._heap, (at, name))
 
@@ -227,6 +237,8 @@ class Refresher:
             return Outcome(name, "claimed_elsewhere")
         if not grant.tokens.refresh_token:
             return Outcome(name, "no_refresh_token", "this grant has no refresh token; connect it again")
+        if grant.status == "reauthorization_required":
+            return Outcome(name, "reauthorization_required", f"{grant.last_error}; connect it again")
         if not force and (due is None or due > now):
             self._schedule(grant, due)
             return Outcome(name, "not_due")
@@ -330,7 +342,7 @@ class Refresher:
         lifetime = (grant.tokens.expires_at - issued).total_seconds() if grant.tokens.expires_at and issued else 0
         lead = min(margin, lifetime / 2) if lifetime > 0 else margin
         base = min(5.0, max(0.5, lead / 4))
-        delay = min(base * 2 ** (failures - 1), BACKOFF_MAX) * random.uniform(0.8, 1.2)
+        delay = min(base * 2 ** (failures - 1) * random.uniform(0.8, 1.2), BACKOFF_MAX)
         return max(delay, retry_after or 0.0)
 
     def _dead(self, name: str, version: int, message: str) -> Outcome:
@@ -372,5 +384,5 @@ class Refresher:
     def shutdown(self) -> None:
         """Stop taking work and wait for refreshes in flight, including their Vault writes."""
         self._stopping = time.monotonic()
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # queued work is dropped; running work finishes
         log.info("refresher %s stopped", self.owner)

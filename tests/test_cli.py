@@ -287,11 +287,16 @@ def test_secrets_list_get_delete(api, run, oauth, root):
     assert run("secrets", "get", "sheets").exit_code == 1
 
 
-def test_put_takes_the_issuer_fields(run):
+def test_put_takes_the_optional_fields(run):
     result = put_google(
-        run, "--issuer", "https://accounts.example.com", "--iss-parameter-supported", OAUTH_CLIENT_SECRET=CLIENT_SECRET
-    )
+        run,
+        "--issuer", "https://accounts.example.com",
+        "--iss-parameter-supported",
+        "--max-token-lifetime", "3600",
+        OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+    )  # fmt: skip
     shown = json.loads(result.stdout)
+    assert shown["max_token_lifetime"] == 3600
     assert shown["issuer"] == "https://accounts.example.com"
     assert shown["authorization_response_iss_parameter_supported"] is True
     refused = put_google(run, "--iss-parameter-supported", OAUTH_CLIENT_SECRET=CLIENT_SECRET)

@@ -198,14 +198,26 @@ def test_refresh_now_through_the_api(connect, api, root, tokens, oauth):
     oauth.next(token={"status": 400, "body": {"error": "invalid_grant"}})
     failed = api("POST", "/v1/secrets/sheets/refresh")
     assert failed.status_code == 502 and "invalid_grant" in failed.json()["error"]["message"]
+    calls = oauth.log()["tokenRequests"]
+    again = api("POST", "/v1/secrets/sheets/refresh")  # a dead refresh token is not sent again
+    assert again.status_code == 502 and "connect it again" in again.json()["error"]["message"]
+    assert oauth.log()["tokenRequests"] == calls
+
+
+def metric(live, sample: str) -> float:
+    for line in requests.get(f"{live.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def test_metrics_count_refreshes(connect, api, live):
     connect(ttl=3600)
+    refreshed = 'oauth_sidecar_refreshes_total{outcome="refreshed"}'
+    before, timed = metric(live, refreshed), metric(live, "oauth_sidecar_refresh_seconds_count")
     assert api("POST", "/v1/secrets/sheets/refresh").status_code == 200
-    page = requests.get(f"{live.url}/metrics", timeout=10).text
-    assert 'oauth_sidecar_refreshes_total{outcome="refreshed"}' in page
-    assert "oauth_sidecar_refresh_seconds_bucket" in page and "oauth_sidecar_vault_errors_total" in page
+    assert metric(live, refreshed) == before + 1
+    assert metric(live, "oauth_sidecar_refresh_seconds_count") == timed + 1
 
 
 def test_a_live_claim_elsewhere_is_respected_and_a_lapsed_one_taken_over(connect, refresher, root, oauth):
@@ -356,3 +368,11 @@ def test_sigterm_waits_for_the_refresh_in_flight(connect, oauth, root, vault, to
     # The rotated refresh token the provider issued during shutdown was stored, not dropped.
     assert after["refresh_token"] != before["refresh_token"] and after["claim_owner"] == ""
     assert oauth.accepts(after["access_token"])
+
+
+def test_a_grant_whose_provider_vanished_is_kept_and_reported(connect, refresher, root):
+    connect(ttl=3600)
+    root.secrets.kv.v2.delete_metadata_and_all_versions(path="oauth-sidecar/providers/mock", mount_point="secret")
+    refresher.resync_step(budget=10)
+    assert refresher.submit("sheets", force=True).result().result == "error"
+    assert grant_record(root, "sheets")["status"] == "active"  # nothing lost; an operator can restore the provider

@@ -113,7 +113,7 @@ def refresh_secret(name: str):
     """Refresh now, through the same claim as the refresher; the caller needs `update` on the grant."""
     if not store().may("grants", name, "update"):
         raise Forbidden(f"permission denied on secret {name!r}")
-    outcome = runtime(current_app).refresher.refresh_one(name, force=True)
+    outcome = runtime(current_app).refresher.submit(name, force=True).result()
     if outcome.result == "refreshed":
         return runtime(current_app).own_store.get_grant(name).public()
     if outcome.result == "missing":
