@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -109,6 +110,8 @@ def serve() -> None:
     Settings.from_env()  # refuse bad settings before starting anything
     metrics_dir = tempfile.mkdtemp(prefix="oauth-sidecar-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    # One session key for all of this replica's web workers; several replicas need SIDECAR_SESSION_KEY.
+    env.setdefault("SIDECAR_SESSION_KEY", secrets.token_urlsafe(48))
     gunicorn = [
         sys.executable,
         "-m",

@@ -40,6 +40,7 @@ class Settings:
     resync_rate: float = 200.0
     claim_ttl: int = 120
     workers: int = 2
+    session_key: str | None = field(default=None, repr=False)
 
     @property
     def redirect_uri(self) -> str:
@@ -86,6 +87,7 @@ class Settings:
             resync_rate=get("SIDECAR_RESYNC_RATE", _positive_float, cls.resync_rate),
             claim_ttl=get("SIDECAR_CLAIM_TTL", _positive_int, cls.claim_ttl),
             workers=get("SIDECAR_WORKERS", _positive_int, cls.workers),
+            session_key=get("SIDECAR_SESSION_KEY", _session_key, None),
         )
 
 
@@ -132,6 +134,12 @@ def _environments(raw: str) -> tuple[str, ...]:
     for name in names:
         check_name(name, "environment")
     return names
+
+
+def _session_key(raw: str) -> str:
+    if len(raw) < 32:
+        raise ValueError("must be at least 32 characters of random text")
+    return raw
 
 
 def _go_bool(raw: str) -> bool:

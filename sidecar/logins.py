@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +19,7 @@ from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .grants import save_connected
 from .models import Grant, check_environments, check_name, parse_rfc3339, parse_scopes, rfc3339
-from .store import Store
+from .store import Store, Versioned
 
 LOGIN_TTL = timedelta(minutes=10)
 MAX_STATE_LENGTH = 512
@@ -66,6 +66,7 @@ def start(
     provider_name: object,
     environments: object = None,
     scopes: object = None,
+    return_to_settings: bool = False,
 ) -> Login:
     """Validate everything, then record the login in Vault and return the sidecar's link."""
     name = check_name(name, "name")
@@ -95,6 +96,7 @@ def start(
             "iss_required": provider.authorization_response_iss_parameter_supported,
             "redirect_to": request.url,
             "binding": "",
+            "return_to_settings": return_to_settings,
             "expires_at": rfc3339(expires_at),
         },
         cas=0,
@@ -121,16 +123,41 @@ def open_link(store: Store, lid: str) -> tuple[str, str, int]:
     return pending.data["redirect_to"], cookie, left
 
 
-def finish(store: Store, settings: Settings, args: Mapping[str, str], cookie_for: Callable[[str], str | None]) -> Grant:
-    """The callback: refuse anything doubtful before a token request, redeem the code once, store the tokens."""
+@dataclass(frozen=True)
+class Callback:
+    """A callback matched to its login in flight, not yet checked further."""
+
+    lid: str
+    state: str = field(repr=False)
+    pending: Versioned = field(repr=False)
+
+    @property
+    def to_settings(self) -> bool:
+        """The login was started from the settings page, which wants the outcome as a banner."""
+        return bool(self.pending.data.get("return_to_settings"))
+
+
+def match(store: Store, args: Mapping[str, str]) -> Callback:
+    """Find the login a callback belongs to, by its state."""
     state = args.get("state", "")
     if not state or len(state) > MAX_STATE_LENGTH:
         raise LoginRefused("The provider's answer carries no valid state, so it cannot be matched to a login.")
     lid = login_id(state)
     try:
-        pending = store.read("pending", lid)
+        return Callback(lid, state, store.read("pending", lid))
     except NotFound:
         raise LoginRefused("This login is unknown, expired or already finished. Start the connection again.") from None
+
+
+def finish(
+    store: Store,
+    settings: Settings,
+    callback: Callback,
+    args: Mapping[str, str],
+    cookie_for: Callable[[str], str | None],
+) -> Grant:
+    """The callback: refuse anything doubtful before a token request, redeem the code once, store the tokens."""
+    lid, state, pending = callback.lid, callback.state, callback.pending
     data = pending.data
     if data.get("consumed_at") or not hmac.compare_digest(str(data.get("state", "")), state):
         raise LoginRefused("This login was already finished. Start the connection again.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 
 import requests
@@ -60,17 +61,26 @@ def error_body(code: str, message: str, status: int, fields: dict[str, str] | No
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        SECRET_KEY=settings.session_key or secrets.token_urlsafe(32),
+        SESSION_COOKIE_NAME="oauth_sidecar_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        # Lax, not Strict: the provider's redirect back to /callback must carry the session for its banner.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
+    )
     app.json = OrderedJSON(app)
     session = requests.Session()
     own_store = Store(settings, settings.vault_token, session)
     app.extensions["sidecar"] = Runtime(settings, session, own_store, Refresher(settings, own_store))
 
-    from . import api, auth, health
+    from . import api, auth, health, ui
 
     app.register_blueprint(api.bp)
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(ui.bp)
 
     @app.errorhandler(SidecarError)
     def _sidecar_error(exc: SidecarError):

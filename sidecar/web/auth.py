@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import logins
@@ -58,16 +58,27 @@ def login(lid: str) -> BaseResponse:
 
 
 @bp.get("/callback")
-def callback() -> Response:
+def callback() -> BaseResponse:
     if any(len(values) > 1 for values in request.args.listvalues()):
         return _page(400, "Login refused", "A parameter appears more than once in the provider's answer.")
     args = request.args.to_dict()
+    rt = runtime(current_app)
     try:
-        grant = logins.finish(runtime(current_app).own_store, runtime(current_app).settings, args, request.cookies.get)
+        matched = logins.match(rt.own_store, args)
     except logins.LoginRefused as exc:
         return _page(exc.status, "Login refused", exc.message)
+    try:
+        grant = logins.finish(rt.own_store, rt.settings, matched, args, request.cookies.get)
     except SidecarError as exc:
-        return _page(exc.status, "Login not completed", exc.message)
-    response = _page(200, "Connected", f"{grant.name} is connected to {grant.provider}.", grant)
+        if matched.to_settings:
+            flash(exc.message, "error")
+            return redirect(url_for("ui.settings"), code=303)
+        title = "Login refused" if isinstance(exc, logins.LoginRefused) else "Login not completed"
+        return _page(exc.status, title, exc.message)
+    if matched.to_settings:
+        flash(f"{grant.name} is connected to {grant.provider}.", "success")
+        response = redirect(url_for("ui.settings"), code=303)
+    else:
+        response = _page(200, "Connected", f"{grant.name} is connected to {grant.provider}.", grant)
     response.delete_cookie(logins.cookie_name(grant.login_id), path="/callback")
     return response

@@ -1,0 +1,355 @@
+"""The settings UI: "OAuth 2.0 providers" and "Secrets", server-rendered.
+
+Every action runs with the logged-in person's own Vault token, kept in the signed, HttpOnly,
+SameSite session cookie, so Vault policies decide what they may see and do. Every form post
+carries the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from .. import grants, logins
+from ..errors import Forbidden, Invalid, SidecarError, Unauthorized
+from ..models import TOKEN_AUTH_METHODS, Provider
+from ..store import Store
+from . import runtime
+
+bp = Blueprint("ui", __name__, url_prefix="/settings", template_folder="templates", static_folder="static")
+PUBLIC = {"ui.login", "ui.static"}
+# Provider fields behind the "Advanced" disclosure, which opens by itself when one of them is wrong.
+ADVANCED_FIELDS = frozenset(
+    {
+        "revocation_url",
+        "token_auth_method",
+        "extra_authorize_params",
+        "refresh_margin",
+        "max_token_lifetime",
+        "issuer",
+        "authorization_response_iss_parameter_supported",
+    }
+)
+
+
+def user_store() -> Store:
+    return runtime(current_app).store_for(session.get("vault_token"))
+
+
+@bp.before_request
+def require_login() -> BaseResponse | None:
+    """A logged-out browser goes to the login form; every post must carry the CSRF token."""
+    if request.method == "POST" and not hmac.compare_digest(
+        request.form.get("csrf_token", ""), session.get("csrf_token", "\0")
+    ):
+        abort(400, "The form has expired or did not come from this page. Reload the page and try again.")
+    if request.endpoint in PUBLIC:
+        return None
+    if not session.get("vault_token"):
+        return redirect(url_for("ui.login"), code=303)
+    try:
+        user_store().check_token()
+    except Unauthorized:
+        session.clear()
+        flash("Your Vault token is no longer valid. Log in again.", "error")
+        return redirect(url_for("ui.login"), code=303)
+    return None
+
+
+@bp.context_processor
+def _template_helpers() -> dict[str, Any]:
+    if "csrf_token" not in session:
+        session["csrf_token"] = secrets.token_urlsafe(32)
+    return {"csrf_token": session["csrf_token"], "logged_in": bool(session.get("vault_token"))}
+
+
+@bp.after_request
+def _headers(response: BaseResponse) -> BaseResponse:
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# -- logging in and out ------------------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> str | BaseResponse:
+    error = ""
+    if request.method == "POST":
+        token = request.form.get("vault_token", "").strip()
+        try:
+            if not token or not token.isascii() or not token.isprintable():
+                raise Unauthorized("the Vault token is missing or not valid")
+            runtime(current_app).store_for(token).check_token()
+        except Unauthorized:
+            error = "That Vault token is not valid."
+        else:
+            session.clear()
+            session["vault_token"] = token
+            session["csrf_token"] = secrets.token_urlsafe(32)
+            return redirect(url_for("ui.settings"), code=303)
+    return render_template("ui/login.html", error=error), 401 if error else 200
+
+
+@bp.post("/logout")
+def logout() -> BaseResponse:
+    session.clear()
+    flash("You are logged out.", "success")
+    return redirect(url_for("ui.login"), code=303)
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+
+@bp.get("")
+def settings() -> str:
+    store, config = user_store(), runtime(current_app).settings
+    providers, secrets_, problems = [], [], []
+    try:
+        providers = [p.public() for p in store.list_providers()]
+    except Forbidden:
+        problems.append("Your Vault token may not list providers.")
+    try:
+        secrets_ = grants.status_all(store)
+    except Forbidden:
+        problems.append("Your Vault token may not list secrets.")
+    for secret in secrets_:
+        secret["commands"] = [
+            (env, f"vault kv get -field=access_token {config.kv_mount}/{config.prefix}/{env}/{secret['name']}")
+            for env in secret["environments"]
+        ]
+    return render_template("ui/settings.html", providers=providers, secrets=secrets_, problems=problems)
+
+
+# -- providers ---------------------------------------------------------------------------------
+
+
+def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
+    """Form fields to a validated provider; an empty client secret on edit keeps the stored one."""
+    form = request.form
+    secret = form.get("client_secret", "")
+    if not secret and keep_secret_of is not None:
+        secret = keep_secret_of.client_secret
+    params: dict[str, str] = {}
+    for line in form.get("extra_authorize_params", "").splitlines():
+        if line.strip():
+            key, sep, value = line.strip().partition("=")
+            if not sep:
+                raise Invalid("write one KEY=VALUE a line", {"extra_authorize_params": "one KEY=VALUE a line"})
+            params[key.strip()] = value.strip()
+    body: dict[str, Any] = {
+        "client_id": form.get("client_id", ""),
+        "client_secret": secret,
+        "authorization_url": form.get("authorization_url", "").strip(),
+        "token_url": form.get("token_url", "").strip(),
+        "scopes": form.get("scopes", ""),
+        "revocation_url": form.get("revocation_url", "").strip() or None,
+        "token_auth_method": form.get("token_auth_method", TOKEN_AUTH_METHODS[0]),
+        "pkce": form.get("pkce") == "on",
+        "extra_authorize_params": params,
+        "issuer": form.get("issuer", "").strip() or None,
+        "authorization_response_iss_parameter_supported": form.get("iss_supported") == "on",
+    }
+    for key in ("refresh_margin", "max_token_lifetime"):
+        raw = form.get(key, "").strip()
+        if raw and not raw.isdigit():
+            raise Invalid(f"{key} must be a whole number of seconds", {key: "a whole number of seconds"})
+        body[key] = int(raw) if raw else None
+    return Provider.from_input(name, body)
+
+
+def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
+    """The add/edit form: typed values kept on error, the client secret never sent back."""
+    if request.method == "POST":
+        values = {k: v for k, v in request.form.items() if k not in ("client_secret", "csrf_token")}
+        values["pkce"] = request.form.get("pkce") == "on"
+        values["iss_supported"] = request.form.get("iss_supported") == "on"
+    elif editing is not None:
+        shown = editing.public()
+        values = {
+            **{k: v if v is not None else "" for k, v in shown.items()},
+            "scopes": "\n".join(editing.scopes),
+            "extra_authorize_params": "\n".join(f"{k}={v}" for k, v in editing.extra_authorize_params.items()),
+            "iss_supported": editing.authorization_response_iss_parameter_supported,
+        }
+    else:
+        values = {"pkce": True, "token_auth_method": TOKEN_AUTH_METHODS[0]}
+    return (
+        render_template(
+            "ui/provider_form.html",
+            editing=editing,
+            values=values,
+            errors=errors or {},
+            advanced_open=bool(set(errors or {}) & ADVANCED_FIELDS),
+            methods=TOKEN_AUTH_METHODS,
+        ),
+        status,
+    )
+
+
+def field_errors(exc: Invalid) -> dict[str, str]:
+    """Each message under its field, without the field's API name in front ("token_url must ...")."""
+    shown = {}
+    for field in exc.fields:
+        message = exc.message.removeprefix(f"{field} ").removeprefix(f"{field}: ")
+        shown[field] = message[:1].upper() + message[1:]
+    return shown or {"_form": exc.message}
+
+
+@bp.get("/providers/new")
+def new_provider():
+    return provider_form()
+
+
+@bp.post("/providers")
+def create_provider():
+    name = request.form.get("name", "")
+    try:
+        provider = provider_from_form(name, None)
+        user_store().put_provider(provider)
+    except Invalid as exc:
+        errors = field_errors(exc)
+        if "provider" in errors:
+            errors["name"] = errors.pop("provider")
+        return provider_form(errors=errors, status=400)
+    flash(f"Provider {provider.name} saved.", "success")
+    return redirect(url_for("ui.settings", _anchor="providers"), code=303)
+
+
+@bp.get("/providers/<name>/edit")
+def edit_provider(name: str):
+    return provider_form(editing=user_store().get_provider(name))
+
+
+@bp.post("/providers/<name>")
+def update_provider(name: str):
+    store = user_store()
+    current = store.get_provider(name)
+    try:
+        store.put_provider(provider_from_form(name, current))
+    except Invalid as exc:
+        return provider_form(editing=current, errors=field_errors(exc), status=400)
+    flash(f"Provider {name} saved.", "success")
+    return redirect(url_for("ui.settings", _anchor="providers"), code=303)
+
+
+@bp.route("/providers/<name>/delete", methods=["GET", "POST"])
+def delete_provider(name: str):
+    store = user_store()
+    store.get_provider(name)  # 404 before asking
+    if request.method == "GET":
+        return render_template("ui/confirm.html", kind="provider", name=name, revocable=False)
+    store.delete_provider(name)
+    flash(f"Provider {name} deleted.", "success")
+    return redirect(url_for("ui.settings", _anchor="providers"), code=303)
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+def secret_form(errors: dict[str, str] | None = None, status: int = 200):
+    providers = [p.name for p in user_store().list_providers()]
+    environments = runtime(current_app).settings.environments
+    if request.method == "POST":
+        values = {"name": request.form.get("name", ""), "provider": request.form.get("provider", "")}
+        chosen = request.form.getlist("environments")
+    else:
+        values, chosen = {}, list(environments)
+    return (
+        render_template(
+            "ui/secret_form.html",
+            providers=providers,
+            environments=environments,
+            chosen=chosen,
+            values=values,
+            errors=errors or {},
+        ),
+        status,
+    )
+
+
+@bp.get("/secrets/new")
+def new_secret():
+    return secret_form()
+
+
+@bp.post("/secrets")
+def create_secret():
+    chosen = request.form.getlist("environments")
+    try:
+        if not chosen:
+            raise Invalid("tick at least one environment", {"environments": "tick at least one environment"})
+        login = logins.start(
+            user_store(),
+            runtime(current_app).settings,
+            request.form.get("name", ""),
+            request.form.get("provider", ""),
+            chosen,
+            return_to_settings=True,
+        )
+    except Invalid as exc:
+        return secret_form(errors=field_errors(exc), status=400)
+    return redirect(login.url, code=303)
+
+
+@bp.post("/secrets/<name>/reconnect")
+def reconnect_secret(name: str):
+    store = user_store()
+    grant = store.get_grant(name)
+    login = logins.start(
+        store, runtime(current_app).settings, name, grant.provider, list(grant.environments), return_to_settings=True
+    )
+    return redirect(login.url, code=303)
+
+
+@bp.post("/secrets/<name>/refresh")
+def refresh_secret(name: str):
+    if not user_store().may("grants", name, "update"):
+        raise Forbidden(f"permission denied on secret {name!r}")
+    outcome = runtime(current_app).refresher.submit(name, force=True).result()
+    if outcome.result == "refreshed":
+        flash(f"{name} refreshed.", "success")
+    else:
+        flash(f"{name} was not refreshed: {outcome.detail or outcome.result.replace('_', ' ')}", "error")
+    return redirect(url_for("ui.settings", _anchor="secrets"), code=303)
+
+
+@bp.route("/secrets/<name>/delete", methods=["GET", "POST"])
+def delete_secret(name: str):
+    store = user_store()
+    store.get_grant(name)  # 404 before asking
+    if request.method == "GET":
+        return render_template("ui/confirm.html", kind="secret", name=name, revocable=True)
+    try:
+        revoked = grants.delete(store, runtime(current_app).settings, name, force=request.form.get("force") == "on")
+    except grants.RevocationFailed as exc:
+        flash(exc.message, "error")
+        return redirect(url_for("ui.delete_secret", name=name), code=303)
+    flash(f"{name} deleted" + (" and revoked at the provider." if revoked else "."), "success")
+    return redirect(url_for("ui.settings", _anchor="secrets"), code=303)
+
+
+@bp.errorhandler(SidecarError)
+@bp.errorhandler(HTTPException)
+def _error(exc: SidecarError | HTTPException):
+    """Errors inside the UI are shown as a page of the UI, not as JSON."""
+    if isinstance(exc, SidecarError):
+        return render_template("ui/error.html", message=exc.message), exc.status
+    return render_template("ui/error.html", message=exc.description or exc.name), exc.code or 500
+
+
+@bp.app_template_filter("when")
+def _when(value: str) -> str:
+    return value.replace("T", " ").replace("Z", " UTC") if value else "—"
+

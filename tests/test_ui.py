@@ -1,0 +1,187 @@
+"""The settings UI in a real browser (Debian's Chromium), against real OpenBao and OAuth servers."""
+
+import shutil
+
+import pytest
+import requests
+from playwright.sync_api import Page, expect
+
+from .conftest import CLIENT_ID, CLIENT_SECRET, grant_record, vault_tree
+
+SHOTS = "/tmp/oauth-sidecar-ui-shots"  # a copy for people to look at; the tests' own go to tmp_path
+
+
+@pytest.fixture
+def seen(page: Page):
+    """Every HTML page the browser received, to check that none holds a secret."""
+    pages: list[str] = []
+
+    def keep(response) -> None:
+        if "text/html" in response.headers.get("content-type", "") and not 300 <= response.status < 400:
+            pages.append(response.text())
+
+    page.on("response", keep)
+    return pages
+
+
+def log_in(page: Page, live, token: str) -> None:
+    page.goto(f"{live.url}/settings")
+    expect(page).to_have_url(f"{live.url}/settings/login")
+    page.get_by_label("Vault token").fill(token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="OAuth 2.0 providers")).to_be_visible()
+
+
+def shoot(page: Page, tmp_path, name: str) -> None:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    shutil.copy(path, f"{SHOTS}-{name}.png")
+
+
+def add_provider(page: Page, oauth, scopes: str = "openid\nprofile\nemail\n") -> None:
+    page.get_by_role("link", name="Add provider").click()
+    page.get_by_label("Name").fill("mock")
+    page.get_by_label("Client ID").fill(CLIENT_ID)
+    page.get_by_label("Client secret").fill(CLIENT_SECRET)
+    page.get_by_label("Authorization URL").fill(f"{oauth.issuer}/authorize")
+    page.get_by_label("Token URL").fill(f"{oauth.issuer}/token")
+    page.get_by_label("Scopes").fill(scopes)
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Revocation URL").fill(f"{oauth.issuer}/revoke")
+    page.get_by_role("button", name="Save provider").click()
+
+
+def test_the_whole_journey(page: Page, live, tokens, oauth, root, tmp_path, seen):
+    log_in(page, live, tokens.admin)
+    add_provider(page, oauth, scopes="openid\nprofile\n\nemail\n")  # a pasted list, blank line and all
+    expect(page.get_by_role("status")).to_have_text("Provider mock saved.")
+    row = page.get_by_role("row", name="mock")
+    for scope in ("openid", "profile", "email"):
+        expect(row.get_by_text(scope, exact=True)).to_be_visible()
+    shoot(page, tmp_path, "providers")
+
+    page.get_by_role("link", name="Add OAuth 2.0 provider secret").click()
+    page.get_by_label("Provider").select_option("mock")
+    page.get_by_label("Name").fill("sheets")
+    expect(page.get_by_label("development")).to_be_checked()
+    expect(page.get_by_label("production")).to_be_checked()
+    shoot(page, tmp_path, "add-secret")
+    page.get_by_role("button", name="Continue").click()  # to the provider's login and back
+
+    expect(page).to_have_url(f"{live.url}/settings")
+    expect(page.get_by_role("status")).to_have_text("sheets is connected to mock.")
+    secret_row = page.get_by_role("row", name="sheets")
+    expect(secret_row.get_by_text("active")).to_be_visible()
+    expect(secret_row.locator("td").nth(3)).to_contain_text("UTC")  # expires at
+    expect(page.get_by_text("vault kv get -field=access_token secret/oauth/production/sheets")).to_be_visible()
+    shoot(page, tmp_path, "secrets")
+
+    first = grant_record(root, "sheets")["access_token"]
+    assert oauth.accepts(first)
+    page.get_by_role("button", name="Refresh sheets now").click()
+    expect(page.get_by_role("status")).to_have_text("sheets refreshed.")
+    second = grant_record(root, "sheets")
+    assert second["access_token"] != first
+
+    page.get_by_role("link", name="Delete sheets").click()
+    expect(page.get_by_role("heading", name="Delete secret sheets?")).to_be_visible()
+    shoot(page, tmp_path, "confirm-delete")
+    page.get_by_role("button", name="Delete secret").click()
+    expect(page.get_by_role("status")).to_have_text("sheets deleted and revoked at the provider.")
+    assert oauth.log()["revoke"][0]["status"] == 200
+    assert not any(k.startswith("oauth/") for k in vault_tree(root))
+
+    assert len(seen) >= 8
+    for html in seen:
+        for secret in (CLIENT_SECRET, tokens.admin, first, second["access_token"], second["refresh_token"]):
+            assert secret not in html
+
+
+def test_a_validation_error_is_shown_next_to_its_field(page: Page, live, tokens, oauth, root, tmp_path, seen):
+    log_in(page, live, tokens.admin)
+    page.get_by_role("link", name="Add provider").click()
+    page.get_by_label("Name").fill("mock")
+    page.get_by_label("Client ID").fill("typed-client-id")
+    page.get_by_label("Client secret").fill(CLIENT_SECRET)
+    page.get_by_label("Authorization URL").fill("https://accounts.example.com/authorize")
+    page.get_by_label("Token URL").fill("http://tokens.example.com/token")
+    page.get_by_label("Scopes").fill("openid\nemail")
+    page.get_by_role("button", name="Save provider").click()
+
+    token_url = page.get_by_label("Token URL")
+    expect(token_url).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#token_url-error")).to_have_text("Must use https (http is allowed only for a loopback host)")
+    expect(page.get_by_label("Client ID")).to_have_value("typed-client-id")  # what was typed is kept
+    expect(page.get_by_label("Scopes")).to_have_value("openid\nemail")
+    expect(page.get_by_label("Client secret")).to_have_value("")  # but never the secret
+    shoot(page, tmp_path, "validation")
+    assert vault_tree(root) == {}
+    assert all(CLIENT_SECRET not in html for html in seen)
+
+
+def test_editing_keeps_the_secret_unless_a_new_one_is_typed(page: Page, live, tokens, oauth, root, seen):
+    log_in(page, live, tokens.admin)
+    add_provider(page, oauth)
+    page.get_by_role("link", name="Edit mock").click()
+    expect(page.get_by_label("Client secret")).to_have_value("")
+    expect(page.get_by_label("Scopes")).to_have_value("openid\nprofile\nemail")
+    page.get_by_label("Client ID").fill("renamed-client")
+    page.get_by_role("button", name="Save provider").click()
+    expect(page.get_by_role("status")).to_have_text("Provider mock saved.")
+    stored = root.secrets.kv.v2.read_secret_version(
+        path="oauth-sidecar/providers/mock", mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+    assert (stored["client_id"], stored["client_secret"]) == ("renamed-client", CLIENT_SECRET)
+    assert all(CLIENT_SECRET not in html for html in seen)
+
+
+def test_a_post_without_the_csrf_token_is_refused(page: Page, live, tokens, oauth, root):
+    log_in(page, live, tokens.admin)
+    add_provider(page, oauth)
+    for form in ({}, {"csrf_token": "forged"}):
+        refused = page.request.post(f"{live.url}/settings/providers/mock/delete", form=form)
+        assert refused.status == 400 and "did not come from this page" in refused.text()
+    assert "oauth-sidecar/providers/mock" in vault_tree(root)
+    # The same post from the page itself works.
+    page.get_by_role("link", name="Delete mock").click()
+    page.get_by_role("button", name="Delete provider").click()
+    expect(page.get_by_role("status")).to_have_text("Provider mock deleted.")
+
+
+def test_a_logged_out_browser_is_sent_to_the_login_form(page: Page, live, tokens, root):
+    for path in ("/settings", "/settings/providers/new", "/settings/secrets/new"):
+        page.goto(f"{live.url}{path}")
+        expect(page).to_have_url(f"{live.url}/settings/login")
+        expect(page.get_by_label("Vault token")).to_be_visible()
+    page.get_by_label("Vault token").fill("s.not-a-real-token")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_have_text("That Vault token is not valid.")
+    log_in(page, live, tokens.admin)
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(f"{live.url}/settings/login")
+    page.goto(f"{live.url}/settings")
+    expect(page).to_have_url(f"{live.url}/settings/login")
+
+
+def test_vault_policies_decide_what_the_page_shows(page: Page, live, tokens, root):
+    log_in(page, live, tokens.reader["production"])
+    expect(page.get_by_role("alert").first).to_contain_text("may not list providers")
+
+
+def test_readable_on_a_phone(chromium, live, tokens, api, oauth, tmp_path):
+    assert requests.Session().get(start_link(api), timeout=30).status_code == 200
+    context = chromium.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+    phone = context.new_page()
+    log_in(phone, live, tokens.admin)
+    expect(phone.get_by_role("heading", name="Secrets")).to_be_visible()
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390  # the page itself never scrolls sideways; wide tables scroll inside their card
+    shoot(phone, tmp_path, "phone")
+    context.close()
+
+
+def start_link(api) -> str:
+    response = api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock"})
+    assert response.status_code == 201
+    return response.json()["authorization_url"]
