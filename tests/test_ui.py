@@ -185,3 +185,21 @@ def start_link(api) -> str:
     response = api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock"})
     assert response.status_code == 201
     return response.json()["authorization_url"]
+
+
+def test_reconnect_is_offered_when_a_login_is_needed(page: Page, live, tokens, api, oauth, root):
+    assert requests.Session().get(start_link(api), timeout=30).status_code == 200
+    record = grant_record(root, "sheets")
+    root.secrets.kv.v2.create_or_update_secret(
+        path="oauth-sidecar/grants/sheets",
+        secret={**record, "status": "reauthorization_required", "last_error": "refresh: invalid_grant"},
+        mount_point="secret",
+    )
+    log_in(page, live, tokens.admin)
+    row = page.get_by_role("row", name="sheets")
+    expect(row.get_by_text("reauthorization required")).to_be_visible()
+    expect(row.get_by_text("refresh: invalid_grant")).to_be_visible()
+    page.get_by_role("button", name="Reconnect sheets").click()  # the provider's login, and back
+    expect(page.get_by_role("status")).to_have_text("sheets is connected to mock.")
+    expect(page.get_by_role("row", name="sheets").get_by_text("active")).to_be_visible()
+    expect(page.get_by_role("button", name="Reconnect sheets")).to_have_count(0)

@@ -84,7 +84,7 @@ def _headers(response: BaseResponse) -> BaseResponse:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> str | BaseResponse:
+def login() -> tuple[str, int] | BaseResponse:
     error = ""
     if request.method == "POST":
         token = request.form.get("vault_token", "").strip()
@@ -171,6 +171,7 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
 
 def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
     """The add/edit form: typed values kept on error, the client secret never sent back."""
+    values: dict[str, Any]
     if request.method == "POST":
         values = {k: v for k, v in request.form.items() if k not in ("client_secret", "csrf_token")}
         values["pkce"] = request.form.get("pkce") == "on"
@@ -352,4 +353,3 @@ def _error(exc: SidecarError | HTTPException):
 @bp.app_template_filter("when")
 def _when(value: str) -> str:
     return value.replace("T", " ").replace("Z", " UTC") if value else "—"
-
