@@ -3,7 +3,7 @@ path "secret/data/oauth-sidecar/providers/*" {
   capabilities = ["create", "read", "update", "delete"]
 }
 path "secret/metadata/oauth-sidecar/providers/*" {
-  capabilities = ["read", "list", "delete"]
+  capabilities = ["read", "list", "create", "update", "delete"]
 }
 path "secret/data/oauth-sidecar/grants/*" {
   capabilities = ["create", "read", "update", "delete"]

@@ -9,7 +9,7 @@ path "secret/data/oauth-sidecar/grants/*" {
   capabilities = ["create", "read", "update"]
 }
 path "secret/metadata/oauth-sidecar/grants/*" {
-  capabilities = ["read", "list", "delete"]
+  capabilities = ["list", "create", "update"]
 }
 path "secret/data/oauth-sidecar/pending/*" {
   capabilities = ["create", "read", "update"]

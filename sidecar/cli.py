@@ -22,6 +22,7 @@ from . import grants, logins
 from .config import Settings
 from .errors import ConfigError, Invalid, NotFound, SidecarError
 from .models import TOKEN_AUTH_METHODS, Provider
+from .policies import render as render_policies
 from .store import Store
 
 
@@ -372,3 +373,36 @@ def secrets_delete(name: str, force: bool) -> None:
     """Revoke the token at the provider, then delete the secret from every environment."""
     revoked = grants.delete(operator_store(), Settings.from_env(), name, force=force)
     click.echo(f"deleted secret {name}" + (" (revoked at the provider)" if revoked else ""), err=True)
+
+
+# -- policies --------------------------------------------------------------------------------
+
+
+@main.group("policies")
+def policies_group() -> None:
+    """Least-privilege Vault policies for the configured mount, prefixes and environments."""
+
+
+@policies_group.command("render")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), help="Write NAME.hcl files here instead.")
+def policies_render(directory: str | None) -> None:
+    """Print the policies (or write them as files), rendered from the SIDECAR_* settings."""
+    rendered = render_policies(Settings.from_env())
+    if directory is None:
+        for name, hcl in rendered.items():
+            click.echo(f"# ---- {name}\n{hcl}")
+        return
+    os.makedirs(directory, exist_ok=True)
+    for name, hcl in rendered.items():
+        with open(os.path.join(directory, f"{name}.hcl"), "w") as out:
+            out.write(hcl)
+        click.echo(os.path.join(directory, f"{name}.hcl"), err=True)
+
+
+@policies_group.command("write")
+def policies_write() -> None:
+    """Load the policies into Vault with your own VAULT_TOKEN (it needs sys/policies/acl rights)."""
+    store = operator_store()
+    for name, hcl in render_policies(Settings.from_env()).items():
+        store.write_policy(name, hcl)
+        click.echo(f"wrote policy {name}", err=True)

@@ -21,7 +21,8 @@ def render(settings: Settings) -> dict[str, str]:
             _rule(f"{data}/{state}/providers/*", '["read"]'),
             _rule(f"{meta}/{state}/providers/*", '["list"]'),
             _rule(f"{data}/{state}/grants/*", '["create", "read", "update"]'),
-            _rule(f"{meta}/{state}/grants/*", '["read", "list", "delete"]'),
+            # list for the resync; create/update only to cap a new grant's version history.
+            _rule(f"{meta}/{state}/grants/*", '["list", "create", "update"]'),
             _rule(f"{data}/{state}/pending/*", '["create", "read", "update"]'),
             _rule(f"{meta}/{state}/pending/*", '["delete"]'),
             *(_rule(f"{data}/{views}/{env}/*", '["create", "read", "update"]') for env in settings.environments),
@@ -32,7 +33,7 @@ def render(settings: Settings) -> dict[str, str]:
         [
             "# Operators: manage providers and secrets through the sidecar's API.\n",
             _rule(f"{data}/{state}/providers/*", _CRUD),
-            _rule(f"{meta}/{state}/providers/*", '["read", "list", "delete"]'),
+            _rule(f"{meta}/{state}/providers/*", '["read", "list", "create", "update", "delete"]'),
             _rule(f"{data}/{state}/grants/*", _CRUD),
             _rule(f"{meta}/{state}/grants/*", '["read", "list", "delete"]'),
             _rule(f"{data}/{state}/pending/*", '["create", "read", "update"]'),

@@ -24,6 +24,7 @@ T = TypeVar("T")
 Tree = Literal["providers", "grants", "pending"]
 _LABEL: dict[Tree, str] = {"providers": "provider", "grants": "secret", "pending": "login"}
 VAULT_TIMEOUT = 10.0
+PRIVATE_MAX_VERSIONS = 1
 _UNAVAILABLE = (
     vault_errors.VaultDown,
     vault_errors.InternalServerError,
@@ -167,7 +168,18 @@ class Store:
         return Grant.from_record(name, self.read("grants", name).data)
 
     def put_grant(self, grant: Grant, cas: int | None = None) -> int:
-        return self.write("grants", grant.name, grant.to_record(), cas)
+        version = self.write("grants", grant.name, grant.to_record(), cas)
+        if version == 1:
+            self._cap_history("grants", grant.name)
+        return version
+
+    def _cap_history(self, tree: Tree, name: str) -> None:
+        """Keep one version of a private record: an old refresh token or client secret must not
+        linger in KV history. Set once, when the record is created."""
+        with _vault(f"{_LABEL[tree]} {name!r}"):
+            self._kv.update_metadata(
+                path=self.path(tree, name), max_versions=PRIVATE_MAX_VERSIONS, mount_point=self._settings.kv_mount
+            )
 
     # -- providers -------------------------------------------------------------------------
 
@@ -185,7 +197,10 @@ class Store:
 
     def put_provider(self, provider: Provider) -> int:
         """Create or replace; returns the new version (1 when created)."""
-        return self.write("providers", provider.name, provider.to_record())
+        version = self.write("providers", provider.name, provider.to_record())
+        if version == 1:
+            self._cap_history("providers", provider.name)
+        return version
 
     def delete_provider(self, name: str) -> None:
         self.read("providers", name)  # 404 for a provider that does not exist

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import hvac
 import pytest
 import requests
 from click.testing import CliRunner
@@ -301,3 +302,22 @@ def test_put_takes_the_optional_fields(run):
     assert shown["authorization_response_iss_parameter_supported"] is True
     refused = put_google(run, "--iss-parameter-supported", OAUTH_CLIENT_SECRET=CLIENT_SECRET)
     assert refused.exit_code == 1 and "issuer" in refused.stderr
+
+
+def test_policies_render_and_write(vault, tokens, root, tmp_path):
+    env = {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": vault.root_token, "HOME": str(tmp_path)}
+    custom = {**env, "SIDECAR_KV_MOUNT": "kv", "SIDECAR_ENVIRONMENTS": "staging,production"}
+    shown = CliRunner().invoke(main, ["policies", "render"], env=custom)
+    assert shown.exit_code == 0 and 'path "kv/data/oauth/staging/*"' in shown.stdout
+    written = CliRunner().invoke(main, ["policies", "render", "--dir", str(tmp_path / "out")], env=env)
+    assert written.exit_code == 0
+    committed = Path(__file__).parent.parent / "policies"
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {p.name for p in committed.iterdir()}
+    loaded = CliRunner().invoke(main, ["policies", "write"], env=custom)
+    assert loaded.exit_code == 0 and "wrote policy oauth-reader-staging" in loaded.stderr
+    stored = hvac.Client(url=vault.addr, token=vault.root_token).sys.read_acl_policy("oauth-reader-staging")
+    assert 'path "kv/data/oauth/staging/*"' in stored["data"]["policy"]
+    denied = CliRunner().invoke(main, ["policies", "write"], env={**env, "VAULT_TOKEN": tokens.admin})
+    assert denied.exit_code == 1 and "permission denied" in denied.stderr
+    # Put the default policies back for the other tests.
+    assert CliRunner().invoke(main, ["policies", "write"], env=env).exit_code == 0

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 
 import requests
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler
@@ -81,6 +81,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
+
+    @app.after_request
+    def _security_headers(response: Response) -> Response:
+        """On every answer: no sniffing, no framing, no Referer, and no caching of what may hold a
+        secret (a blueprint or a static file may have set its own policy first)."""
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; base-uri 'none'")
+        headers.setdefault("Cache-Control", "no-store")
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        return response
 
     @app.errorhandler(SidecarError)
     def _sidecar_error(exc: SidecarError):

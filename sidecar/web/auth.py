@@ -27,16 +27,6 @@ def _page(status: int, title: str, message: str, grant: Grant | None = None) -> 
     return Response(html, status=status, mimetype="text/html")
 
 
-@bp.after_request
-def _no_store(response: Response) -> Response:
-    # Codes and states ride in these URLs: keep them out of caches and Referer headers.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
-
-
 @bp.get("/login/<lid>")
 def login(lid: str) -> BaseResponse:
     settings = runtime(current_app).settings

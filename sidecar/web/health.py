@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response, current_app
 
 from ..errors import VaultUnavailable
 from ..metrics import exposition
+from .openapi import document
 from . import error_body, runtime
 
 bp = Blueprint("health", __name__)
@@ -25,6 +28,12 @@ def readyz():
     except VaultUnavailable as exc:
         return error_body(exc.code, exc.message, exc.status)
     return {"status": "ready"}
+
+
+@bp.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    """The JSON API's OpenAPI 3.1 description."""
+    return document()
 
 
 @bp.get("/metrics")
