@@ -8,8 +8,8 @@ from flask import Blueprint, Response, current_app
 
 from ..errors import VaultUnavailable
 from ..metrics import exposition
-from .openapi import document
 from . import error_body, runtime
+from .openapi import document
 
 bp = Blueprint("health", __name__)
 

@@ -34,29 +34,31 @@ def _name_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": NAME}
 
 
-PROVIDER_INPUT = {
+SCOPES: dict[str, Any] = {
+    "description": "A list, or one string split on newlines, commas or spaces.",
+    "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
+}
+PROVIDER_FIELDS: dict[str, Any] = {
+    "name": NAME,
+    "client_id": {"type": "string", "minLength": 1, "maxLength": 1024},
+    "client_secret": {"type": "string", "minLength": 1, "maxLength": 1024, "writeOnly": True},
+    "authorization_url": URL,
+    "token_url": URL,
+    "scopes": SCOPES,
+    "revocation_url": {**URL, "type": ["string", "null"]},
+    "token_auth_method": {"enum": ["client_secret_basic", "client_secret_post"]},
+    "pkce": {"type": "boolean", "default": True},
+    "extra_authorize_params": {"type": "object", "additionalProperties": {"type": "string"}},
+    "refresh_margin": {"type": ["integer", "null"], "minimum": 0, "maximum": 86400},
+    "max_token_lifetime": {"type": ["integer", "null"], "minimum": 60},
+    "issuer": {**URL, "type": ["string", "null"]},
+    "authorization_response_iss_parameter_supported": {"type": "boolean", "default": False},
+}
+PROVIDER_INPUT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["client_id", "client_secret", "authorization_url", "token_url", "scopes"],
-    "properties": {
-        "name": NAME,
-        "client_id": {"type": "string", "minLength": 1, "maxLength": 1024},
-        "client_secret": {"type": "string", "minLength": 1, "maxLength": 1024, "writeOnly": True},
-        "authorization_url": URL,
-        "token_url": URL,
-        "scopes": {
-            "description": "A list, or one string split on newlines, commas or spaces.",
-            "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
-        },
-        "revocation_url": {**URL, "type": ["string", "null"]},
-        "token_auth_method": {"enum": ["client_secret_basic", "client_secret_post"]},
-        "pkce": {"type": "boolean", "default": True},
-        "extra_authorize_params": {"type": "object", "additionalProperties": {"type": "string"}},
-        "refresh_margin": {"type": ["integer", "null"], "minimum": 0, "maximum": 86400},
-        "max_token_lifetime": {"type": ["integer", "null"], "minimum": 60},
-        "issuer": {**URL, "type": ["string", "null"]},
-        "authorization_response_iss_parameter_supported": {"type": "boolean", "default": False},
-    },
+    "properties": PROVIDER_FIELDS,
 }
 
 
@@ -131,7 +133,7 @@ def document() -> dict[str, Any]:
                                         "name": NAME,
                                         "provider": NAME,
                                         "environments": {"type": "array", "items": NAME, "minItems": 1},
-                                        "scopes": PROVIDER_INPUT["properties"]["scopes"],
+                                        "scopes": SCOPES,
                                     },
                                 }
                             }
@@ -240,7 +242,7 @@ def document() -> dict[str, Any]:
                 "Provider": {
                     "type": "object",
                     "properties": {
-                        **{k: v for k, v in PROVIDER_INPUT["properties"].items() if k != "client_secret"},
+                        **{k: v for k, v in PROVIDER_FIELDS.items() if k != "client_secret"},
                         "scopes": {"type": "array", "items": {"type": "string"}},
                         "client_secret_set": {"type": "boolean"},
                     },
