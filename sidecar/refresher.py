@@ -27,7 +27,7 @@ import schedule
 
 from . import oauth
 from .config import Settings
-from .errors import Conflict, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
+from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
 from .models import STATUSES, Grant, Provider, due_at, rfc3339
 from .store import Store, retrying
@@ -210,6 +210,13 @@ class Refresher:
             at = self._clock() + timedelta(seconds=seconds)
             self._due[name] = at
             heapq.heappush(self._heap, (at, name))
+
+    def refresh_for(self, caller: Store, name: str) -> Outcome:
+        """Refresh now on behalf of a caller whose own token may update the grant ("Refresh now").
+        The refresh itself goes through the same claim, with this refresher's token."""
+        if not caller.may("grants", name, "update"):
+            raise Forbidden(f"permission denied on secret {name!r}")
+        return self.submit(name, force=True).result()
 
     def refresh_due(self, now: datetime | None = None) -> list[Outcome]:
         """One whole pass: read every grant, refresh those due, wait for them all."""

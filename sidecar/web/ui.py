@@ -314,9 +314,7 @@ def reconnect_secret(name: str):
 
 @bp.post("/secrets/<name>/refresh")
 def refresh_secret(name: str):
-    if not user_store().may("grants", name, "update"):
-        raise Forbidden(f"permission denied on secret {name!r}")
-    outcome = runtime(current_app).refresher.submit(name, force=True).result()
+    outcome = runtime(current_app).refresher.refresh_for(user_store(), name)
     if outcome.result == "refreshed":
         flash(f"{name} refreshed.", "success")
     else:
