@@ -2,9 +2,6 @@
 path "secret/data/oauth-sidecar/providers/*" {
   capabilities = ["read"]
 }
-path "secret/metadata/oauth-sidecar/providers/*" {
-  capabilities = ["list"]
-}
 path "secret/data/oauth-sidecar/grants/*" {
   capabilities = ["create", "read", "update"]
 }
@@ -24,8 +21,8 @@ path "secret/data/oauth/production/*" {
   capabilities = ["create", "read", "update"]
 }
 path "secret/metadata/oauth/development/*" {
-  capabilities = ["delete"]
+  capabilities = ["create", "update", "delete"]
 }
 path "secret/metadata/oauth/production/*" {
-  capabilities = ["delete"]
+  capabilities = ["create", "update", "delete"]
 }

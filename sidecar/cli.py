@@ -401,7 +401,7 @@ def policies_render(directory: str | None) -> None:
 
 @policies_group.command("write")
 def policies_write() -> None:
-    """Load the policies into Vault with your own VAULT_TOKEN (it needs sys/policies/acl rights)."""
+    """Load the policies into Vault with your own VAULT_TOKEN (it needs create/update on sys/policy/oauth-*)."""
     store = operator_store()
     for name, hcl in render_policies(Settings.from_env()).items():
         store.write_policy(name, hcl)

@@ -19,14 +19,14 @@ def render(settings: Settings) -> dict[str, str]:
         [
             "# The sidecar itself: read providers, keep grants, pending logins and environment views.\n",
             _rule(f"{data}/{state}/providers/*", '["read"]'),
-            _rule(f"{meta}/{state}/providers/*", '["list"]'),
             _rule(f"{data}/{state}/grants/*", '["create", "read", "update"]'),
             # list for the resync; create/update only to cap a new grant's version history.
             _rule(f"{meta}/{state}/grants/*", '["list", "create", "update"]'),
             _rule(f"{data}/{state}/pending/*", '["create", "read", "update"]'),
             _rule(f"{meta}/{state}/pending/*", '["delete"]'),
             *(_rule(f"{data}/{views}/{env}/*", '["create", "read", "update"]') for env in settings.environments),
-            *(_rule(f"{meta}/{views}/{env}/*", '["delete"]') for env in settings.environments),
+            # delete for a dropped environment; create/update only to cap a new view's version history.
+            *(_rule(f"{meta}/{views}/{env}/*", '["create", "update", "delete"]') for env in settings.environments),
         ]
     )
     admin = "".join(

@@ -24,7 +24,7 @@ T = TypeVar("T")
 Tree = Literal["providers", "grants", "pending"]
 _LABEL: dict[Tree, str] = {"providers": "provider", "grants": "secret", "pending": "login"}
 VAULT_TIMEOUT = 10.0
-PRIVATE_MAX_VERSIONS = 1
+MAX_VERSIONS = 1
 _UNAVAILABLE = (
     vault_errors.VaultDown,
     vault_errors.InternalServerError,
@@ -155,9 +155,9 @@ class Store:
         return self._read(self.view_path(environment, name), f"secret {name!r} in {environment!r}").data
 
     def write_view(self, environment: str, grant: Grant) -> None:
-        self._write(
-            self.view_path(environment, grant.name), f"secret {grant.name!r} in {environment!r}", grant.view(), None
-        )
+        path = self.view_path(environment, grant.name)
+        if self._write(path, f"secret {grant.name!r} in {environment!r}", grant.view(), None) == 1:
+            self._cap_history(path)
 
     def delete_view(self, environment: str, name: str) -> None:
         self._delete(self.view_path(environment, name), f"secret {name!r} in {environment!r}")
@@ -170,16 +170,14 @@ class Store:
     def put_grant(self, grant: Grant, cas: int | None = None) -> int:
         version = self.write("grants", grant.name, grant.to_record(), cas)
         if version == 1:
-            self._cap_history("grants", grant.name)
+            self._cap_history(self.path("grants", grant.name))
         return version
 
-    def _cap_history(self, tree: Tree, name: str) -> None:
-        """Keep one version of a private record: an old refresh token or client secret must not
-        linger in KV history. Set once, when the record is created."""
-        with _vault(f"{_LABEL[tree]} {name!r}"):
-            self._kv.update_metadata(
-                path=self.path(tree, name), max_versions=PRIVATE_MAX_VERSIONS, mount_point=self._settings.kv_mount
-            )
+    def _cap_history(self, path: str) -> None:
+        """Keep one version: an old refresh token, access token or client secret must not linger
+        in KV history. Set once, when the record is created (`path` has passed the name rule)."""
+        with _vault(path):
+            self._kv.update_metadata(path=path, max_versions=MAX_VERSIONS, mount_point=self._settings.kv_mount)
 
     # -- providers -------------------------------------------------------------------------
 
@@ -199,7 +197,7 @@ class Store:
         """Create or replace; returns the new version (1 when created)."""
         version = self.write("providers", provider.name, provider.to_record())
         if version == 1:
-            self._cap_history("providers", provider.name)
+            self._cap_history(self.path("providers", provider.name))
         return version
 
     def delete_provider(self, name: str) -> None:

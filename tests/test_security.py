@@ -195,3 +195,13 @@ def test_every_html_page_carries_strict_headers(live, api):
         assert page.headers["Referrer-Policy"] == "no-referrer" and page.headers["Cache-Control"] == "no-store"
     spec = requests.get(f"{live.url}/openapi.json", timeout=10).json()
     assert spec["openapi"].startswith("3.1") and "/v1/secrets/{secret}/token" in spec["paths"]
+
+
+def test_no_old_secret_lingers_in_version_history(api, root):
+    connected(api)
+    api("POST", "/v1/secrets/sheets/refresh")
+    api.register(client_id="changed")
+    for path in ("oauth-sidecar/providers/mock", "oauth-sidecar/grants/sheets", "oauth/production/sheets"):
+        meta = root.secrets.kv.v2.read_secret_metadata(path=path, mount_point="secret")["data"]
+        assert meta["max_versions"] == 1, path
+        assert meta["current_version"] >= 2 and list(meta["versions"]) == [str(meta["current_version"])], path
