@@ -85,7 +85,7 @@ def dev() -> None:
             "Press Ctrl-C to stop.\n"
         )
         stop = threading.Event()
-        loop = threading.Thread(target=Refresher(settings, Store(settings, settings.vault_token)).run, args=(stop,))
+        loop = threading.Thread(target=Refresher(settings, Store.own(settings)).run, args=(stop,))
         loop.start()
         signal.signal(signal.SIGTERM, _interrupt)
         try:
@@ -157,7 +157,7 @@ def refresh(once: bool) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    store = Store(settings, settings.vault_token)
+    store = Store.own(settings)
     store.check_token()
     refresher = Refresher(settings, store)
     if once:

@@ -13,7 +13,8 @@ from .errors import ConfigError, Invalid
 from .models import check_name, check_url
 
 T = TypeVar("T")
-VAULT_AUTH_METHODS = ("token",)  # approle and kubernetes are in the contract, not built yet
+VAULT_AUTH_METHODS = ("token", "approle", "kubernetes")
+KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 # Go's strconv.ParseBool, which the Vault CLI uses for VAULT_SKIP_VERIFY.
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -41,6 +42,15 @@ class Settings:
     claim_ttl: int = 120
     workers: int = 2
     session_key: str | None = field(default=None, repr=False)
+    vault_token_file: str | None = None
+    approle_role_id: str | None = field(default=None, repr=False)
+    approle_role_id_file: str | None = None
+    approle_secret_id: str | None = field(default=None, repr=False)
+    approle_secret_id_file: str | None = None
+    approle_mount: str = "approle"
+    kubernetes_role: str | None = None
+    kubernetes_token_file: str = KUBERNETES_TOKEN_FILE
+    kubernetes_mount: str = "kubernetes"
 
     @property
     def redirect_uri(self) -> str:
@@ -88,7 +98,30 @@ class Settings:
             claim_ttl=get("SIDECAR_CLAIM_TTL", _positive_int, cls.claim_ttl),
             workers=get("SIDECAR_WORKERS", _positive_int, cls.workers),
             session_key=get("SIDECAR_SESSION_KEY", _session_key, None),
-        )
+            vault_token_file=get("VAULT_TOKEN_FILE", str, None),
+            approle_role_id=get("SIDECAR_APPROLE_ROLE_ID", str, None),
+            approle_role_id_file=get("SIDECAR_APPROLE_ROLE_ID_FILE", str, None),
+            approle_secret_id=get("SIDECAR_APPROLE_SECRET_ID", str, None),
+            approle_secret_id_file=get("SIDECAR_APPROLE_SECRET_ID_FILE", str, None),
+            approle_mount=get("SIDECAR_APPROLE_MOUNT", _path, cls.approle_mount),
+            kubernetes_role=get("SIDECAR_KUBERNETES_ROLE", str, None),
+            kubernetes_token_file=get("SIDECAR_KUBERNETES_TOKEN_FILE", str, cls.kubernetes_token_file),
+            kubernetes_mount=get("SIDECAR_KUBERNETES_MOUNT", _path, cls.kubernetes_mount),
+        )._checked()
+
+    def _checked(self) -> Settings:
+        """The credentials the chosen Vault login method needs are all there."""
+        if self.vault_auth == "approle" and not (
+            (self.approle_role_id or self.approle_role_id_file)
+            and (self.approle_secret_id or self.approle_secret_id_file)
+        ):
+            raise ConfigError(
+                "SIDECAR_VAULT_AUTH: approle needs SIDECAR_APPROLE_ROLE_ID and SIDECAR_APPROLE_SECRET_ID "
+                "(or their _FILE variants)"
+            )
+        if self.vault_auth == "kubernetes" and not self.kubernetes_role:
+            raise ConfigError("SIDECAR_VAULT_AUTH: kubernetes needs SIDECAR_KUBERNETES_ROLE")
+        return self
 
 
 def _token_helper_file() -> str | None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import hvac
@@ -82,23 +84,157 @@ def _vault(what: str) -> Iterator[None]:
         raise VaultUnavailable("Vault is unreachable, sealed or failing; try again shortly") from None
 
 
-class Store:
-    """Vault KV v2 access with one token: the caller's, or the sidecar's own."""
+def _client(settings: Settings, token: str | None, session: requests.Session | None = None) -> hvac.Client:
+    return hvac.Client(
+        url=settings.vault_addr,
+        token=token,
+        namespace=settings.vault_namespace,
+        verify=settings.vault_cacert or not settings.vault_skip_verify,
+        timeout=VAULT_TIMEOUT,
+        session=session,
+    )
 
-    def __init__(self, settings: Settings, token: str | None, session: requests.Session | None = None) -> None:
+
+class Login:
+    """The sidecar's own Vault identity, by SIDECAR_VAULT_AUTH: a token (or a token file that an agent
+    keeps fresh), AppRole, or Kubernetes. It renews its token once two thirds of the TTL have passed,
+    and logs in again when renewal is refused or Vault no longer accepts the token."""
+
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client = hvac.Client(
-            url=settings.vault_addr,
-            token=token,
-            namespace=settings.vault_namespace,
-            verify=settings.vault_cacert or not settings.vault_skip_verify,
-            timeout=VAULT_TIMEOUT,
-            session=session,
-        )
+        self._client = _client(settings, None)
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at: float | None = None
+        self.logins = 0
+
+    def __repr__(self) -> str:
+        return f"Login(method={self._settings.vault_auth!r}, logins={self.logins})"
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None:
+                self._login()
+            elif self._renew_at is not None and time.monotonic() >= self._renew_at:
+                self._renew()
+            assert self._token is not None
+            return self._token
+
+    def replace(self, stale: str) -> str:
+        """Vault refused `stale`: log in again, unless another thread has already done so."""
+        with self._lock:
+            if self._token == stale:
+                self._login()
+            assert self._token is not None
+            return self._token
+
+    def _login(self) -> None:
+        s, method = self._settings, self._settings.vault_auth
+        with _vault(f"the sidecar's {method} login"):
+            if method == "approle":
+                auth = self._client.auth.approle.login(
+                    role_id=_secret(s.approle_role_id, s.approle_role_id_file),
+                    secret_id=_secret(s.approle_secret_id, s.approle_secret_id_file),
+                    mount_point=s.approle_mount,
+                    use_token=False,
+                )["auth"]
+            elif method == "kubernetes":
+                auth = self._client.auth.kubernetes.login(
+                    role=s.kubernetes_role,
+                    jwt=_secret(None, s.kubernetes_token_file),
+                    mount_point=s.kubernetes_mount,
+                    use_token=False,
+                )["auth"]
+            else:
+                # An explicit token file (kept fresh by an agent) wins over VAULT_TOKEN and ~/.vault-token.
+                token = _secret(None, s.vault_token_file) if s.vault_token_file else _secret(s.vault_token, None)
+                self._client.token = token
+                data = self._client.auth.token.lookup_self()["data"]
+                auth = {"client_token": token, "lease_duration": data.get("ttl") or 0}
+        self._token = auth["client_token"]
+        self._schedule(auth["lease_duration"])
+        self.logins += 1
+        log.info("logged in to Vault by %s (token TTL %ss)", method, auth["lease_duration"] or "unlimited")
+
+    def _schedule(self, ttl: int) -> None:
+        """Renew (or, if it cannot be renewed, log in again) after two thirds of the TTL."""
+        self._renew_at = time.monotonic() + ttl * 2 / 3 if ttl else None
+
+    def _renew(self) -> None:
+        self._client.token = self._token
+        try:
+            with _vault("the sidecar's token renewal"):
+                auth = self._client.auth.token.renew_self()["auth"]
+        except SidecarError:
+            auth = None
+        if auth and auth.get("lease_duration", 0) >= 2:
+            self._schedule(auth["lease_duration"])
+        else:  # refused, or at its maximum TTL
+            self._login()
+
+
+def _secret(value: str | None, path: str | None) -> str:
+    """A credential from its variable, else from its file (read anew each time: agents rotate files)."""
+    if value:
+        return value
+    if path:
+        try:
+            content = Path(path).read_text().strip()
+        except OSError as exc:
+            raise Unauthorized(f"cannot read the credential file {path}: {exc.strerror}") from None
+        if content:
+            return content
+    raise Unauthorized("the sidecar has no Vault credential for its SIDECAR_VAULT_AUTH method")
+
+
+class Store:
+    """Vault KV v2 access with one token: the caller's, or the sidecar's own (`Store.own`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        token: str | None,
+        session: requests.Session | None = None,
+        login: Login | None = None,
+    ) -> None:
+        self._settings = settings
+        self._client = _client(settings, token, session)
         self._kv = self._client.secrets.kv.v2
+        self._login = login
+
+    @classmethod
+    def own(cls, settings: Settings, session: requests.Session | None = None) -> Store:
+        """The sidecar's own store: its token comes from SIDECAR_VAULT_AUTH and is kept alive."""
+        return cls(settings, None, session, Login(settings))
 
     def __repr__(self) -> str:
         return f"Store(vault_addr={self._settings.vault_addr!r})"
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """One Vault call. With the sidecar's own identity, a token Vault no longer accepts is
+        replaced by a new login and the call made once more."""
+        if self._login is None:
+            with _vault(what):
+                return call()
+        self._client.token = self._login.token()
+        try:
+            with _vault(what):
+                return call()
+        except (Forbidden, Unauthorized):
+            stale = self._client.token
+            if self._token_alive():
+                raise  # a real denial by policy
+        self._client.token = self._login.replace(stale)
+        with _vault(what):
+            return call()
+
+    def _token_alive(self) -> bool:
+        try:
+            with _vault("the token"):
+                self._client.auth.token.lookup_self()
+        except (Forbidden, Unauthorized):
+            return False
+        return True
 
     def path(self, tree: Tree, name: str) -> str:
         """The KV path of a named object in the private tree; the name rule is enforced here."""
@@ -123,31 +259,38 @@ class Store:
 
     def names(self, tree: Tree) -> list[str]:
         try:
-            with _vault(tree):
-                resp = self._kv.list_secrets(
+            resp = self._call(
+                tree,
+                lambda: self._kv.list_secrets(
                     path=f"{self._settings.state_prefix}/{tree}", mount_point=self._settings.kv_mount
-                )
+                ),
+            )
         except NotFound:
             return []
         return sorted(k for k in resp["data"]["keys"] if not k.endswith("/"))
 
     def _read(self, path: str, what: str) -> Versioned:
-        with _vault(what):
-            resp = self._kv.read_secret_version(
+        resp = self._call(
+            what,
+            lambda: self._kv.read_secret_version(
                 path=path, mount_point=self._settings.kv_mount, raise_on_deleted_version=True
-            )
+            ),
+        )
         return Versioned(data=resp["data"]["data"] or {}, version=resp["data"]["metadata"]["version"])
 
     def _write(self, path: str, what: str, data: dict[str, Any], cas: int | None) -> int:
-        with _vault(what):
-            resp = self._kv.create_or_update_secret(
+        resp = self._call(
+            what,
+            lambda: self._kv.create_or_update_secret(
                 path=path, secret=data, cas=cas, mount_point=self._settings.kv_mount
-            )
+            ),
+        )
         return int(resp["data"]["version"])
 
     def _delete(self, path: str, what: str) -> None:
-        with _vault(what):
-            self._kv.delete_metadata_and_all_versions(path=path, mount_point=self._settings.kv_mount)
+        self._call(
+            what, lambda: self._kv.delete_metadata_and_all_versions(path=path, mount_point=self._settings.kv_mount)
+        )
 
     # -- environment views -----------------------------------------------------------------
 
@@ -176,8 +319,10 @@ class Store:
     def _cap_history(self, path: str) -> None:
         """Keep one version: an old refresh token, access token or client secret must not linger
         in KV history. Set once, when the record is created (`path` has passed the name rule)."""
-        with _vault(path):
-            self._kv.update_metadata(path=path, max_versions=MAX_VERSIONS, mount_point=self._settings.kv_mount)
+        self._call(
+            path,
+            lambda: self._kv.update_metadata(path=path, max_versions=MAX_VERSIONS, mount_point=self._settings.kv_mount),
+        )
 
     # -- providers -------------------------------------------------------------------------
 
@@ -216,8 +361,9 @@ class Store:
     def may(self, tree: Tree, name: str, capability: str) -> bool:
         """Whether this store's token has `capability` on the object (Vault's capabilities-self)."""
         path = f"{self._settings.kv_mount}/data/{self.path(tree, name)}"
-        with _vault(f"the capabilities on {_LABEL[tree]} {name!r}"):
-            resp = self._client.sys.get_capabilities(paths=[path])
+        resp = self._call(
+            f"the capabilities on {_LABEL[tree]} {name!r}", lambda: self._client.sys.get_capabilities(paths=[path])
+        )
         granted = resp.get(path) or resp.get("capabilities") or []
         return capability in granted or "root" in granted
 
@@ -225,11 +371,10 @@ class Store:
 
     def check_token(self) -> None:
         """Raise `Unauthorized` unless this store's token is a live Vault token."""
-        if not self._client.token:
+        if not self._client.token and self._login is None:
             raise Unauthorized("a Vault token is required")
         try:
-            with _vault("the token"):
-                self._client.auth.token.lookup_self()
+            self._call("the token", self._client.auth.token.lookup_self)
         except Forbidden:
             raise Unauthorized("the Vault token is missing or not valid") from None
 
@@ -248,11 +393,15 @@ class Store:
     # -- administration (dev mode and `policies write`) -----------------------------------------
 
     def write_policy(self, name: str, hcl: str) -> None:
-        with _vault(f"policy {name!r}"):
-            self._client.sys.create_or_update_policy(name=check_name(name, "policy"), policy=hcl)
+        self._call(
+            f"policy {name!r}",
+            lambda: self._client.sys.create_or_update_policy(name=check_name(name, "policy"), policy=hcl),
+        )
 
     def create_token(self, policies: list[str], ttl: str, display_name: str) -> str:
         """A child token with exactly these policies (plus Vault's `default`)."""
-        with _vault("a new token"):
-            resp = self._client.auth.token.create(policies=policies, ttl=ttl, display_name=display_name)
+        resp = self._call(
+            "a new token",
+            lambda: self._client.auth.token.create(policies=policies, ttl=ttl, display_name=display_name),
+        )
         return resp["auth"]["client_token"]

@@ -255,6 +255,18 @@ def views(root, name="sheets") -> dict[str, dict]:
     }
 
 
+@pytest.fixture
+def connect(api, oauth, root):
+    """Connect `name` through the real login flow with tokens that live `ttl` seconds."""
+
+    def go(name: str = "sheets", ttl: int = 4, **config) -> dict:
+        oauth.configure(ttl=ttl, **config)
+        assert requests.Session().get(start(api, name), timeout=30).status_code == 200
+        return grant_record(root, name)
+
+    return go
+
+
 # -- refreshing ------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import hvac
@@ -161,31 +162,39 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
         requests.get(f"{vault_addr}/v1/sys/health", timeout=2)
 
 
-def test_serve_runs_gunicorn_from_the_environment(vault, tokens, root, tmp_path):
+def start_serve(vault, token: str, tmp_path, **extra: str) -> tuple[subprocess.Popen, str]:
+    """`oauth-sidecar serve` as a process, once it answers /readyz with 200."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
         "VAULT_ADDR": vault.addr,
-        "VAULT_TOKEN": tokens.sidecar,
+        "VAULT_TOKEN": token,
         "SIDECAR_BIND": f"127.0.0.1:{port}",
         "SIDECAR_WORKERS": "2",
         "HOME": str(tmp_path),
+        **extra,
     }
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "oauth-sidecar"), "serve"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return proc, base
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"serve did not become ready: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.2)
+
+
+def test_serve_runs_gunicorn_from_the_environment(vault, tokens, root, tmp_path):
+    proc, base = start_serve(vault, tokens.sidecar, tmp_path)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                ready = requests.get(f"{base}/readyz", timeout=2)
-                break
-            except requests.ConnectionError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-                time.sleep(0.2)
-        assert ready.status_code == 200
         put = requests.put(
             f"{base}/v1/providers/google?note=query-not-logged", json=provider_body(),
             headers={"X-Vault-Token": tokens.admin},
@@ -321,3 +330,38 @@ def test_policies_render_and_write(vault, tokens, root, tmp_path):
     assert denied.exit_code == 1 and "permission denied" in denied.stderr
     # Put the default policies back for the other tests.
     assert CliRunner().invoke(main, ["policies", "write"], env=env).exit_code == 0
+
+
+def test_four_workers_run_one_refresh_loop(connect, vault, tokens, oauth, root, tmp_path):
+    connect(ttl=4, rotate=True)
+    proc, _ = start_serve(
+        vault,
+        tokens.sidecar,
+        tmp_path,
+        SIDECAR_WORKERS="4",
+        SIDECAR_REFRESH_INTERVAL="0.2",
+        SIDECAR_RESYNC_INTERVAL="1",
+    )
+    try:
+        time.sleep(9)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    times = [t["at"] for t in oauth.log()["token"] if t["grant_type"] == "refresh_token"]
+    # A 4 s token refreshed at half its life: about four refreshes in 9 s, never two at once.
+    assert 3 <= len(times) <= 6, times
+    assert min(b - a for a, b in pairwise(times)) >= 1000
+    assert oauth.log()["reuse"] == 0
+
+
+def test_sigterm_to_serve_during_a_refresh_stores_the_new_tokens(connect, vault, tokens, oauth, root, tmp_path):
+    before = connect(ttl=3, rotate=True)
+    oauth.next(token={"delayMs": 2500})
+    proc, _ = start_serve(vault, tokens.sidecar, tmp_path, SIDECAR_REFRESH_INTERVAL="0.2")
+    wait_for(lambda: oauth.log()["tokenRequests"] == 2, every=0.02)  # the refresh is at the provider
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    after = grant_record(root, "sheets")
+    assert after["refresh_token"] != before["refresh_token"] and oauth.accepts(after["access_token"])

@@ -81,8 +81,28 @@ def test_token_helper_file_like_the_vault_cli(tmp_path, monkeypatch):
         ("SIDECAR_WORKERS", "0"),
         ("SIDECAR_VAULT_AUTH", "password"),
         ("SIDECAR_VAULT_AUTH", "approle"),
+        ("SIDECAR_VAULT_AUTH", "kubernetes"),
     ],
 )
 def test_bad_values_name_the_variable(variable, value):
     with pytest.raises(ConfigError, match=f"^{variable}: "):
         Settings.from_env({variable: value})
+
+
+def test_each_vault_login_method_reads_its_credentials(tmp_path):
+    approle = Settings.from_env(
+        {
+            "SIDECAR_VAULT_AUTH": "approle",
+            "SIDECAR_APPROLE_ROLE_ID": "role-1",
+            "SIDECAR_APPROLE_SECRET_ID_FILE": str(tmp_path / "secret-id"),
+        }
+    )
+    assert (approle.approle_role_id, approle.approle_secret_id_file, approle.approle_mount) == (
+        "role-1",
+        str(tmp_path / "secret-id"),
+        "approle",
+    )
+    assert "role-1" not in repr(approle)
+    kubernetes = Settings.from_env({"SIDECAR_VAULT_AUTH": "kubernetes", "SIDECAR_KUBERNETES_ROLE": "oauth-sidecar"})
+    assert kubernetes.kubernetes_token_file == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert Settings.from_env({"VAULT_TOKEN_FILE": "/run/vault/token"}).vault_token_file == "/run/vault/token"

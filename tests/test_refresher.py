@@ -33,18 +33,6 @@ from .conftest import (
 
 
 @pytest.fixture
-def connect(api, oauth, root):
-    """Connect `name` through the real login flow with tokens that live `ttl` seconds."""
-
-    def go(name: str = "sheets", ttl: int = 4, **config) -> dict:
-        oauth.configure(ttl=ttl, **config)
-        assert requests.Session().get(start(api, name), timeout=30).status_code == 200
-        return grant_record(root, name)
-
-    return go
-
-
-@pytest.fixture
 def refresher(vault, tokens, root) -> Iterator[Refresher]:
     instance = Refresher(
         fast_settings(vault, tokens.sidecar), Store(fast_settings(vault, tokens.sidecar), tokens.sidecar)
@@ -376,3 +364,25 @@ def test_a_grant_whose_provider_vanished_is_kept_and_reported(connect, refresher
     refresher.resync_step(budget=10)
     assert refresher.submit("sheets", force=True).result().result == "error"
     assert grant_record(root, "sheets")["status"] == "active"  # nothing lost; an operator can restore the provider
+
+
+def test_an_approle_sidecar_keeps_refreshing_across_its_token_ttls(connect, vault, root, oauth):
+    if "approle/" not in root.sys.list_auth_methods():
+        root.sys.enable_auth_method("approle")
+    root.write("auth/approle/role/sidecar", token_policies="oauth-sidecar", token_ttl="2s", token_max_ttl="4s")
+    env = {
+        "SIDECAR_VAULT_AUTH": "approle",
+        "SIDECAR_APPROLE_ROLE_ID": root.read("auth/approle/role/sidecar/role-id")["data"]["role_id"],
+        "SIDECAR_APPROLE_SECRET_ID": root.write("auth/approle/role/sidecar/secret-id")["data"]["secret_id"],
+    }
+    settings = fast_settings(vault, "", **env)
+    store = Store.own(settings)
+    refresher = Refresher(settings, store)
+    before = connect(ttl=3)
+    seen = [before["last_refreshed_at"]]
+    with running(refresher):
+        for _ in range(4):  # four refreshes: about six seconds, several of the sidecar's token TTLs
+            seen.append(wait_for(refreshed_since(root, "sheets", seen[-1]), timeout=15)["last_refreshed_at"])
+    refresher.shutdown()
+    assert store._login.logins >= 2
+    assert oauth.accepts(grant_record(root, "sheets")["access_token"])

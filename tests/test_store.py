@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from sidecar.config import Settings
@@ -84,3 +86,60 @@ def test_retrying_rides_out_brief_unavailability():
     assert retrying(flaky, attempts=5, delay=0) == "written" and len(calls) == 3
     with pytest.raises(VaultUnavailable):
         retrying(lambda: (_ for _ in ()).throw(VaultUnavailable("still down")), attempts=2, delay=0)
+
+
+@pytest.fixture
+def approle(vault, root):
+    """An AppRole whose tokens live 2 s and at most 5 s, with the sidecar's policy."""
+    if "approle/" not in root.sys.list_auth_methods():
+        root.sys.enable_auth_method("approle")
+    root.write("auth/approle/role/sidecar", token_policies="oauth-sidecar", token_ttl="2s", token_max_ttl="5s")
+    role_id = root.read("auth/approle/role/sidecar/role-id")["data"]["role_id"]
+    secret_id = root.write("auth/approle/role/sidecar/secret-id")["data"]["secret_id"]
+    return {"SIDECAR_VAULT_AUTH": "approle", "SIDECAR_APPROLE_ROLE_ID": role_id, "SIDECAR_APPROLE_SECRET_ID": secret_id}
+
+
+def own_store(vault, **env: str) -> Store:
+    return Store.own(Settings.from_env({"VAULT_ADDR": vault.addr, **env}))
+
+
+def test_approle_login_renews_and_logs_in_again_across_many_ttls(vault, approle, root):
+    store = own_store(vault, **approle)
+    started = time.monotonic()
+    while time.monotonic() - started < 12:  # six token TTLs, two maximum TTLs
+        assert store.names("grants") == []
+        time.sleep(0.25)
+    assert store._login.logins >= 3
+
+
+def test_a_revoked_sidecar_token_is_replaced_by_a_new_login(vault, approle, root):
+    store = own_store(vault, **approle)
+    store.check_token()
+    first = store._client.token
+    root.auth.token.revoke(first)
+    assert store.names("grants") == []  # Vault refused the old token; a new login took over
+    assert store._client.token != first and store._login.logins == 2
+
+
+def test_a_token_file_is_read_again_when_its_token_stops_working(vault, root, tmp_path):
+    token_file = tmp_path / "token"
+    make = lambda: root.auth.token.create(policies=["oauth-sidecar"], ttl="1h")["auth"]["client_token"]  # noqa: E731
+    token_file.write_text(make())
+    store = own_store(vault, VAULT_TOKEN_FILE=str(token_file))
+    store.check_token()
+    root.auth.token.revoke(token_file.read_text())
+    token_file.write_text(make())  # as an agent would
+    assert store.names("grants") == []
+
+
+def test_a_policy_denial_is_not_mistaken_for_an_expired_token(vault, approle, root):
+    store = own_store(vault, **approle)
+    with pytest.raises(Forbidden):
+        store.write("providers", "nope", {"x": 1})  # the sidecar may not write providers
+    assert store._login.logins == 1
+
+
+def test_missing_login_credentials_are_a_clear_error(vault, tmp_path):
+    store = own_store(vault, VAULT_TOKEN_FILE=str(tmp_path / "absent"))
+    with pytest.raises(Unauthorized, match="cannot read the credential file"):
+        store.names("grants")

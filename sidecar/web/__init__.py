@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.json = OrderedJSON(app)
     session = requests.Session()
-    own_store = Store(settings, settings.vault_token, session)
+    own_store = Store.own(settings, session)
     app.extensions["sidecar"] = Runtime(settings, session, own_store, Refresher(settings, own_store))
 
     from . import api, auth, health, ui
