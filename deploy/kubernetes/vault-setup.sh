@@ -1,0 +1,27 @@
+#!/usr/bin/env sh
+# Run once, by a Vault operator, from a machine with the vault CLI logged in with rights to
+# write policies and configure auth methods. Adjust the namespace and service account names.
+set -eu
+
+# The sidecar's least-privilege policies (oauth-sidecar, oauth-admin, oauth-reader-<env>).
+oauth-sidecar policies write
+
+# Kubernetes auth: pods log in with their service account token.
+vault auth enable kubernetes 2>/dev/null || true
+vault write auth/kubernetes/config kubernetes_host="https://kubernetes.default.svc"
+
+# The sidecar: its own policy only; short-lived tokens it renews and replaces by itself.
+vault write auth/kubernetes/role/oauth-sidecar \
+    bound_service_account_names=oauth-sidecar \
+    bound_service_account_namespaces=integrations \
+    token_policies=oauth-sidecar token_ttl=1h token_max_ttl=24h
+
+# An app of the production environment: read its tokens, nothing else.
+vault write auth/kubernetes/role/sheets-app \
+    bound_service_account_names=sheets-app \
+    bound_service_account_namespaces=integrations \
+    token_policies=oauth-reader-production token_ttl=1h
+
+# The UI's session key, the same for every replica.
+kubectl -n integrations create secret generic oauth-sidecar \
+    --from-literal=session-key="$(head -c 48 /dev/urandom | base64)"
