@@ -145,7 +145,8 @@ class Refresher:
 
     def resync_step(self, budget: int) -> None:
         """List the grants once per resync interval, then read at most `budget` of them per step."""
-        if not self._scan and time.monotonic() >= self._next_resync:
+        listing = not self._scan and time.monotonic() >= self._next_resync
+        if listing:
             listed = self.store.names("grants")
             self._next_resync = time.monotonic() + self.settings.resync_interval
             with self._lock:
@@ -153,9 +154,11 @@ class Refresher:
                     self._due.pop(gone, None)
                     self._status.pop(gone, None)
             self._scan.extend(listed)
-        for _ in range(min(budget, len(self._scan))):
+        scanned = min(budget, len(self._scan))
+        for _ in range(scanned):
             self._learn(self._scan.popleft())
-        self._publish_statuses()
+        if listing or scanned:  # an idle tick costs no Vault request, and next to no time either
+            self._publish_statuses()
 
     def _publish_statuses(self) -> None:
         with self._lock:

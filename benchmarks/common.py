@@ -1,0 +1,122 @@
+"""What the benchmarks share: a fast local token endpoint, seeded grants, JSON output, memory."""
+
+from __future__ import annotations
+
+import json
+import resource
+import secrets
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+from sidecar.config import Settings
+from sidecar.devvault import DevVault
+from sidecar.models import Grant, Provider, TokenSet
+from sidecar.store import Store
+
+ENVIRONMENTS = ("development", "production")
+
+
+class TokenEndpoint(BaseHTTPRequestHandler):
+    """Answers every refresh at once with fresh tokens, over keep-alive, so it is never the bottleneck.
+    It counts each refresh token it is shown, so a benchmark can prove none was redeemed twice."""
+
+    protocol_version = "HTTP/1.1"
+    seen: ClassVar[dict[str, int]] = {}
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:
+        form = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        token = next((v for k, _, v in (p.partition("=") for p in form.split("&")) if k == "refresh_token"), "")
+        with self.lock:
+            self.seen[token] = self.seen.get(token, 0) + 1
+        body = json.dumps(
+            {
+                "access_token": secrets.token_urlsafe(32),
+                "refresh_token": secrets.token_urlsafe(24),
+                "token_type": "Bearer",
+                "expires_in": 3600,
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    @classmethod
+    def redeemed_twice(cls) -> int:
+        return sum(1 for count in cls.seen.values() if count > 1)
+
+
+@contextmanager
+def bench_vault(concurrency: int = 8, **extra: str) -> Iterator[tuple[DevVault, Settings, Store, Provider]]:
+    """An OpenBao dev server, a fast token endpoint, and a provider registered for it."""
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    with DevVault() as vault:
+        settings = Settings.from_env(
+            {
+                "VAULT_ADDR": vault.addr,
+                "VAULT_TOKEN": vault.root_token,
+                "SIDECAR_REFRESH_CONCURRENCY": str(concurrency),
+                "SIDECAR_RESYNC_INTERVAL": "86400",
+                **extra,
+            }
+        )
+        store = Store(settings, vault.root_token)
+        provider = Provider.from_input(
+            "bench",
+            {
+                "client_id": "bench",
+                "client_secret": "bench-secret",
+                "authorization_url": "http://127.0.0.1:9/authorize",
+                "token_url": f"http://127.0.0.1:{endpoint.server_port}/token",
+                "scopes": "read",
+            },
+        )
+        store.put_provider(provider)
+        try:
+            yield vault, settings, store, provider
+        finally:
+            endpoint.shutdown()
+
+
+def seed(store: Store, count: int, due: bool = True, prefix: str = "bench") -> list[str]:
+    """`count` grants, each with its own refresh token: expired a minute ago (due), or good for a day."""
+    now = datetime.now(UTC)
+    expires = now - timedelta(minutes=1) if due else now + timedelta(days=1)
+    issued = expires - timedelta(hours=1)
+    names = [f"{prefix}-{i:06d}" for i in range(count)]
+
+    def one(name: str) -> None:
+        tokens = TokenSet("old-access", "Bearer", expires, ("read",), refresh_token=f"seed-{secrets.token_hex(8)}")
+        store.put_grant(Grant(name, "bench", ENVIRONMENTS, tokens, connected_at=issued, last_refreshed_at=issued))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, names))
+    return names
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB (from /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report(rows: list[tuple[str, str]], result: dict, as_json: bool) -> None:
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    if as_json:
+        print(json.dumps(result))
