@@ -2,8 +2,9 @@
 
     python benchmarks/latency.py --requests 2000 --logins 100 --json
 
-- `GET /v1/secrets/<name>/token` through the sidecar (werkzeug, threaded) against the bare floor:
-  the same Vault read of the view with hvac, same concurrency, same run.
+The sidecar runs as in production: `oauth-sidecar serve` (gunicorn, SIDECAR_WORKERS workers).
+- `GET /v1/secrets/<name>/token` through the sidecar against the bare floor: the same Vault read
+  of the view with hvac, same concurrency, same run.
 - `/callback`: logins driven over HTTP (the fast local endpoint plays the provider), timed from the
   callback request to its answer, against a bare floor that makes the same Vault calls and the same
   token request without the sidecar.
@@ -12,20 +13,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import hvac
 import requests
 from common import bench_vault, report, seed
-from werkzeug.serving import make_server
 
 from sidecar.config import Settings
 from sidecar.devvault import DevVault, bootstrap, free_port
-from sidecar.web import QuietHandler, create_app
 
 
 def rate(call, count: int, concurrency: int) -> float:
@@ -40,18 +43,32 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--logins", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="SIDECAR_WORKERS of the sidecar under test")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     with bench_vault() as (vault, _, store, provider):
         tokens = bootstrap(vault, Settings())
         port = free_port()
-        settings = Settings.from_env(
-            {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": tokens.sidecar, "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}"}
-        )
-        server = make_server("127.0.0.1", port, create_app(settings), threaded=True, request_handler=QuietHandler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        sidecar_url = settings.public_url
+        sidecar_url = f"http://127.0.0.1:{port}"
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
+            "VAULT_ADDR": vault.addr,
+            "VAULT_TOKEN": tokens.sidecar,
+            "SIDECAR_BIND": f"127.0.0.1:{port}",
+            "SIDECAR_PUBLIC_URL": sidecar_url,
+            "SIDECAR_WORKERS": str(args.workers),
+        }
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "oauth-sidecar"), "serve"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        while True:
+            try:
+                if requests.get(f"{sidecar_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
 
         # The token endpoint against a direct read of the same view.
         seed(store, 1, due=False, prefix="token")
@@ -92,7 +109,8 @@ def main() -> None:
             callback_ms.append((time.perf_counter() - started) * 1000)
             assert done.status_code == 200, done.text
         floor_ms = [bare_callback(vault, provider, i) for i in range(args.logins)]
-        server.shutdown()
+        server.terminate()
+        server.wait()
 
     sidecar_ms, bare_ms = statistics.median(callback_ms), statistics.median(floor_ms)
     result = {

@@ -214,8 +214,14 @@ class Store:
         """One Vault call. With the sidecar's own identity, a token Vault no longer accepts is
         replaced by a new login and the call made once more."""
         if self._login is None:
-            with _vault(what):
-                return call()
+            try:
+                with _vault(what):
+                    return call()
+            except Forbidden:
+                # Vault says 403 both for a dead token and for a missing right: tell them apart.
+                if self._client.token and not self._token_alive():
+                    raise Unauthorized("the Vault token is missing or not valid") from None
+                raise
         self._client.token = self._login.token()
         try:
             with _vault(what):

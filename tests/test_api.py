@@ -148,3 +148,11 @@ def test_unknown_routes_and_methods_answer_json(client, admin):
     assert client.get("/v1/nothing", headers=admin).json["error"]["code"] == "not_found"
     response = client.post("/v1/providers/google", json={}, headers=admin)
     assert response.status_code == 405 and response.json["error"]["code"] == "method_not_allowed"
+
+
+def test_a_token_revoked_after_its_first_use_gets_401(client, vault, root):
+    token = root.auth.token.create(policies=["oauth-admin"], ttl="10m")["auth"]["client_token"]
+    assert client.get("/v1/providers", headers={"X-Vault-Token": token}).status_code == 200
+    root.auth.token.revoke(token)
+    response = client.get("/v1/providers", headers={"X-Vault-Token": token})
+    assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"

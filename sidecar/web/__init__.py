@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import requests
+from cachetools import TTLCache
 from flask import Flask, Response, jsonify
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
@@ -19,6 +22,7 @@ from ..store import Store
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
+TOKEN_CHECK_TTL = 30.0
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,27 @@ class Runtime:
     session: requests.Session
     own_store: Store
     refresher: Refresher
+    live_tokens: TTLCache = field(default_factory=lambda: TTLCache(maxsize=10_000, ttl=TOKEN_CHECK_TTL))
+    lock: threading.Lock = field(default_factory=threading.Lock)  # cachetools caches are not thread-safe
 
     def store_for(self, token: str | None) -> Store:
         return Store(self.settings, token, self.session)
+
+    def authenticated(self, token: str) -> Store:
+        """A store acting with the caller's token, which Vault knows (401 otherwise).
+
+        A token seen alive in the last TOKEN_CHECK_TTL seconds skips the lookup: it is only the
+        check that tells 401 from 403, since Vault still authorises the call itself, and a token
+        revoked meanwhile is caught there (the store turns that refusal into 401)."""
+        store = self.store_for(token)
+        key = hashlib.sha256(token.encode()).hexdigest()
+        with self.lock:
+            known = key in self.live_tokens
+        if not known:
+            store.check_token()
+            with self.lock:
+                self.live_tokens[key] = True
+        return store
 
 
 class QuietHandler(WSGIRequestHandler):

@@ -33,9 +33,7 @@ def caller_token() -> str:
 @bp.before_request
 def authenticate() -> None:
     """401 unless the caller's token is live; its own Vault policies then decide (403)."""
-    store = runtime(current_app).store_for(caller_token())
-    store.check_token()
-    g.store = store
+    g.store = runtime(current_app).authenticated(caller_token())
 
 
 def store() -> Store:

@@ -53,7 +53,7 @@ def require_login() -> BaseResponse | None:
     if not session.get("vault_token"):
         return redirect(url_for("ui.login"), code=303)
     try:
-        user_store().check_token()
+        runtime(current_app).authenticated(session["vault_token"])
     except Unauthorized:
         session.clear()
         flash("Your Vault token is no longer valid. Log in again.", "error")
