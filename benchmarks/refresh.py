@@ -141,7 +141,10 @@ def main() -> None:
         [
             ("grants, concurrency, replicas", f"{args.grants}, {args.concurrency}, {args.replicas}"),
             ("floor refreshes/s (rounds)", f"{floor_median:.1f} ({', '.join(f'{v:.1f}' for v in rates['floor'])})"),
-            ("sidecar refreshes/s (rounds)", f"{sidecar_median:.1f} ({', '.join(f'{v:.1f}' for v in rates['sidecar'])})"),
+            (
+                "sidecar refreshes/s (rounds)",
+                f"{sidecar_median:.1f} ({', '.join(f'{v:.1f}' for v in rates['sidecar'])})",
+            ),
             ("ratio sidecar/floor", f"{result['ratio']:.3f}"),
             ("refresh tokens redeemed twice", str(result["redeemed_twice"])),
         ],
