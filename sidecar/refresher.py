@@ -111,9 +111,12 @@ class Refresher:
         with self._lock:
             return min(self._due.values(), default=None)
 
+    def _margin(self, provider: Provider) -> int:
+        """The provider's refresh margin, else SIDECAR_REFRESH_MARGIN."""
+        return provider.refresh_margin if provider.refresh_margin is not None else self.settings.refresh_margin
+
     def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
-        margin = provider.refresh_margin if provider.refresh_margin is not None else self.settings.refresh_margin
-        due = due_at(grant, margin, provider.max_token_lifetime)
+        due = due_at(grant, self._margin(provider), provider.max_token_lifetime)
         if due and grant.claim_until and grant.claim_owner != self.owner:
             due = max(due, grant.claim_until)  # a live claim elsewhere: look again once it lapses
         return due
@@ -347,7 +350,7 @@ class Refresher:
 
     def _backoff(self, grant: Grant, provider: Provider, failures: int, retry_after: float | None) -> float:
         """Exponential with jitter, from a base that suits the token's lifetime; Retry-After honoured."""
-        margin = provider.refresh_margin if provider.refresh_margin is not None else self.settings.refresh_margin
+        margin = self._margin(provider)
         issued = grant.last_refreshed_at or grant.connected_at
         lifetime = (grant.tokens.expires_at - issued).total_seconds() if grant.tokens.expires_at and issued else 0
         lead = min(margin, lifetime / 2) if lifetime > 0 else margin

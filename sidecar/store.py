@@ -377,9 +377,13 @@ class Store:
 
     def check_token(self) -> None:
         """Raise `Unauthorized` unless this store's token is a live Vault token."""
-        if not self._client.token and self._login is None:
-            raise Unauthorized("a Vault token is required")
-        try:
+        if self._login is None:  # a caller's token: one lookup tells
+            if not self._client.token:
+                raise Unauthorized("a Vault token is required")
+            if not self._token_alive():
+                raise Unauthorized("the Vault token is missing or not valid")
+            return
+        try:  # the sidecar's own: `_call` logs in again if Vault no longer accepts it
             self._call("the token", self._client.auth.token.lookup_self)
         except Forbidden:
             raise Unauthorized("the Vault token is missing or not valid") from None

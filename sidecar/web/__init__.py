@@ -23,6 +23,7 @@ from ..store import Store
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
 TOKEN_CHECK_TTL = 30.0
+MAX_TOKEN_LENGTH = 4096
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ class OrderedJSON(DefaultJSONProvider):
     """Keys in the order the code builds them (name first), not sorted."""
 
     sort_keys = False
+
+
+def plausible_token(token: str) -> bool:
+    """Text that could be a Vault token: checked before it goes into a header to Vault."""
+    return 0 < len(token) <= MAX_TOKEN_LENGTH and token.isascii() and token.isprintable() and " " not in token
 
 
 def runtime(app: Flask) -> Runtime:

@@ -11,10 +11,9 @@ from ..errors import Conflict, Invalid, NotFound, Unauthorized
 from ..models import Provider, rfc3339
 from ..refresher import RefreshFailed
 from ..store import Store
-from . import runtime
+from . import plausible_token, runtime
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
-MAX_TOKEN_LENGTH = 4096
 
 
 def caller_token() -> str:
@@ -25,7 +24,7 @@ def caller_token() -> str:
         token = value.strip() if scheme.lower() == "bearer" else ""
     if not token:
         raise Unauthorized("a Vault token is required in X-Vault-Token or Authorization: Bearer")
-    if len(token) > MAX_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
+    if not plausible_token(token):
         raise Unauthorized("the Vault token is missing or not valid")
     return token
 

@@ -19,7 +19,7 @@ from .. import grants, logins
 from ..errors import Forbidden, Invalid, SidecarError, Unauthorized
 from ..models import TOKEN_AUTH_METHODS, Provider
 from ..store import Store
-from . import runtime
+from . import plausible_token, runtime
 
 bp = Blueprint("ui", __name__, url_prefix="/settings", template_folder="templates", static_folder="static")
 PUBLIC = {"ui.login", "ui.static"}
@@ -87,7 +87,7 @@ def login() -> tuple[str, int] | BaseResponse:
     if request.method == "POST":
         token = request.form.get("vault_token", "").strip()
         try:
-            if not token or not token.isascii() or not token.isprintable():
+            if not plausible_token(token):
                 raise Unauthorized("the Vault token is missing or not valid")
             runtime(current_app).store_for(token).check_token()
         except Unauthorized:
