@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from .errors import Invalid
 
@@ -23,7 +28,10 @@ MAX_SCOPES = 100
 MAX_REFRESH_MARGIN = 86_400
 # An expires_in beyond this is treated as "no expiry known" rather than trusted.
 MAX_EXPIRES_IN = 10 * 365 * 86_400
-TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+# Slack wants its scopes joined by commas; everyone else by spaces (RFC 6749 section 3.3).
+SCOPE_SEPARATORS = (" ", ",")
+MAX_PEM_LENGTH = 16_384
 # Parameters the sidecar itself sets on an authorization request; a provider may not override them.
 RESERVED_AUTHORIZE_PARAMS = frozenset(
     {"response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"}
@@ -142,9 +150,63 @@ def _authorize_params(data: Mapping[str, Any]) -> dict[str, str]:
     return dict(value)
 
 
+def _optional_url(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return None if value in (None, "") else check_url(value, key)
+
+
+def _optional_text(data: Mapping[str, Any], key: str) -> str:
+    return "" if data.get(key) in (None, "") else _text(data, key)
+
+
+def _private_key(data: Mapping[str, Any]) -> str:
+    """A PEM private key for private_key_jwt: RSA (RS256) or EC P-256 (ES256), unencrypted."""
+    value = data.get("private_key")
+    if value in (None, ""):
+        return ""
+    try:
+        signing_algorithm(value)
+    except (TypeError, ValueError):
+        raise Invalid(
+            "private_key must be an unencrypted PEM RSA (2048 bits or more) or EC P-256 private key",
+            {"private_key": "invalid key"},
+        ) from None
+    return str(value)
+
+
+def signing_algorithm(pem: object) -> str:
+    """The JWS algorithm for a PEM private key; ValueError for anything but RSA >= 2048 bits or EC P-256."""
+    if not isinstance(pem, str) or len(pem) > MAX_PEM_LENGTH:
+        raise ValueError("not a PEM string")
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return "ES256"
+    raise ValueError("unsupported key type")
+
+
+def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = data.get(key, choices[0])
+    if value not in choices:
+        raise Invalid(f"{key} must be one of {', '.join(map(repr, choices))}", {key: "invalid"})
+    return str(value)
+
+
+def _pkce_methods(data: Mapping[str, Any]) -> tuple[str, ...]:
+    value = data.get("code_challenge_methods_supported") or ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and len(v) < 64 for v in value):
+        raise Invalid("code_challenge_methods_supported must be a list of names", {"code_challenge_methods_supported": "invalid"})
+    return tuple(value)
+
+
+# Fields that hold credentials: stored in Vault, shown by the API only as `<field>_set`.
+SECRET_FIELDS = ("client_secret", "previous_client_secret", "private_key")
+
+
 @dataclass(frozen=True)
 class Provider:
-    """An OAuth provider registration. The client secret never shows in a repr."""
+    """An OAuth provider registration. Credentials never show in a repr."""
 
     name: str
     client_id: str
@@ -153,29 +215,48 @@ class Provider:
     token_url: str
     scopes: tuple[str, ...]
     revocation_url: str | None = None
+    device_authorization_url: str | None = None
     token_auth_method: str = "client_secret_basic"
+    # Used when the provider refuses `client_secret` as invalid_client: a rotation needs no downtime.
+    previous_client_secret: str = field(default="", repr=False)
+    private_key: str = field(default="", repr=False)
+    key_id: str = ""
     pkce: bool = True
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    scope_separator: str = " "
     refresh_margin: int | None = None
     max_token_lifetime: int | None = None
     issuer: str | None = None
     authorization_response_iss_parameter_supported: bool = False
+    code_challenge_methods_supported: tuple[str, ...] = ()
+    discovered_at: str = ""  # set when the endpoints came from the issuer's metadata, which is then re-read
+    preset: str = ""
+    preset_params: Mapping[str, str] = field(default_factory=dict)
 
     FIELDS = frozenset(
         {
-            "issuer",
-            "authorization_response_iss_parameter_supported",
-            "max_token_lifetime",
             "client_id",
             "client_secret",
             "authorization_url",
             "token_url",
             "scopes",
             "revocation_url",
+            "device_authorization_url",
             "token_auth_method",
+            "previous_client_secret",
+            "private_key",
+            "key_id",
             "pkce",
             "extra_authorize_params",
+            "scope_separator",
             "refresh_margin",
+            "max_token_lifetime",
+            "issuer",
+            "authorization_response_iss_parameter_supported",
+            "code_challenge_methods_supported",
+            "discovered_at",
+            "preset",
+            "preset_params",
         }
     )
 
@@ -195,13 +276,10 @@ class Provider:
         scopes = parse_scopes(data["scopes"])
         if not scopes:
             raise Invalid("scopes must name at least one scope", {"scopes": "required"})
-        method = data.get("token_auth_method", "client_secret_basic")
-        if method not in TOKEN_AUTH_METHODS:
-            raise Invalid(
-                f"token_auth_method must be one of {', '.join(TOKEN_AUTH_METHODS)}",
-                {"token_auth_method": "invalid"},
-            )
-        revocation_url = data.get("revocation_url")
+        method = _choice(data, "token_auth_method", TOKEN_AUTH_METHODS)
+        private_key = _private_key(data)
+        if method == "private_key_jwt" and not private_key:
+            raise Invalid("private_key_jwt needs private_key (PEM)", {"private_key": "required"})
         issuer = data.get("issuer")
         if data.get("authorization_response_iss_parameter_supported") and not issuer:
             raise Invalid(
@@ -211,27 +289,36 @@ class Provider:
         return cls(
             name=name,
             client_id=_text(data, "client_id"),
-            client_secret=_text(data, "client_secret"),
+            client_secret=_optional_text(data, "client_secret") if method == "private_key_jwt" else _text(data, "client_secret"),
             authorization_url=check_url(data.get("authorization_url"), "authorization_url"),
             token_url=check_url(data.get("token_url"), "token_url"),
             scopes=scopes,
-            revocation_url=None if revocation_url in (None, "") else check_url(revocation_url, "revocation_url"),
+            revocation_url=_optional_url(data, "revocation_url"),
+            device_authorization_url=_optional_url(data, "device_authorization_url"),
             token_auth_method=method,
+            previous_client_secret=_optional_text(data, "previous_client_secret"),
+            private_key=private_key,
+            key_id=_optional_text(data, "key_id"),
             pkce=_bool(data, "pkce", True),
             extra_authorize_params=_authorize_params(data),
+            scope_separator=_choice(data, "scope_separator", SCOPE_SEPARATORS),
             refresh_margin=_seconds(data, "refresh_margin", 0, MAX_REFRESH_MARGIN),
             max_token_lifetime=_seconds(data, "max_token_lifetime", 60, MAX_EXPIRES_IN),
-            issuer=None if issuer in (None, "") else check_url(issuer, "issuer"),
+            issuer=_optional_url(data, "issuer"),
             authorization_response_iss_parameter_supported=_bool(
                 data, "authorization_response_iss_parameter_supported", False
             ),
+            code_challenge_methods_supported=_pkce_methods(data),
+            discovered_at=_optional_text(data, "discovered_at"),
+            preset=_optional_text(data, "preset"),
+            preset_params=_string_map(data, "preset_params"),
         )
 
     def to_record(self) -> dict[str, Any]:
-        """The document stored in Vault (client secret included)."""
+        """The document stored in Vault (credentials included)."""
         record = asdict(self)
-        record["scopes"] = list(self.scopes)
-        record["extra_authorize_params"] = dict(self.extra_authorize_params)
+        for key in ("scopes", "code_challenge_methods_supported"):
+            record[key] = list(record[key])
         return record
 
     @classmethod
@@ -240,11 +327,31 @@ class Provider:
         return cls.from_input(name, {k: v for k, v in record.items() if k in cls.FIELDS})
 
     def public(self) -> dict[str, Any]:
-        """What the API shows: everything but the client secret."""
+        """What the API shows: no credential, only whether each is set (and the public key, if any)."""
         shown = self.to_record()
-        del shown["client_secret"]
-        shown["client_secret_set"] = bool(self.client_secret)
+        for key in SECRET_FIELDS:
+            shown[f"{key}_set"] = bool(shown.pop(key))
+        if self.private_key:
+            shown["public_jwk"] = public_jwk(self.private_key, self.key_id)
         return shown
+
+
+def public_jwk(pem: str, key_id: str = "") -> dict[str, str]:
+    """The JWK to register at the provider for private_key_jwt."""
+    key = serialization.load_pem_private_key(pem.encode(), password=None).public_key()
+    alg = signing_algorithm(pem)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key) if alg == "RS256" else ECAlgorithm.to_jwk(key))
+    return {**jwk, "alg": alg, "use": "sig", **({"kid": key_id} if key_id else {})}
+
+
+def _string_map(data: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = data.get(key) or {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= MAX_TEXT_LENGTH
+        for k, v in value.items()
+    ):
+        raise Invalid(f"{key} must be an object of short string values", {key: "must map strings to strings"})
+    return dict(value)
 
 
 # -- tokens and grants ------------------------------------------------------------------------
@@ -327,6 +434,14 @@ class Grant:
     next_attempt_at: datetime | None = None
     claim_owner: str = ""
     claim_until: datetime | None = None
+    grant_type: str = "authorization_code"  # how it was obtained, and so how it is renewed
+    failing_since: datetime | None = None  # when it last left `active`
+    notified: str = ""  # the status the webhook last announced, until the grant recovers
+
+    @property
+    def renewable(self) -> bool:
+        """A refresh token to redeem, or client credentials to ask again with."""
+        return bool(self.tokens.refresh_token) or self.grant_type == "client_credentials"
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -343,6 +458,9 @@ class Grant:
             "next_attempt_at": rfc3339(self.next_attempt_at, precise=True),
             "claim_owner": self.claim_owner,
             "claim_until": rfc3339(self.claim_until, precise=True),
+            "grant_type": self.grant_type,
+            "failing_since": rfc3339(self.failing_since, precise=True),
+            "notified": self.notified,
         }
 
     @classmethod
@@ -361,6 +479,9 @@ class Grant:
             next_attempt_at=parse_rfc3339(record.get("next_attempt_at")),
             claim_owner=record.get("claim_owner") or "",
             claim_until=parse_rfc3339(record.get("claim_until")),
+            grant_type=record.get("grant_type") or "authorization_code",
+            failing_since=parse_rfc3339(record.get("failing_since")),
+            notified=record.get("notified") or "",
         )
 
     def public(self) -> dict[str, Any]:
@@ -368,6 +489,7 @@ class Grant:
         return {
             "name": self.name,
             "provider": self.provider,
+            "grant_type": self.grant_type,
             "environments": list(self.environments),
             "status": self.status,
             "scopes": list(self.tokens.scopes),
@@ -378,6 +500,7 @@ class Grant:
             "last_error": self.last_error,
             "failures": self.failures,
             "next_attempt_at": rfc3339(self.next_attempt_at),
+            "failing_since": rfc3339(self.failing_since),
         }
 
     def view(self) -> dict[str, str]:
@@ -410,7 +533,7 @@ def check_environments(value: object, configured: tuple[str, ...]) -> tuple[str,
 def due_at(grant: Grant, margin: int, max_token_lifetime: int | None = None) -> datetime | None:
     """When to refresh: `expires_at - min(margin, lifetime / 2)`, a little earlier by a jitter
     of up to a tenth of that lead, and not before a backoff allows. None: never on a timer."""
-    if grant.status == "reauthorization_required" or not grant.tokens.refresh_token:
+    if grant.status == "reauthorization_required" or not grant.renewable:
         return None
     issued = grant.last_refreshed_at or grant.connected_at
     expires = grant.tokens.expires_at
