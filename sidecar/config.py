@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -51,6 +52,10 @@ class Settings:
     kubernetes_role: str | None = None
     kubernetes_token_file: str = KUBERNETES_TOKEN_FILE
     kubernetes_mount: str = "kubernetes"
+    discovery_interval: float = 86_400.0
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    notify_after: int = 900
 
     @property
     def redirect_uri(self) -> str:
@@ -107,6 +112,11 @@ class Settings:
             kubernetes_role=get("SIDECAR_KUBERNETES_ROLE", str, None),
             kubernetes_token_file=get("SIDECAR_KUBERNETES_TOKEN_FILE", str, cls.kubernetes_token_file),
             kubernetes_mount=get("SIDECAR_KUBERNETES_MOUNT", _path, cls.kubernetes_mount),
+            discovery_interval=get("SIDECAR_DISCOVERY_INTERVAL", _positive_float, cls.discovery_interval),
+            webhook_url=get("SIDECAR_WEBHOOK_URL", partial(check_url, what="URL"), None),
+            webhook_secret=get("SIDECAR_WEBHOOK_SECRET", str, None)
+            or get("SIDECAR_WEBHOOK_SECRET_FILE", _read_file, None),
+            notify_after=get("SIDECAR_NOTIFY_AFTER", _non_negative_int, cls.notify_after),
         )._checked()
 
     def _checked(self) -> Settings:
@@ -119,6 +129,8 @@ class Settings:
                 "SIDECAR_VAULT_AUTH: approle needs SIDECAR_APPROLE_ROLE_ID and SIDECAR_APPROLE_SECRET_ID "
                 "(or their _FILE variants)"
             )
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("SIDECAR_WEBHOOK_URL: notifications are signed; set SIDECAR_WEBHOOK_SECRET (or _FILE)")
         if self.vault_auth == "kubernetes" and not self.kubernetes_role:
             raise ConfigError("SIDECAR_VAULT_AUTH: kubernetes needs SIDECAR_KUBERNETES_ROLE")
         return self
@@ -188,6 +200,17 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
         return raw
 
     return parse
+
+
+def _read_file(raw: str) -> str:
+    try:
+        with open(raw) as source:
+            value = source.read().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {raw}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{raw} is empty")
+    return value
 
 
 def _existing_file(raw: str) -> str:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from . import oauth
+from . import oauth, providers
 from .config import Settings
 from .errors import Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
-from .models import Grant, check_name
+from .models import Grant, Provider, TokenSet, check_environments, check_name, parse_scopes
+from .notify import Notifier
 from .store import Store, retrying
+
+# How a secret is obtained; "authorization_code" goes through a browser login (see logins.py).
+GRANT_TYPES = ("authorization_code", "client_credentials", "refresh_token", "device_code")
 
 
 class RevocationFailed(SidecarError):
@@ -17,18 +23,101 @@ class RevocationFailed(SidecarError):
     status = 502
 
 
-def save_connected(store: Store, grant: Grant) -> None:
-    """Write the grant, then its views; environments it no longer has lose theirs."""
+class TokenRefused(SidecarError):
+    """The provider gave no token for a secret being created; nothing was stored."""
+
+    code = "token_refused"
+    status = 502
+
+
+def provider_for(store: Store, settings: Settings, name: object) -> Provider:
+    """A registered provider, as it stands now (its discovered endpoints re-read when due)."""
     try:
-        before = store.get_grant(grant.name).environments
+        provider = store.get_provider(check_name(name, "provider"))
     except NotFound:
-        before = ()
+        raise Invalid(f"unknown provider {name!r}", {"provider": "unknown provider"}) from None
+    return providers.current(provider, settings.discovery_interval)
+
+
+def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
+    wanted = provider.scopes if scopes is None else parse_scopes(scopes)
+    if not wanted:
+        raise Invalid("scopes must name at least one scope", {"scopes": "required"})
+    return wanted
+
+
+def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
+    """A secret with no browser: client credentials, or a refresh token obtained elsewhere
+    (redeemed at once, to prove it). Everything is checked before the provider is asked."""
+    grant_type = body.get("grant_type")
+    if grant_type not in ("client_credentials", "refresh_token"):
+        raise Invalid(f"grant_type must be one of {', '.join(GRANT_TYPES[:3])}", {"grant_type": "invalid"})
+    allowed = {"name", "provider", "environments", "scopes", "grant_type"} | (
+        {"refresh_token"} if grant_type == "refresh_token" else set()
+    )
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
+    name = check_name(body.get("name"), "name")
+    envs = check_environments(body.get("environments"), settings.environments)
+    provider = provider_for(store, settings, body.get("provider"))
+    scopes = wanted_scopes(provider, body.get("scopes"))
+    try:
+        if grant_type == "client_credentials":
+            tokens = oauth.client_credentials(provider, scopes)
+        else:
+            imported = body.get("refresh_token")
+            if not isinstance(imported, str) or not imported.strip() or len(imported) > 8192:
+                raise Invalid("refresh_token is required and must be a string", {"refresh_token": "required"})
+            tokens = oauth.refresh(provider, imported.strip(), scopes)
+            tokens = replace(tokens, refresh_token=tokens.refresh_token or imported.strip())
+    except (OAuthPermanent, OAuthTransient) as exc:
+        raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
+    return connected(store, settings, name, provider, envs, tokens, str(grant_type))
+
+
+def connected(
+    store: Store,
+    settings: Settings,
+    name: str,
+    provider: Provider,
+    envs: tuple[str, ...],
+    tokens: TokenSet,
+    grant_type: str,
+    login_id: str = "",
+) -> Grant:
+    """Store tokens just obtained, as a fresh active grant; announce the recovery of one that was failing."""
+    now = datetime.now(UTC)
+    grant = Grant(
+        name=name,
+        provider=provider.name,
+        environments=envs,
+        tokens=tokens,
+        login_id=login_id,
+        connected_at=now,
+        last_refreshed_at=now,
+        grant_type=grant_type,
+    )
+    replaced = save_connected(store, grant)
+    if replaced and replaced.notified:
+        Notifier(settings).send("recovered", grant)
+    return grant
+
+
+def save_connected(store: Store, grant: Grant) -> Grant | None:
+    """Write the grant, then its views; environments it no longer has lose theirs. Returns the
+    grant it replaced, if any."""
+    try:
+        before: Grant | None = store.get_grant(grant.name)
+    except NotFound:
+        before = None
     retrying(partial(store.put_grant, grant))
     for env in grant.environments:
         retrying(partial(store.write_view, env, grant))
-    for env in before:
+    for env in before.environments if before else ():
         if env not in grant.environments:
             store.delete_view(env, grant.name)
+    return before
 
 
 def status_all(store: Store) -> list[dict[str, Any]]:
@@ -60,7 +149,7 @@ def delete(store: Store, settings: Settings, name: str, force: bool = False) -> 
     grant = store.get_grant(name)
     revoked = False
     try:
-        provider = store.get_provider(grant.provider)
+        provider = providers.current(store.get_provider(grant.provider), settings.discovery_interval)
         token, hint = (
             (grant.tokens.refresh_token, "refresh_token")
             if grant.tokens.refresh_token

@@ -17,8 +17,8 @@ from typing import Any
 from . import oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
-from .grants import save_connected
-from .models import Grant, check_environments, check_name, parse_rfc3339, parse_scopes, rfc3339
+from .grants import connected, provider_for, wanted_scopes
+from .models import Grant, check_environments, check_name, parse_rfc3339, rfc3339
 from .store import Store, Versioned
 
 LOGIN_TTL = timedelta(minutes=10)
@@ -70,15 +70,9 @@ def start(
 ) -> Login:
     """Validate everything, then record the login in Vault and return the sidecar's link."""
     name = check_name(name, "name")
-    provider_name = check_name(provider_name, "provider")
     envs = check_environments(environments, settings.environments)
-    try:
-        provider = store.get_provider(provider_name)
-    except NotFound:
-        raise Invalid(f"unknown provider {provider_name!r}", {"provider": "unknown provider"}) from None
-    wanted = provider.scopes if scopes is None else parse_scopes(scopes)
-    if not wanted:
-        raise Invalid("scopes must name at least one scope", {"scopes": "required"})
+    provider = provider_for(store, settings, provider_name)
+    wanted = wanted_scopes(provider, scopes)
     request = oauth.authorization_request(provider, settings.redirect_uri, wanted)
     lid, expires_at = login_id(request.state), datetime.now(UTC) + LOGIN_TTL
     store.write(
@@ -198,8 +192,8 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Map
     if not code:
         raise LoginRefused("The provider's answer carries no authorization code.")
     try:
-        provider = store.get_provider(str(data["provider"]))
-    except NotFound:
+        provider = provider_for(store, settings, data["provider"])
+    except Invalid:
         raise LoginRefused("The provider of this login was deleted meanwhile.") from None
     try:
         tokens = oauth.exchange_code(
@@ -207,18 +201,8 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Map
         )
     except (OAuthPermanent, OAuthTransient) as exc:
         raise LoginFailed(f"The provider did not issue tokens: {exc.message}") from None
-    now = datetime.now(UTC)
-    grant = Grant(
-        name=str(data["name"]),
-        provider=provider.name,
-        environments=tuple(data["environments"]),
-        tokens=tokens,
-        login_id=lid,
-        connected_at=now,
-        last_refreshed_at=now,
-    )
-    save_connected(store, grant)
-    return grant
+    envs = tuple(data["environments"])
+    return connected(store, settings, str(data["name"]), provider, envs, tokens, "authorization_code", login_id=lid)
 
 
 def _seconds_left(data: Mapping[str, Any]) -> int:

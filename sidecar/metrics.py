@@ -24,6 +24,9 @@ REFRESH_SECONDS = Histogram(
 GRANTS = Gauge(
     "oauth_sidecar_grants", "Grants known to the refresher, by status.", ["status"], multiprocess_mode="livemax"
 )
+NOTIFICATIONS = Counter(
+    "oauth_sidecar_notifications_total", "Webhook notifications by event and result.", ["event", "result"]
+)
 VAULT_ERRORS = Counter("oauth_sidecar_vault_errors_total", "Vault calls that failed, by kind.", ["kind"])
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -165,7 +164,7 @@ def _private_key(data: Mapping[str, Any]) -> str:
     if value in (None, ""):
         return ""
     try:
-        signing_algorithm(value)
+        _signing_key(value)
     except (TypeError, ValueError):
         raise Invalid(
             "private_key must be an unencrypted PEM RSA (2048 bits or more) or EC P-256 private key",
@@ -174,16 +173,31 @@ def _private_key(data: Mapping[str, Any]) -> str:
     return str(value)
 
 
-def signing_algorithm(pem: object) -> str:
-    """The JWS algorithm for a PEM private key; ValueError for anything but RSA >= 2048 bits or EC P-256."""
+def _signing_key(pem: object) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """The PEM private key, if RSA of 2048 bits or more or EC P-256; else ValueError."""
     if not isinstance(pem, str) or len(pem) > MAX_PEM_LENGTH:
         raise ValueError("not a PEM string")
     key = serialization.load_pem_private_key(pem.encode(), password=None)
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
-        return "RS256"
+        return key
     if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        return "ES256"
+        return key
     raise ValueError("unsupported key type")
+
+
+def signing_algorithm(pem: str) -> str:
+    """The JWS algorithm for a private_key_jwt key."""
+    return "RS256" if isinstance(_signing_key(pem), rsa.RSAPrivateKey) else "ES256"
+
+
+def public_jwk(pem: str, key_id: str = "") -> dict[str, Any]:
+    """The JWK to register at the provider for private_key_jwt."""
+    key = _signing_key(pem)
+    if isinstance(key, rsa.RSAPrivateKey):
+        jwk, alg = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "RS256"
+    else:
+        jwk, alg = ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "ES256"
+    return {**jwk, "alg": alg, "use": "sig", **({"kid": key_id} if key_id else {})}
 
 
 def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
@@ -196,7 +210,9 @@ def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
 def _pkce_methods(data: Mapping[str, Any]) -> tuple[str, ...]:
     value = data.get("code_challenge_methods_supported") or ()
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) and len(v) < 64 for v in value):
-        raise Invalid("code_challenge_methods_supported must be a list of names", {"code_challenge_methods_supported": "invalid"})
+        raise Invalid(
+            "code_challenge_methods_supported must be a list of names", {"code_challenge_methods_supported": "invalid"}
+        )
     return tuple(value)
 
 
@@ -289,7 +305,9 @@ class Provider:
         return cls(
             name=name,
             client_id=_text(data, "client_id"),
-            client_secret=_optional_text(data, "client_secret") if method == "private_key_jwt" else _text(data, "client_secret"),
+            client_secret=_optional_text(data, "client_secret")
+            if method == "private_key_jwt"
+            else _text(data, "client_secret"),
             authorization_url=check_url(data.get("authorization_url"), "authorization_url"),
             token_url=check_url(data.get("token_url"), "token_url"),
             scopes=scopes,
@@ -334,14 +352,6 @@ class Provider:
         if self.private_key:
             shown["public_jwk"] = public_jwk(self.private_key, self.key_id)
         return shown
-
-
-def public_jwk(pem: str, key_id: str = "") -> dict[str, str]:
-    """The JWK to register at the provider for private_key_jwt."""
-    key = serialization.load_pem_private_key(pem.encode(), password=None).public_key()
-    alg = signing_algorithm(pem)
-    jwk = json.loads(RSAAlgorithm.to_jwk(key) if alg == "RS256" else ECAlgorithm.to_jwk(key))
-    return {**jwk, "alg": alg, "use": "sig", **({"kid": key_id} if key_id else {})}
 
 
 def _string_map(data: Mapping[str, Any], key: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""The only OAuth code: authorization requests (state, PKCE S256), code exchange, revocation.
+"""The only OAuth code: discovery, authorization requests (state, PKCE S256), the code, refresh,
+client credentials and device grants, client authentication, revocation.
 
 Requests to providers never follow redirects, so client credentials go nowhere but the
 endpoint the operator registered. Nothing here logs a request or response body.
@@ -6,25 +7,81 @@ endpoint the operator registered. Nothing here logs a request or response body.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote_plus
+from urllib.parse import quote_plus, urlsplit
 
+import jwt
 import requests
 from oauthlib.common import add_params_to_uri
 from oauthlib.oauth2 import WebApplicationClient
 
-from .errors import OAuthPermanent, OAuthTransient
-from .models import SCOPE_SPLIT_RE, Provider, TokenSet, expiry_from
+from .errors import Invalid, OAuthPermanent, OAuthTransient
+from .models import SCOPE_SPLIT_RE, Provider, TokenSet, check_url, expiry_from, signing_algorithm
+
+log = logging.getLogger(__name__)
 
 TIMEOUT = 10.0
 REVOKE_ATTEMPTS = 3
+ASSERTION_LIFETIME = 60  # seconds a private_key_jwt client assertion is valid
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_DEFAULT_INTERVAL = 5.0  # RFC 8628 section 3.2
+DEVICE_MAX_INTERVAL = 60.0
+# Metadata fields (RFC 8414) and the provider fields they fill.
+DISCOVERED = {
+    "authorization_endpoint": "authorization_url",
+    "token_endpoint": "token_url",
+    "revocation_endpoint": "revocation_url",
+    "device_authorization_endpoint": "device_authorization_url",
+}
 _http = requests.Session()
+
+
+def discover(issuer: str) -> dict[str, Any]:
+    """Provider fields from the issuer's RFC 8414 metadata, else its OpenID Connect discovery document.
+
+    A document that names another issuer is refused (RFC 8414 section 3.3): it could send logins elsewhere.
+    """
+    parts = urlsplit(issuer)
+    origin, path = f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+    for url in (
+        f"{origin}/.well-known/oauth-authorization-server{path}",
+        f"{origin}{path}/.well-known/openid-configuration",
+    ):
+        try:
+            resp = _http.get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise OAuthTransient(f"discovery: the issuer could not be reached ({type(exc).__name__})") from None
+        if resp.status_code in (400, 404, 405, 410):
+            continue
+        if resp.status_code != 200:
+            _raise_for(resp, "discovery")
+        metadata = _json(resp)
+        if metadata.get("issuer") != issuer:
+            raise OAuthPermanent(
+                f"discovery: the metadata at {url} names issuer {_clean(metadata.get('issuer'))!r}, "
+                "not the issuer asked for; refused"
+            )
+        return _provider_fields(metadata)
+    raise OAuthPermanent("discovery: the issuer publishes no OAuth or OpenID Connect metadata")
+
+
+def _provider_fields(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {ours: metadata[theirs] for theirs, ours in DISCOVERED.items() if theirs in metadata}
+    fields["authorization_response_iss_parameter_supported"] = (
+        metadata.get("authorization_response_iss_parameter_supported") is True
+    )
+    methods = metadata.get("code_challenge_methods_supported")
+    if isinstance(methods, list):
+        fields["code_challenge_methods_supported"] = [m for m in methods if isinstance(m, str)][:16]
+    return fields
 
 
 @dataclass(frozen=True)
@@ -41,7 +98,7 @@ def authorization_request(provider: Provider, redirect_uri: str, scopes: tuple[s
         ("response_type", "code"),
         ("client_id", provider.client_id),
         ("redirect_uri", redirect_uri),
-        ("scope", " ".join(scopes)),
+        ("scope", provider.scope_separator.join(scopes)),
         ("state", state),
     ]
     verifier = None
@@ -74,6 +131,81 @@ def refresh(provider: Provider, refresh_token: str, scopes: tuple[str, ...]) -> 
     return _token_set(_post(provider, provider.token_url, form, "refresh"), scopes, now, "refresh")
 
 
+def client_credentials(provider: Provider, scopes: tuple[str, ...]) -> TokenSet:
+    """A token for the client itself (RFC 6749 section 4.4): no user, no refresh token needed."""
+    form = {"grant_type": "client_credentials"}
+    if scopes:
+        form["scope"] = provider.scope_separator.join(scopes)
+    now = datetime.now(UTC)
+    return _token_set(
+        _post(provider, provider.token_url, form, "client credentials"), scopes, now, "client credentials"
+    )
+
+
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    """What the user is shown (RFC 8628 section 3.2); the device code stays out of reprs."""
+
+    device_code: str = field(repr=False)
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_at: datetime
+    interval: float
+
+
+def device_authorization(provider: Provider, scopes: tuple[str, ...]) -> DeviceAuthorization:
+    """Ask for a user code to show on a device with no browser."""
+    if not provider.device_authorization_url:
+        raise Invalid(f"provider {provider.name!r} has no device_authorization_url", {"provider": "no device flow"})
+    form = {"client_id": provider.client_id, "scope": provider.scope_separator.join(scopes)}
+    now = datetime.now(UTC)
+    resp = _post(provider, provider.device_authorization_url, form, "device authorization")
+    if resp.status_code != 200:
+        _raise_for(resp, "device authorization")
+    body = _json(resp)
+    device_code, user_code = _optional_str(body, "device_code"), _clean(body.get("user_code"), 64)
+    # Google names it verification_url, as drafts of RFC 8628 did.
+    uri = body.get("verification_uri") or body.get("verification_url")
+    expires_at = expiry_from(body.get("expires_in"), now)
+    if not (device_code and user_code and expires_at):
+        raise OAuthPermanent("device authorization: the provider's answer lacks a device code, user code or expiry")
+    try:
+        uri = check_url(uri, "verification_uri")
+        complete = body.get("verification_uri_complete")
+        complete = check_url(complete, "verification_uri_complete") if complete else None
+    except Invalid as exc:
+        raise OAuthPermanent(f"device authorization: {exc.message}") from None
+    interval = body.get("interval")
+    interval = float(interval) if isinstance(interval, int) and 0 < interval <= DEVICE_MAX_INTERVAL else None
+    return DeviceAuthorization(device_code, user_code, uri, complete, expires_at, interval or DEVICE_DEFAULT_INTERVAL)
+
+
+def device_token(
+    provider: Provider,
+    authorization: DeviceAuthorization,
+    scopes: tuple[str, ...],
+    sleep: Callable[[float], None] = time.sleep,
+) -> TokenSet:
+    """Poll until the user approves (RFC 8628 section 3.4-3.5): wait `interval` between requests,
+    five seconds more for each slow_down, twice as long after a network failure."""
+    interval = authorization.interval
+    form = {"grant_type": DEVICE_GRANT, "device_code": authorization.device_code, "client_id": provider.client_id}
+    while datetime.now(UTC) < authorization.expires_at:
+        sleep(interval)
+        now = datetime.now(UTC)
+        try:
+            return _token_set(_post(provider, provider.token_url, form, "device login"), scopes, now, "device login")
+        except OAuthPermanent as exc:
+            if exc.error == "slow_down":
+                interval += 5
+            elif exc.error != "authorization_pending":
+                raise
+        except OAuthTransient:
+            interval = min(interval * 2, DEVICE_MAX_INTERVAL)
+    raise OAuthPermanent("device login: the code expired before it was approved", error="expired_token")
+
+
 def revoke(provider: Provider, token: str, hint: str) -> bool:
     """RFC 7009 revocation; False when the provider has no revocation endpoint. A 503 is retried."""
     if not provider.revocation_url:
@@ -90,19 +222,53 @@ def revoke(provider: Provider, token: str, hint: str) -> bool:
 
 
 def _post(provider: Provider, url: str, form: dict[str, str], what: str) -> requests.Response:
-    """POST with the provider's client authentication; no redirects, bounded time."""
+    """POST with the provider's client authentication. Refused with the client secret, the previous
+    one is tried: a provider refuses the client before it looks at a code or refresh token."""
+    resp = _send(provider, url, form, provider.client_secret, what)
+    if provider.previous_client_secret and provider.token_auth_method != "private_key_jwt" and _refuses_client(resp):
+        resp = _send(provider, url, form, provider.previous_client_secret, what)
+        if not _refuses_client(resp):
+            log.warning(
+                "%s: provider %s refused the client secret but accepted the previous one; "
+                "finish the rotation at the provider",
+                what,
+                provider.name,
+            )
+    return resp
+
+
+def _refuses_client(resp: requests.Response) -> bool:
+    return resp.status_code == 401 or (
+        resp.status_code == 400 and _json(resp, strict=False).get("error") == "invalid_client"
+    )
+
+
+def _send(provider: Provider, url: str, form: dict[str, str], secret: str, what: str) -> requests.Response:
+    """POST with one client authentication; no redirects, bounded time."""
     auth = None
-    if provider.token_auth_method == "client_secret_post":
-        form = {**form, "client_id": provider.client_id, "client_secret": provider.client_secret}
+    if provider.token_auth_method == "private_key_jwt":
+        form = {**form, "client_id": provider.client_id, "client_assertion_type": JWT_BEARER,
+                "client_assertion": _assertion(provider, url)}  # fmt: skip
+    elif provider.token_auth_method == "client_secret_post":
+        form = {**form, "client_id": provider.client_id, "client_secret": secret}
     else:
         # RFC 6749 section 2.3.1: form-encode both parts before Basic encoding.
-        auth = (quote_plus(provider.client_id), quote_plus(provider.client_secret))
+        auth = (quote_plus(provider.client_id), quote_plus(secret))
     try:
         return _http.post(
             url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False
         )
     except requests.RequestException as exc:
         raise OAuthTransient(f"{what}: the provider could not be reached ({type(exc).__name__})") from None
+
+
+def _assertion(provider: Provider, audience: str) -> str:
+    """A single-use client assertion (RFC 7523 section 2.2) for one endpoint, signed with the key in Vault."""
+    now = int(time.time())
+    claims = {"iss": provider.client_id, "sub": provider.client_id, "aud": audience,
+              "jti": secrets.token_urlsafe(24), "iat": now, "exp": now + ASSERTION_LIFETIME}  # fmt: skip
+    headers = {"kid": provider.key_id} if provider.key_id else None
+    return jwt.encode(claims, provider.private_key, algorithm=signing_algorithm(provider.private_key), headers=headers)
 
 
 def _token_set(resp: requests.Response, requested: tuple[str, ...], now: datetime, what: str) -> TokenSet:

@@ -25,11 +25,12 @@ from functools import partial
 
 import schedule
 
-from . import oauth
+from . import oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
-from .models import STATUSES, Grant, Provider, due_at, rfc3339
+from .models import STATUSES, Grant, Provider, TokenSet, due_at, rfc3339
+from .notify import Notifier
 from .store import Store, retrying
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Refresher:
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = now_utc) -> None:
         self.settings = settings
         self.store = store
+        self.notifier = Notifier(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._clock = clock
         self._pool = ThreadPoolExecutor(settings.refresh_concurrency, thread_name_prefix="refresh")
@@ -117,6 +119,8 @@ class Refresher:
 
     def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
         due = due_at(grant, self._margin(provider), provider.max_token_lifetime)
+        if due is None and self.notifier.owed(grant, self._clock()):
+            due = self._clock()  # nothing to refresh, but an announcement is owed
         if due and grant.claim_until and grant.claim_owner != self.owner:
             due = max(due, grant.claim_until)  # a live claim elsewhere: look again once it lapses
         return due
@@ -125,7 +129,7 @@ class Refresher:
         cached = self._providers.get(name)
         if cached and time.monotonic() - cached[0] < PROVIDER_TTL:
             return cached[1]
-        provider = self.store.get_provider(name)
+        provider = providers.current(self.store.get_provider(name), self.settings.discovery_interval)
         self._providers[name] = (time.monotonic(), provider)
         return provider
 
@@ -248,10 +252,12 @@ class Refresher:
         if grant.claim_until and grant.claim_until > now and grant.claim_owner != self.owner:
             self._schedule(grant, due)
             return Outcome(name, "claimed_elsewhere")
-        if not grant.tokens.refresh_token:
-            return Outcome(name, "no_refresh_token", "this grant has no refresh token; connect it again")
         if grant.status == "reauthorization_required":
+            if self.notifier.owed(grant, now):
+                self._announce(grant, current.version)
             return Outcome(name, "reauthorization_required", f"{grant.last_error}; connect it again")
+        if not grant.renewable:
+            return Outcome(name, "no_refresh_token", "this grant has no refresh token; connect it again")
         if not force and (due is None or due > now):
             self._schedule(grant, due)
             return Outcome(name, "not_due")
@@ -262,11 +268,11 @@ class Refresher:
             return Outcome(name, "lost_race")  # a sibling claimed or wrote it first; it is theirs
         # From here on, only this replica may use the refresh token.
         try:
-            tokens = oauth.refresh(provider, grant.tokens.refresh_token, grant.tokens.scopes)
+            tokens = self._renew(grant, provider)
         except OAuthTransient as exc:
             return self._failed(claimed, version, provider, exc.message, exc.retry_after)
         except OAuthPermanent as exc:
-            if exc.error in DEAD_GRANT:
+            if exc.error in DEAD_GRANT and grant.tokens.refresh_token and grant.grant_type != "client_credentials":
                 return self._dead(name, version, exc.message)
             if exc.error == "invalid_client":
                 self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
@@ -284,7 +290,10 @@ class Refresher:
             next_attempt_at=None,
             claim_owner="",
             claim_until=None,
+            failing_since=None,
         )
+        if self.notifier.owed(refreshed, done) and self.notifier.send("recovered", refreshed):
+            refreshed = replace(refreshed, notified="")
         if not self._store_result(refreshed, version):
             return Outcome(name, "superseded", "the grant changed while its refresh was in flight")
         next_due = self._due_time(refreshed, provider)
@@ -297,6 +306,32 @@ class Refresher:
             rfc3339(next_due),
         )
         return Outcome(name, "refreshed")
+
+    def _renew(self, grant: Grant, provider: Provider) -> TokenSet:
+        """New tokens: with the client's own credentials, else by redeeming the refresh token."""
+        if grant.grant_type == "client_credentials":
+            return oauth.client_credentials(provider, grant.tokens.scopes)
+        assert grant.tokens.refresh_token  # checked by `renewable`
+        return oauth.refresh(provider, grant.tokens.refresh_token, grant.tokens.scopes)
+
+    def _with_announcement(self, grant: Grant) -> Grant:
+        """The grant, marked as announced if a notification was owed and delivered."""
+        event = self.notifier.owed(grant, self._clock())
+        if event and self.notifier.send(event, grant):
+            return replace(grant, notified=grant.status)
+        return grant
+
+    def _announce(self, grant: Grant, version: int) -> None:
+        """Deliver an owed announcement about a grant nobody refreshes; retried until delivered."""
+        announced = self._with_announcement(grant)
+        if announced is grant:
+            self._retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
+            return
+        try:
+            self.store.put_grant(announced, cas=version)
+        except (Conflict, VaultUnavailable) as exc:
+            log.warning("could not record the announcement about %s: %s", grant.name, exc.message)
+        self._schedule(announced, None)
 
     def _store_result(self, refreshed: Grant, version: int) -> bool:
         """Write the new tokens; never give up on them while Vault is only unavailable."""
@@ -338,7 +373,9 @@ class Refresher:
             next_attempt_at=self._clock() + timedelta(seconds=delay),
             claim_owner="",
             claim_until=None,
+            failing_since=claimed.failing_since or self._clock(),
         )
+        failed = self._with_announcement(failed)
         try:
             self.store.put_grant(failed, cas=version)
             self._write_views(failed)
@@ -363,20 +400,23 @@ class Refresher:
         latest = self.store.read("grants", name)
         if latest.version != version:
             return Outcome(name, "superseded", "another replica changed the grant meanwhile")
+        before = Grant.from_record(name, latest.data)
         marked = replace(
-            Grant.from_record(name, latest.data),
+            before,
             status="reauthorization_required",
             last_error=message,
             next_attempt_at=None,
             claim_owner="",
             claim_until=None,
+            failing_since=before.failing_since or self._clock(),
         )
+        marked = self._with_announcement(marked)
         try:
             self.store.put_grant(marked, cas=latest.version)
         except Conflict:
             return Outcome(name, "superseded", "another replica changed the grant meanwhile")
         self._write_views(marked)
-        self._schedule(marked, None)
+        self._schedule(marked, self._due_time(marked, self._provider(marked.provider)))
         log.warning("grant %s needs a new login: %s", name, message)
         return Outcome(name, "reauthorization_required", message)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
-from .. import grants, logins
+from .. import grants, logins, presets, providers
 from ..errors import Conflict, Invalid, NotFound, Unauthorized
-from ..models import Provider, rfc3339
+from ..models import rfc3339
 from ..refresher import RefreshFailed
 from ..store import Store
 from . import plausible_token, runtime
@@ -58,9 +58,14 @@ def get_provider(name: str):
 
 @bp.put("/providers/<name>")
 def put_provider(name: str):
-    provider = Provider.from_input(name, json_object())
+    provider = providers.build(name, json_object())
     version = store().put_provider(provider)
     return provider.public(), 201 if version == 1 else 200
+
+
+@bp.get("/presets")
+def list_presets():
+    return {"presets": presets.catalogue()}
 
 
 @bp.delete("/providers/<name>")
@@ -72,7 +77,9 @@ def delete_provider(name: str):
 @bp.post("/secrets")
 def create_secret():
     body = json_object()
-    unknown = sorted(set(body) - {"name", "provider", "environments", "scopes"})
+    if body.get("grant_type", "authorization_code") != "authorization_code":
+        return grants.create(store(), runtime(current_app).settings, body).public(), 201
+    unknown = sorted(set(body) - {"name", "provider", "environments", "scopes", "grant_type"})
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
     login = logins.start(

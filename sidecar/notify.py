@@ -1,0 +1,97 @@
+"""Webhook notifications: a grant needs a new login, has been failing too long, or recovered.
+
+Bodies are signed as Standard Webhooks (https://www.standardwebhooks.com) sign them, so any of
+its verifier libraries checks them: `webhook-signature: v1,<base64 HMAC-SHA256 of
+"<webhook-id>.<webhook-timestamp>.<body>">`. Delivery is at least once; `webhook-id` is the same
+for every delivery of one event, so a receiver can drop repeats.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import datetime
+
+import requests
+
+from .config import Settings
+from .metrics import NOTIFICATIONS
+from .models import Grant, rfc3339
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 5.0
+ATTEMPTS = 3
+
+
+class Notifier:
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.webhook_url
+        secret = settings.webhook_secret or ""
+        # A Standard Webhooks secret is "whsec_" + base64; any other string is used as it is.
+        self._key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
+        self.after = settings.notify_after
+        self._http = requests.Session()
+
+    def owed(self, grant: Grant, now: datetime) -> str | None:
+        """The event to announce about this grant now, if any."""
+        if not self.url:
+            return None
+        if grant.status == "active":
+            return "recovered" if grant.notified else None
+        if grant.notified == grant.status:
+            return None
+        if grant.status == "reauthorization_required":
+            return grant.status  # a person must act: no reason to wait
+        since = grant.failing_since
+        return grant.status if since and (now - since).total_seconds() >= self.after else None
+
+    def send(self, event: str, grant: Grant) -> bool:
+        """POST one event; True once the receiver answered 2xx. Never raises."""
+        if not self.url:
+            return False
+        body = json.dumps(
+            {
+                "type": f"grant.{event}",
+                "secret": grant.name,
+                "provider": grant.provider,
+                "environments": list(grant.environments),
+                "status": grant.status,
+                "last_error": grant.last_error,
+                "failing_since": rfc3339(grant.failing_since),
+                "timestamp": rfc3339(datetime.now().astimezone()),
+            }
+        )
+        event_id = (
+            "msg_"
+            + hashlib.sha256(f"{grant.name}|{event}|{rfc3339(grant.failing_since, True)}".encode()).hexdigest()[:32]
+        )
+        for attempt in range(ATTEMPTS):
+            stamp = str(int(time.time()))
+            mac = hmac.new(self._key, f"{event_id}.{stamp}.{body}".encode(), hashlib.sha256).digest()
+            headers = {
+                "Content-Type": "application/json",
+                "webhook-id": event_id,
+                "webhook-timestamp": stamp,
+                "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+            }
+            try:
+                resp = self._http.post(self.url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
+                outcome = f"HTTP {resp.status_code}"
+                if 200 <= resp.status_code < 300:
+                    NOTIFICATIONS.labels(event, "delivered").inc()
+                    log.info("announced %s of %s", event, grant.name)
+                    return True
+            except requests.RequestException as exc:
+                outcome = type(exc).__name__
+            if attempt + 1 < ATTEMPTS:
+                time.sleep(0.5 * 2**attempt)
+        NOTIFICATIONS.labels(event, "failed").inc()
+        log.warning(
+            "the webhook for %s of %s was not delivered (%s); it will be tried again", event, grant.name, outcome
+        )
+        return False

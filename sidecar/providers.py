@@ -1,0 +1,89 @@
+"""From an operator's input to a provider: a preset fills in, discovery fills in, validation decides.
+
+Endpoints found by discovery are re-read from the issuer's metadata at most once per
+SIDECAR_DISCOVERY_INTERVAL in each process, in memory: the sidecar's own Vault policy may only
+read providers, so a new endpoint reaches Vault when an operator saves the provider again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from . import oauth, presets
+from .errors import Invalid, OAuthPermanent, OAuthTransient
+from .models import Provider, check_url, rfc3339
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_metadata: dict[str, tuple[float, dict[str, Any]]] = {}  # issuer -> (monotonic time read, provider fields)
+
+
+def build(name: str, body: object) -> Provider:
+    """Validate a provider body, after filling it from its preset and then from its issuer's metadata."""
+    if not isinstance(body, Mapping):
+        raise Invalid("the provider must be a JSON object")
+    data = dict(body)
+    if data.get("preset"):
+        data = _with_preset(data)
+    if data.get("issuer") and not (data.get("authorization_url") and data.get("token_url")):
+        data = _with_discovery(data)
+    return Provider.from_input(name, data)
+
+
+def _with_preset(body: dict[str, Any]) -> dict[str, Any]:
+    """The preset's fields, overridden by whatever the body gives (blank values give nothing)."""
+    filled = presets.expand(body["preset"], body.get("preset_params"))
+    given = {k: v for k, v in body.items() if v not in (None, "", [], {}) and k not in ("preset", "preset_params")}
+    extra = {**filled.get("extra_authorize_params", {}), **given.get("extra_authorize_params", {})}
+    return {**filled, **given, "extra_authorize_params": extra}
+
+
+def _with_discovery(body: dict[str, Any]) -> dict[str, Any]:
+    issuer = check_url(body["issuer"], "issuer")
+    try:
+        found = oauth.discover(issuer)
+    except (OAuthPermanent, OAuthTransient) as exc:
+        raise Invalid(f"issuer: {exc.message}", {"issuer": "discovery failed"}) from None
+    _remember(issuer, found)
+    given = {k: v for k, v in body.items() if v not in (None, "")}
+    if "pkce" not in given and found.get("code_challenge_methods_supported"):
+        # RFC 8414: the methods listed are all there are; never fall back to "plain".
+        given["pkce"] = "S256" in found["code_challenge_methods_supported"]
+    return {**found, **given, "discovered_at": rfc3339(datetime.now(UTC))}
+
+
+def _remember(issuer: str, fields: dict[str, Any]) -> None:
+    with _lock:
+        _metadata[issuer] = (time.monotonic(), fields)
+
+
+def current(provider: Provider, max_age: float) -> Provider:
+    """The provider with its endpoints re-read from its issuer's metadata if older than `max_age`
+    seconds. If the metadata cannot be read, or now names bad endpoints, the stored ones are kept."""
+    if not (provider.discovered_at and provider.issuer):
+        return provider
+    with _lock:
+        read_at, fields = _metadata.get(provider.issuer, (float("-inf"), {}))
+    if time.monotonic() - read_at >= max_age:
+        try:
+            fields = oauth.discover(provider.issuer)
+        except (OAuthPermanent, OAuthTransient) as exc:
+            log.warning("re-reading the metadata of provider %s failed; keeping its endpoints: %s", provider.name,
+                        exc.message)  # fmt: skip
+        _remember(provider.issuer, fields)  # failed or not: at most one attempt per interval
+    if not fields:
+        return provider
+    try:
+        updated = Provider.from_input(provider.name, {**provider.to_record(), **fields})
+    except Invalid as exc:
+        log.warning("provider %s: its issuer's metadata is not usable; keeping its endpoints: %s", provider.name,
+                    exc.message)  # fmt: skip
+        return provider
+    return replace(updated, discovered_at=provider.discovered_at)
