@@ -18,11 +18,13 @@ from typing import Any, NoReturn
 
 import click
 
-from . import grants, logins
+from . import grants, logins, presets
 from .config import Settings
 from .errors import ConfigError, Invalid, NotFound, SidecarError
-from .models import TOKEN_AUTH_METHODS, Provider
+from .models import TOKEN_AUTH_METHODS
+from .oauth import DeviceAuthorization
 from .policies import render as render_policies
+from .providers import build as build_provider
 from .store import Store
 
 
@@ -216,8 +218,24 @@ def providers_get(name: str) -> None:
     print_json(operator_store().get_provider(name).public())
 
 
+@providers.command("presets")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def providers_presets(as_json: bool) -> None:
+    """List the well-known providers that `put --preset` fills in."""
+    found = presets.catalogue()
+    if as_json:
+        print_json({"presets": found})
+        return
+    for p in found:
+        params = " ".join(f"{k}={v['default'] or '(required)'}" for k, v in p["params"].items())
+        click.echo(f"{p['name']:<12} {p['title']:<22} {params}")
+
+
 @providers.command("put")
 @click.argument("name")
+@click.option("--preset", help="A well-known provider (see `providers presets`); other options override it.")
+@click.option("--preset-param", "preset_params", multiple=True, metavar="KEY=VALUE", help="A preset's parameter.")
+@click.option("--issuer", help="The issuer URL: without --authorization-url/--token-url, its metadata fills them in.")
 @click.option("--client-id", required=True)
 @click.option(
     "--client-secret-file",
@@ -225,49 +243,71 @@ def providers_get(name: str) -> None:
     help="File holding the client secret ('-' for standard input). Otherwise $OAUTH_CLIENT_SECRET, "
     "or a hidden prompt. Never an argument: arguments show in `ps` and shell history.",
 )
-@click.option("--authorization-url", required=True)
-@click.option("--token-url", required=True)
+@click.option(
+    "--previous-client-secret-file",
+    type=click.File("r"),
+    help="During a rotation: the old client secret, tried when the provider refuses the new one.",
+)
+@click.option("--private-key-file", type=click.File("r"), help="PEM key for private_key_jwt (RSA or EC P-256).")
+@click.option("--key-id", help="The key's kid, as registered at the provider.")
+@click.option("--authorization-url")
+@click.option("--token-url")
 @click.option("--scopes", help="Scopes separated by spaces, commas or newlines.")
 @click.option("--scopes-file", type=click.File("r"), help="File of scopes, one a line ('-' for standard input).")
 @click.option("--revocation-url")
-@click.option("--token-auth-method", type=click.Choice(TOKEN_AUTH_METHODS), default=TOKEN_AUTH_METHODS[0])
-@click.option("--pkce/--no-pkce", default=True, help="Use PKCE (S256) on logins.")
+@click.option("--device-authorization-url", help="RFC 8628 endpoint, for `secrets connect --device`.")
+@click.option("--token-auth-method", type=click.Choice(TOKEN_AUTH_METHODS), help=f"Default: {TOKEN_AUTH_METHODS[0]}.")
+@click.option("--pkce/--no-pkce", default=None, help="Use PKCE (S256) on logins (default: on).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Extra authorization parameter.")
 @click.option("--refresh-margin", type=int, help="Seconds before expiry to refresh (default: SIDECAR_REFRESH_MARGIN).")
 @click.option("--max-token-lifetime", type=int, help="Seconds; refresh tokens without expiry within this.")
-@click.option("--issuer", help="The provider's issuer URL, checked against the iss of its answers (RFC 9207).")
 @click.option(
     "--iss-parameter-supported/--no-iss-parameter-supported",
-    default=False,
+    default=None,
     help="The provider always sends iss with its answers; refuse answers without it.",
 )
 def providers_put(name: str, **opts: Any) -> None:
-    """Create or replace a provider."""
-    if (opts["scopes"] is None) == (opts["scopes_file"] is None):
-        raise Invalid("give the scopes with exactly one of --scopes or --scopes-file")
-    scopes = opts["scopes"] if opts["scopes"] is not None else opts["scopes_file"].read()
-    pairs = [p.partition("=") for p in opts["params"]]
-    if any(not sep for _, sep, _ in pairs):
-        raise Invalid("--param takes KEY=VALUE")
+    """Create or replace a provider: from a preset, from its issuer's metadata, or from its URLs."""
+    if opts["scopes"] is not None and opts["scopes_file"] is not None:
+        raise Invalid("give the scopes with at most one of --scopes or --scopes-file")
+    scopes = opts["scopes_file"].read() if opts["scopes_file"] else opts["scopes"]
+    jwt_auth = opts["token_auth_method"] == "private_key_jwt"
     body = {
+        "preset": opts["preset"],
+        "preset_params": _pairs(opts["preset_params"], "--preset-param"),
+        "issuer": opts["issuer"],
         "client_id": opts["client_id"],
-        "client_secret": _client_secret(opts["client_secret_file"]),
+        "client_secret": _read(opts["client_secret_file"]) if jwt_auth else _client_secret(opts["client_secret_file"]),
+        "previous_client_secret": _read(opts["previous_client_secret_file"]),
+        "private_key": _read(opts["private_key_file"]),
+        "key_id": opts["key_id"],
         "authorization_url": opts["authorization_url"],
         "token_url": opts["token_url"],
         "scopes": scopes,
         "revocation_url": opts["revocation_url"],
+        "device_authorization_url": opts["device_authorization_url"],
         "token_auth_method": opts["token_auth_method"],
         "pkce": opts["pkce"],
-        "extra_authorize_params": {k: v for k, _, v in pairs},
+        "extra_authorize_params": _pairs(opts["params"], "--param"),
         "refresh_margin": opts["refresh_margin"],
         "max_token_lifetime": opts["max_token_lifetime"],
-        "issuer": opts["issuer"],
         "authorization_response_iss_parameter_supported": opts["iss_parameter_supported"],
     }
-    provider = Provider.from_input(name, body)
+    provider = build_provider(name, {k: v for k, v in body.items() if v not in (None, "", {})})
     created = operator_store().put_provider(provider) == 1
     click.echo(f"{'created' if created else 'replaced'} provider {name}", err=True)
     print_json(provider.public())
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = [v.partition("=") for v in values]
+    if any(not sep for _, sep, _ in pairs):
+        raise Invalid(f"{option} takes KEY=VALUE")
+    return {k: v for k, _, v in pairs}
+
+
+def _read(source: Any) -> str | None:
+    return source.read().strip() if source is not None else None
 
 
 def _client_secret(source: Any) -> str:
@@ -301,22 +341,55 @@ def secrets_group() -> None:
 @click.option("--provider", "provider_name", required=True, help="A registered provider.")
 @click.option("--env", "environments", multiple=True, help="An environment (repeatable; default: all).")
 @click.option("--scopes", help="Scopes to ask for instead of the provider's, separated by spaces, commas or newlines.")
-@click.option("--open", "open_browser", is_flag=True, help="Open the link in a browser.")
+@click.option("--open", "open_browser", is_flag=True, help="Open the login link in a browser.")
+@click.option("--device", is_flag=True, help="No browser here: show a code to enter on another device (RFC 8628).")
+@click.option("--client-credentials", is_flag=True, help="A token for the client itself: no user, no login.")
+@click.option(
+    "--refresh-token-file",
+    type=click.File("r"),
+    help="Import a refresh token obtained elsewhere ('-' for standard input); it is redeemed at once.",
+)
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between checks.", hidden=True)
 def secrets_connect(
-    name: str, provider_name: str, environments: tuple[str, ...], scopes: str | None, open_browser: bool, poll: float
+    name: str, provider_name: str, environments: tuple[str, ...], scopes: str | None, **opts: Any
 ) -> None:
-    """Start a login; print the link, then wait until it completes or expires."""
-    settings = Settings.from_env()
-    store = operator_store()
-    login = logins.start(store, settings, name, provider_name, list(environments) or None, scopes)
+    """Get tokens for a secret: by a browser login (the default), a device code, the client's own
+    credentials, or a refresh token you already have."""
+    modes = [m for m in ("device", "client_credentials", "refresh_token_file") if opts[m]]
+    if len(modes) > 1:
+        raise Invalid("choose at most one of --device, --client-credentials and --refresh-token-file")
+    settings, store, envs = Settings.from_env(), operator_store(), list(environments) or None
+    if opts["device"]:
+        grant = grants.device_login(store, settings, name, provider_name, envs, scopes, show=_show_device_code)
+        click.echo("login completed", err=True)
+        print_json(grant.public())
+        return
+    if opts["client_credentials"] or opts["refresh_token_file"]:
+        body = {"name": name, "provider": provider_name, "environments": envs, "scopes": scopes}
+        if opts["client_credentials"]:
+            body["grant_type"] = "client_credentials"
+        else:
+            body.update(grant_type="refresh_token", refresh_token=opts["refresh_token_file"].read().strip())
+        print_json(grants.create(store, settings, {k: v for k, v in body.items() if v is not None}).public())
+        return
+    login = logins.start(store, settings, name, provider_name, envs, scopes)
     click.echo(login.url)
-    if open_browser:
+    if opts["open_browser"]:
         click.launch(login.url)
-    outcome = _wait_for_login(store, name, login, poll)
+    outcome = _wait_for_login(store, name, login, opts["poll"])
     if outcome != "connected":
         fail(outcome)
     print_json(store.get_grant(name).public())
+
+
+def _show_device_code(authorization: DeviceAuthorization) -> None:
+    left = int((authorization.expires_at - datetime.now(UTC)).total_seconds())
+    click.echo(
+        f"On any device, open {authorization.verification_uri} and enter the code {authorization.user_code}\n"
+        + (f"(or open {authorization.verification_uri_complete})\n" if authorization.verification_uri_complete else "")
+        + f"Waiting for approval; the code expires in {left // 60}:{left % 60:02d}.",
+        err=True,
+    )
 
 
 def _wait_for_login(store: Store, name: str, login: logins.Login, poll: float) -> str:

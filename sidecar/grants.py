@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -74,6 +75,29 @@ def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
     return connected(store, settings, name, provider, envs, tokens, str(grant_type))
+
+
+def device_login(
+    store: Store,
+    settings: Settings,
+    name: object,
+    provider_name: object,
+    environments: object,
+    scopes: object,
+    show: Callable[[oauth.DeviceAuthorization], None],
+) -> Grant:
+    """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
+    name = check_name(name, "name")
+    envs = check_environments(environments, settings.environments)
+    provider = provider_for(store, settings, provider_name)
+    wanted = wanted_scopes(provider, scopes)
+    try:
+        authorization = oauth.device_authorization(provider, wanted)
+        show(authorization)
+        tokens = oauth.device_token(provider, authorization, wanted)
+    except (OAuthPermanent, OAuthTransient) as exc:
+        raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
+    return connected(store, settings, name, provider, envs, tokens, "device_code")
 
 
 def connected(
