@@ -203,3 +203,44 @@ def test_reconnect_is_offered_when_a_login_is_needed(page: Page, live, tokens, a
     expect(page.get_by_role("status")).to_have_text("sheets is connected to mock.")
     expect(page.get_by_role("row", name="sheets").get_by_text("active")).to_be_visible()
     expect(page.get_by_role("button", name="Reconnect sheets")).to_have_count(0)
+
+
+def test_a_preset_is_chosen_in_the_form(page: Page, live, tokens, root, tmp_path, seen):
+    log_in(page, live, tokens.admin)
+    page.get_by_role("link", name="Add provider").click()
+    page.get_by_label("Name").fill("entra")
+    page.get_by_label("Start from").select_option(label="Microsoft Entra ID (tenant)")
+    page.get_by_label("Preset parameters").fill("tenant=contoso.onmicrosoft.com")
+    page.get_by_label("Client ID").fill("app-id")
+    page.get_by_label("Client secret").fill(CLIENT_SECRET)
+    shoot(page, tmp_path, "preset")
+    page.get_by_role("button", name="Save provider").click()
+    expect(page.get_by_role("status")).to_have_text("Provider entra saved.")
+    stored = root.secrets.kv.v2.read_secret_version(
+        path="oauth-sidecar/providers/entra", mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+    tenant = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0"
+    assert (stored["preset"], stored["token_url"]) == ("microsoft", f"{tenant}/token")
+    assert "offline_access" in stored["scopes"]
+    # Editing shows what the preset filled in, and keeps it.
+    page.get_by_role("link", name="Edit entra").click()
+    expect(page.get_by_label("Authorization URL")).to_have_value(f"{tenant}/authorize")
+    expect(page.get_by_label("Start from")).to_have_value("microsoft")
+    page.get_by_role("button", name="Save provider").click()
+    expect(page.get_by_role("status")).to_have_text("Provider entra saved.")
+    assert all(CLIENT_SECRET not in html for html in seen)
+
+
+def test_a_bad_preset_parameter_is_shown_next_to_its_field(page: Page, live, tokens, root):
+    log_in(page, live, tokens.admin)
+    page.get_by_role("link", name="Add provider").click()
+    page.get_by_label("Name").fill("okta")
+    page.get_by_label("Start from").select_option("okta")
+    page.get_by_label("Preset parameters").fill("domain=evil.example/steal")
+    page.get_by_label("Client ID").fill("app-id")
+    page.get_by_label("Client secret").fill(CLIENT_SECRET)
+    page.get_by_role("button", name="Save provider").click()
+    expect(page.get_by_label("Preset parameters")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#preset_params-error")).to_contain_text("domain")
+    expect(page.get_by_label("Start from")).to_have_value("okta")
+    assert vault_tree(root) == {}

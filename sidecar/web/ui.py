@@ -15,9 +15,10 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from .. import grants, logins
+from .. import grants, logins, presets
 from ..errors import Forbidden, Invalid, SidecarError, Unauthorized
 from ..models import TOKEN_AUTH_METHODS, Provider
+from ..providers import build as build_provider
 from ..store import Store
 from . import plausible_token, runtime
 
@@ -31,7 +32,6 @@ ADVANCED_FIELDS = frozenset(
         "extra_authorize_params",
         "refresh_margin",
         "max_token_lifetime",
-        "issuer",
         "authorization_response_iss_parameter_supported",
     }
 )
@@ -139,32 +139,44 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
     secret = form.get("client_secret", "")
     if not secret and keep_secret_of is not None:
         secret = keep_secret_of.client_secret
-    params: dict[str, str] = {}
-    for line in form.get("extra_authorize_params", "").splitlines():
-        if line.strip():
-            key, sep, value = line.strip().partition("=")
-            if not sep:
-                raise Invalid("write one KEY=VALUE a line", {"extra_authorize_params": "one KEY=VALUE a line"})
-            params[key.strip()] = value.strip()
     body: dict[str, Any] = {
+        "preset": form.get("preset", ""),
+        "preset_params": key_values(form.get("preset_params", ""), "preset_params"),
         "client_id": form.get("client_id", ""),
         "client_secret": secret,
         "authorization_url": form.get("authorization_url", "").strip(),
         "token_url": form.get("token_url", "").strip(),
         "scopes": form.get("scopes", ""),
         "revocation_url": form.get("revocation_url", "").strip() or None,
-        "token_auth_method": form.get("token_auth_method", TOKEN_AUTH_METHODS[0]),
+        "token_auth_method": form.get("token_auth_method") or None,
         "pkce": form.get("pkce") == "on",
-        "extra_authorize_params": params,
+        "extra_authorize_params": key_values(form.get("extra_authorize_params", ""), "extra_authorize_params"),
         "issuer": form.get("issuer", "").strip() or None,
         "authorization_response_iss_parameter_supported": form.get("iss_supported") == "on",
     }
+    if keep_secret_of is not None:  # what the form does not show: kept as it is
+        body.update(previous_client_secret=keep_secret_of.previous_client_secret,
+                    private_key=keep_secret_of.private_key, key_id=keep_secret_of.key_id)  # fmt: skip
+        if keep_secret_of.issuer == body["issuer"]:
+            body["discovered_at"] = keep_secret_of.discovered_at
     for key in ("refresh_margin", "max_token_lifetime"):
         raw = form.get(key, "").strip()
         if raw and not raw.isdigit():
             raise Invalid(f"{key} must be a whole number of seconds", {key: "a whole number of seconds"})
         body[key] = int(raw) if raw else None
-    return Provider.from_input(name, body)
+    return build_provider(name, {k: v for k, v in body.items() if v is not None})
+
+
+def key_values(text: str, field: str) -> dict[str, str]:
+    """One KEY=VALUE a line."""
+    pairs: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip():
+            key, sep, value = line.strip().partition("=")
+            if not sep:
+                raise Invalid("write one KEY=VALUE a line", {field: "one KEY=VALUE a line"})
+            pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
@@ -180,10 +192,11 @@ def provider_form(editing: Provider | None = None, errors: dict[str, str] | None
             **{k: v if v is not None else "" for k, v in shown.items()},
             "scopes": "\n".join(editing.scopes),
             "extra_authorize_params": "\n".join(f"{k}={v}" for k, v in editing.extra_authorize_params.items()),
+            "preset_params": "\n".join(f"{k}={v}" for k, v in editing.preset_params.items()),
             "iss_supported": editing.authorization_response_iss_parameter_supported,
         }
     else:
-        values = {"pkce": True, "token_auth_method": TOKEN_AUTH_METHODS[0]}
+        values = {"pkce": True}
     return (
         render_template(
             "ui/provider_form.html",
@@ -192,6 +205,7 @@ def provider_form(editing: Provider | None = None, errors: dict[str, str] | None
             errors=errors or {},
             advanced_open=bool(set(errors or {}) & ADVANCED_FIELDS),
             methods=TOKEN_AUTH_METHODS,
+            presets=presets.catalogue(),
         ),
         status,
     )
