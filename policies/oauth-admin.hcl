@@ -9,14 +9,14 @@ path "secret/data/oauth-sidecar/grants/*" {
   capabilities = ["create", "read", "update", "delete"]
 }
 path "secret/metadata/oauth-sidecar/grants/*" {
-  capabilities = ["read", "list", "delete"]
+  capabilities = ["read", "list", "create", "update", "delete"]
 }
 path "secret/data/oauth-sidecar/pending/*" {
   capabilities = ["create", "read", "update"]
 }
 path "secret/data/oauth/*" {
-  capabilities = ["read", "delete"]
+  capabilities = ["create", "read", "update", "delete"]
 }
 path "secret/metadata/oauth/*" {
-  capabilities = ["read", "list", "delete"]
+  capabilities = ["read", "list", "create", "update", "delete"]
 }

@@ -35,10 +35,13 @@ def render(settings: Settings) -> dict[str, str]:
             _rule(f"{data}/{state}/providers/*", _CRUD),
             _rule(f"{meta}/{state}/providers/*", '["read", "list", "create", "update", "delete"]'),
             _rule(f"{data}/{state}/grants/*", _CRUD),
-            _rule(f"{meta}/{state}/grants/*", '["read", "list", "delete"]'),
+            # create/update on metadata only to cap a new record's version history.
+            _rule(f"{meta}/{state}/grants/*", '["read", "list", "create", "update", "delete"]'),
             _rule(f"{data}/{state}/pending/*", '["create", "read", "update"]'),
-            _rule(f"{data}/{views}/*", '["read", "delete"]'),
-            _rule(f"{meta}/{views}/*", '["read", "list", "delete"]'),
+            # Writing views lets the CLI store a device login or client credentials itself; it grants
+            # nothing new: whoever manages providers and grants decides what the views hold anyway.
+            _rule(f"{data}/{views}/*", _CRUD),
+            _rule(f"{meta}/{views}/*", '["read", "list", "create", "update", "delete"]'),
         ]
     )
     policies = {"oauth-sidecar": sidecar, "oauth-admin": admin}
