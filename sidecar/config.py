@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -114,8 +115,8 @@ class Settings:
             kubernetes_mount=get("SIDECAR_KUBERNETES_MOUNT", _path, cls.kubernetes_mount),
             discovery_interval=get("SIDECAR_DISCOVERY_INTERVAL", _positive_float, cls.discovery_interval),
             webhook_url=get("SIDECAR_WEBHOOK_URL", partial(check_url, what="URL"), None),
-            webhook_secret=get("SIDECAR_WEBHOOK_SECRET", str, None)
-            or get("SIDECAR_WEBHOOK_SECRET_FILE", _read_file, None),
+            webhook_secret=get("SIDECAR_WEBHOOK_SECRET", _webhook_secret, None)
+            or get("SIDECAR_WEBHOOK_SECRET_FILE", lambda path: _webhook_secret(_read_file(path)), None),
             notify_after=get("SIDECAR_NOTIFY_AFTER", _non_negative_int, cls.notify_after),
         )._checked()
 
@@ -200,6 +201,21 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
         return raw
 
     return parse
+
+
+def webhook_key(secret: str) -> bytes:
+    """A Standard Webhooks secret is "whsec_" + base64; any other string is used as it is."""
+    if secret.startswith("whsec_"):
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)  # binascii.Error is a ValueError
+    return secret.encode()
+
+
+def _webhook_secret(raw: str) -> str:
+    try:
+        webhook_key(raw)
+    except ValueError:
+        raise ValueError("a whsec_ secret must be base64 after its prefix") from None
+    return raw
 
 
 def _read_file(raw: str) -> str:

@@ -12,7 +12,6 @@ from . import oauth, providers
 from .config import Settings
 from .errors import Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .models import Grant, Provider, TokenSet, check_environments, check_name, parse_scopes
-from .notify import Notifier
 from .store import Store, retrying
 
 # How a secret is obtained; "authorization_code" goes through a browser login (see logins.py).
@@ -110,7 +109,13 @@ def connected(
     grant_type: str,
     login_id: str = "",
 ) -> Grant:
-    """Store tokens just obtained, as a fresh active grant; announce the recovery of one that was failing."""
+    """Store tokens just obtained as a fresh, active grant. If it replaces a grant whose failure was
+    announced, the refresher announces the recovery (a callback never waits for a webhook)."""
+    try:
+        before: Grant | None = store.get_grant(name)
+    except NotFound:
+        before = None
+    announced = before.notified if before else ""
     now = datetime.now(UTC)
     grant = Grant(
         name=name,
@@ -121,27 +126,16 @@ def connected(
         connected_at=now,
         last_refreshed_at=now,
         grant_type=grant_type,
+        notified=announced,
+        failing_since=before.failing_since if before and announced else None,
     )
-    replaced = save_connected(store, grant)
-    if replaced and replaced.notified:
-        Notifier(settings).send("recovered", grant)
-    return grant
-
-
-def save_connected(store: Store, grant: Grant) -> Grant | None:
-    """Write the grant, then its views; environments it no longer has lose theirs. Returns the
-    grant it replaced, if any."""
-    try:
-        before: Grant | None = store.get_grant(grant.name)
-    except NotFound:
-        before = None
     retrying(partial(store.put_grant, grant))
     for env in grant.environments:
         retrying(partial(store.write_view, env, grant))
     for env in before.environments if before else ():
         if env not in grant.environments:
             store.delete_view(env, grant.name)
-    return before
+    return grant
 
 
 def status_all(store: Store) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from datetime import datetime
 
 import requests
 
-from .config import Settings
+from .config import Settings, webhook_key
 from .metrics import NOTIFICATIONS
 from .models import Grant, rfc3339
 
@@ -32,8 +32,7 @@ class Notifier:
     def __init__(self, settings: Settings) -> None:
         self.url = settings.webhook_url
         secret = settings.webhook_secret or ""
-        # A Standard Webhooks secret is "whsec_" + base64; any other string is used as it is.
-        self._key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
+        self._key = webhook_key(secret)
         self.after = settings.notify_after
         self._http = requests.Session()
 

@@ -33,7 +33,7 @@ ASSERTION_LIFETIME = 60  # seconds a private_key_jwt client assertion is valid
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEVICE_DEFAULT_INTERVAL = 5.0  # RFC 8628 section 3.2
-DEVICE_MAX_INTERVAL = 60.0
+DEVICE_NETWORK_BACKOFF_MAX = 60.0
 # Metadata fields (RFC 8414) and the provider fields they fill.
 DISCOVERED = {
     "authorization_endpoint": "authorization_url",
@@ -177,8 +177,9 @@ def device_authorization(provider: Provider, scopes: tuple[str, ...]) -> DeviceA
     except Invalid as exc:
         raise OAuthPermanent(f"device authorization: {exc.message}") from None
     interval = body.get("interval")
-    interval = float(interval) if isinstance(interval, int) and 0 < interval <= DEVICE_MAX_INTERVAL else None
-    return DeviceAuthorization(device_code, user_code, uri, complete, expires_at, interval or DEVICE_DEFAULT_INTERVAL)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        interval = DEVICE_DEFAULT_INTERVAL
+    return DeviceAuthorization(device_code, user_code, uri, complete, expires_at, float(interval))
 
 
 def device_token(
@@ -202,7 +203,7 @@ def device_token(
             elif exc.error != "authorization_pending":
                 raise
         except OAuthTransient:
-            interval = min(interval * 2, DEVICE_MAX_INTERVAL)
+            interval = max(interval, min(interval * 2, DEVICE_NETWORK_BACKOFF_MAX))
     raise OAuthPermanent("device login: the code expired before it was approved", error="expired_token")
 
 

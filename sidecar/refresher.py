@@ -42,7 +42,9 @@ RETRY_WRITE_MAX_DELAY = 5.0
 SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
 # Answers that mean the refresh token itself is dead: a person must log in again.
 DEAD_GRANT = frozenset({"invalid_grant", "unauthorized_client"})
-FAILED = frozenset({"retrying", "reauthorization_required", "error"})
+FAILED = frozenset({"retrying", "reauthorization_required", "error", "announcement_failed"})
+# Announcements due whenever they are owed; `retrying` is announced by the failed refresh itself.
+ANNOUNCE_NOW = frozenset({"reauthorization_required", "recovered"})
 
 
 class RefreshFailed(SidecarError):
@@ -119,8 +121,8 @@ class Refresher:
 
     def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
         due = due_at(grant, self._margin(provider), provider.max_token_lifetime)
-        if due is None and self.notifier.owed(grant, self._clock()):
-            due = self._clock()  # nothing to refresh, but an announcement is owed
+        if self.notifier.owed(grant, self._clock()) in ANNOUNCE_NOW:
+            due = self._clock()
         if due and grant.claim_until and grant.claim_owner != self.owner:
             due = max(due, grant.claim_until)  # a live claim elsewhere: look again once it lapses
         return due
@@ -252,9 +254,9 @@ class Refresher:
         if grant.claim_until and grant.claim_until > now and grant.claim_owner != self.owner:
             self._schedule(grant, due)
             return Outcome(name, "claimed_elsewhere")
+        if self.notifier.owed(grant, now) in ANNOUNCE_NOW:
+            return self._announce(grant, current.version, provider)
         if grant.status == "reauthorization_required":
-            if self.notifier.owed(grant, now):
-                self._announce(grant, current.version)
             return Outcome(name, "reauthorization_required", f"{grant.last_error}; connect it again")
         if not grant.renewable:
             return Outcome(name, "no_refresh_token", "this grant has no refresh token; connect it again")
@@ -290,10 +292,9 @@ class Refresher:
             next_attempt_at=None,
             claim_owner="",
             claim_until=None,
-            failing_since=None,
+            failing_since=grant.failing_since if grant.notified else None,  # until the recovery is announced
         )
-        if self.notifier.owed(refreshed, done) and self.notifier.send("recovered", refreshed):
-            refreshed = replace(refreshed, notified="")
+        refreshed = self._with_announcement(refreshed)
         if not self._store_result(refreshed, version):
             return Outcome(name, "superseded", "the grant changed while its refresh was in flight")
         next_due = self._due_time(refreshed, provider)
@@ -317,21 +318,25 @@ class Refresher:
     def _with_announcement(self, grant: Grant) -> Grant:
         """The grant, marked as announced if a notification was owed and delivered."""
         event = self.notifier.owed(grant, self._clock())
-        if event and self.notifier.send(event, grant):
-            return replace(grant, notified=grant.status)
-        return grant
+        if not (event and self.notifier.send(event, grant)):
+            return grant
+        if event == "recovered":
+            return replace(grant, notified="", failing_since=None)
+        return replace(grant, notified=grant.status)
 
-    def _announce(self, grant: Grant, version: int) -> None:
-        """Deliver an owed announcement about a grant nobody refreshes; retried until delivered."""
+    def _announce(self, grant: Grant, version: int, provider: Provider) -> Outcome:
+        """Deliver an announcement owed outside a refresh (a grant died, or a new login fixed it);
+        tried again until delivered."""
         announced = self._with_announcement(grant)
         if announced is grant:
             self._retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
-            return
+            return Outcome(grant.name, "announcement_failed")
         try:
             self.store.put_grant(announced, cas=version)
         except (Conflict, VaultUnavailable) as exc:
             log.warning("could not record the announcement about %s: %s", grant.name, exc.message)
-        self._schedule(announced, None)
+        self._schedule(announced, self._due_time(announced, provider))
+        return Outcome(grant.name, "announced")
 
     def _store_result(self, refreshed: Grant, version: int) -> bool:
         """Write the new tokens; never give up on them while Vault is only unavailable."""

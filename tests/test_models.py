@@ -2,6 +2,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, Encoding, NoEncryption, PrivateFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -227,3 +229,88 @@ def test_due_at_never_for_a_dead_grant_or_one_without_refresh_token():
 def test_due_at_waits_for_the_backoff():
     later = NOW + timedelta(hours=2)
     assert due_at(grant_expiring(3600, status="retrying", next_attempt_at=later), 300) == later
+
+
+# -- credentials: client secrets and private_key_jwt keys -------------------------------------------
+
+
+def pem(key, encryption=None) -> str:
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, encryption or NoEncryption()).decode()
+
+
+RSA_PEM = pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+EC_PEM = pem(ec.generate_private_key(ec.SECP256R1()))
+PREVIOUS_SECRET = "cs-previous-0e5d-never-show-me"
+
+
+def jwt_provider(private_key: str = EC_PEM, **overrides) -> Provider:
+    body = {"token_auth_method": "private_key_jwt", "client_secret": None, "private_key": private_key, **overrides}
+    return Provider.from_input("p", provider_body(**body))
+
+
+def test_no_credential_shows_in_a_repr_or_the_public_view():
+    provider = jwt_provider(client_secret=CLIENT_SECRET, previous_client_secret=PREVIOUS_SECRET, key_id="k1")
+    public = provider.public()
+    assert {public[f"{k}_set"] for k in ("client_secret", "previous_client_secret", "private_key")} == {True}
+    for shown in (repr(provider), str(public)):
+        assert CLIENT_SECRET not in shown and PREVIOUS_SECRET not in shown
+        assert "PRIVATE KEY" not in shown and EC_PEM.splitlines()[1] not in shown
+    assert not {"client_secret", "previous_client_secret", "private_key"} & set(public)
+
+
+def test_the_public_view_says_which_credentials_are_unset():
+    public = Provider.from_input("p", provider_body()).public()
+    shown = {k: public[f"{k}_set"] for k in ("client_secret", "previous_client_secret", "private_key")}
+    assert shown == {"client_secret": True, "previous_client_secret": False, "private_key": False}
+    assert "public_jwk" not in public
+
+
+PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
+
+
+def test_the_public_jwk_of_an_rsa_key():
+    jwk = jwt_provider(RSA_PEM, key_id="rsa-1").public()["public_jwk"]
+    assert (jwk["kty"], jwk["alg"], jwk["use"], jwk["kid"], jwk["e"]) == ("RSA", "RS256", "sig", "rsa-1", "AQAB")
+    assert jwk["n"] and not PRIVATE_MEMBERS & set(jwk)
+
+
+def test_the_public_jwk_of_an_ec_key():
+    jwk = jwt_provider(EC_PEM).public()["public_jwk"]
+    assert (jwk["kty"], jwk["crv"], jwk["alg"], jwk["use"]) == ("EC", "P-256", "ES256", "sig")
+    assert jwk["x"] and jwk["y"] and "kid" not in jwk and not PRIVATE_MEMBERS & set(jwk)
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pem(rsa.generate_private_key(public_exponent=65537, key_size=1024)),
+        pem(ec.generate_private_key(ec.SECP384R1())),
+        pem(ec.generate_private_key(ec.SECP256R1()), BestAvailableEncryption(b"passphrase")),
+        "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n",
+        EC_PEM + "A" * 20_000,
+        EC_PEM.replace("PRIVATE KEY", "PUBLIC KEY"),
+        42,
+    ],
+    ids=["rsa-1024", "ec-p384", "encrypted", "garbage", "20kB", "public", "number"],
+)
+def test_unusable_keys_are_refused_by_name(key):
+    with pytest.raises(Invalid) as caught:
+        jwt_provider(key)
+    assert caught.value.fields == {"private_key": "invalid key"}
+    assert "PRIVATE KEY" not in caught.value.message
+
+
+def test_private_key_jwt_needs_a_key_but_no_secret():
+    with pytest.raises(Invalid) as caught:
+        jwt_provider("")
+    assert caught.value.fields == {"private_key": "required"}
+    for secret in (None, ""):
+        provider = jwt_provider(client_secret=secret)
+        assert provider.client_secret == "" and provider.public()["client_secret_set"] is False
+    assert Provider.from_record("p", provider.to_record()) == provider
+
+
+def test_a_secret_based_method_still_needs_the_client_secret():
+    with pytest.raises(Invalid) as caught:
+        Provider.from_input("p", provider_body(client_secret=None, private_key=EC_PEM))
+    assert "client_secret" in caught.value.fields

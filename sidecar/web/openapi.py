@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..models import TOKEN_AUTH_METHODS
+from ..presets import PRESETS
+
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 URL = {"type": "string", "format": "uri", "maxLength": 2048}
 
@@ -38,27 +41,170 @@ SCOPES: dict[str, Any] = {
     "description": "A list, or one string split on newlines, commas or spaces.",
     "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
 }
+OPTIONAL_URL: dict[str, Any] = {**URL, "type": ["string", "null"]}
+OPTIONAL_TEXT: dict[str, Any] = {"type": ["string", "null"], "maxLength": 1024}
+# Write-only credentials: stored in Vault, never answered; the public view says only `<field>_set`.
+CREDENTIALS = ("client_secret", "previous_client_secret", "private_key")
 PROVIDER_FIELDS: dict[str, Any] = {
     "name": NAME,
+    "preset": {
+        "type": ["string", "null"],
+        "enum": [*PRESETS, "", None],
+        "description": "A well-known provider (GET /v1/presets) that fills in the URLs, default scopes and "
+        "quirks; every field given explicitly wins, and extra_authorize_params are merged.",
+    },
+    "preset_params": {
+        "type": ["object", "null"],
+        "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"},
+        "description": "The preset's parameters (such as tenant, domain, host or authorization_server).",
+    },
     "client_id": {"type": "string", "minLength": 1, "maxLength": 1024},
-    "client_secret": {"type": "string", "minLength": 1, "maxLength": 1024, "writeOnly": True},
-    "authorization_url": URL,
-    "token_url": URL,
-    "scopes": SCOPES,
-    "revocation_url": {**URL, "type": ["string", "null"]},
-    "token_auth_method": {"enum": ["client_secret_basic", "client_secret_post"]},
-    "pkce": {"type": "boolean", "default": True},
-    "extra_authorize_params": {"type": "object", "additionalProperties": {"type": "string"}},
+    "client_secret": {
+        "type": "string",
+        "maxLength": 1024,
+        "writeOnly": True,
+        "description": "Required on every PUT unless token_auth_method is private_key_jwt.",
+    },
+    "previous_client_secret": {
+        "type": ["string", "null"],
+        "maxLength": 1024,
+        "writeOnly": True,
+        "description": "During a rotation: sent once more when the provider refuses the client secret "
+        "as invalid_client (401, or 400 with invalid_client). Not used with private_key_jwt.",
+    },
+    "authorization_url": {
+        **URL,
+        "description": "Required unless a preset or the issuer's metadata (discovery) fills it in.",
+    },
+    "token_url": {**URL, "description": "Required unless a preset or the issuer's metadata (discovery) fills it in."},
+    "scopes": {**SCOPES, "description": f"{SCOPES['description']} Required unless a preset gives them."},
+    "scope_separator": {
+        "enum": [" ", ","],
+        "default": " ",
+        "description": "Joins the scopes in requests to the provider (Slack wants commas).",
+    },
+    "revocation_url": OPTIONAL_URL,
+    "device_authorization_url": {**OPTIONAL_URL, "description": "RFC 8628 endpoint, for the device login."},
+    "token_auth_method": {
+        "enum": list(TOKEN_AUTH_METHODS),
+        "default": TOKEN_AUTH_METHODS[0],
+        "description": "private_key_jwt (RFC 7523) needs private_key and makes client_secret optional.",
+    },
+    "private_key": {
+        "type": ["string", "null"],
+        "maxLength": 16384,
+        "writeOnly": True,
+        "description": "For private_key_jwt: an unencrypted PEM private key, RSA of 2048 bits or more (RS256) or "
+        "EC P-256 (ES256). Stored in Vault; the public view shows public_jwk instead.",
+    },
+    "key_id": {**OPTIONAL_TEXT, "description": "The kid header of private_key_jwt assertions."},
+    "pkce": {
+        "type": "boolean",
+        "default": True,
+        "description": "PKCE S256 on logins. Left out, discovery turns it off when the metadata lists "
+        "code_challenge_methods_supported without S256.",
+    },
+    "extra_authorize_params": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
     "refresh_margin": {"type": ["integer", "null"], "minimum": 0, "maximum": 86400},
-    "max_token_lifetime": {"type": ["integer", "null"], "minimum": 60},
-    "issuer": {**URL, "type": ["string", "null"]},
-    "authorization_response_iss_parameter_supported": {"type": "boolean", "default": False},
+    "max_token_lifetime": {"type": ["integer", "null"], "minimum": 60, "maximum": 315360000},
+    "issuer": {
+        **OPTIONAL_URL,
+        "description": "The issuer URL. Checked against the iss of login answers (RFC 9207). Without "
+        "authorization_url or token_url, its RFC 8414 or OpenID Connect metadata fills them in; a document "
+        "that names another issuer, or none found, is a 400.",
+    },
+    "authorization_response_iss_parameter_supported": {
+        "type": "boolean",
+        "default": False,
+        "description": "The provider always sends iss; true needs issuer.",
+    },
+    "code_challenge_methods_supported": {
+        "type": ["array", "null"],
+        "items": {"type": "string", "maxLength": 63},
+        "description": "Set by discovery.",
+    },
+    "discovered_at": {
+        **OPTIONAL_TEXT,
+        "description": "Set by discovery: the provider's endpoints are then re-read from its issuer's "
+        "metadata, in memory, at most once per SIDECAR_DISCOVERY_INTERVAL in each process.",
+    },
 }
 PROVIDER_INPUT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["client_id", "client_secret", "authorization_url", "token_url", "scopes"],
+    "description": "Filled in from its preset, then from its issuer's metadata, then validated. Besides "
+    "client_id: client_secret unless private_key_jwt (then private_key); authorization_url and token_url "
+    "unless a preset or an issuer fills them in; scopes unless a preset gives them.",
+    "required": ["client_id"],
     "properties": PROVIDER_FIELDS,
+}
+PUBLIC_JWK: dict[str, Any] = {
+    "type": "object",
+    "description": "The public key to register at the provider for private_key_jwt (a JWK).",
+    "required": ["kty", "alg", "use"],
+    "properties": {
+        "kty": {"enum": ["RSA", "EC"]},
+        "alg": {"enum": ["RS256", "ES256"]},
+        "use": {"const": "sig"},
+        "kid": {"type": "string"},
+    },
+}
+GRANT_TYPES = ("authorization_code", "client_credentials", "refresh_token")
+SECRET_INPUT: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "provider"],
+    "properties": {
+        "name": NAME,
+        "provider": NAME,
+        "environments": {"type": "array", "items": NAME, "minItems": 1},
+        "scopes": SCOPES,
+        "grant_type": {
+            "enum": list(GRANT_TYPES),
+            "default": "authorization_code",
+            "description": "authorization_code answers a login link for a person to open; client_credentials "
+            "gets a token for the client itself; refresh_token imports a refresh token obtained elsewhere. "
+            "The last two are stored at once and answered with the secret's status.",
+        },
+        "refresh_token": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 8192,
+            "writeOnly": True,
+            "description": "Required with grant_type refresh_token, refused otherwise. Redeemed at once to prove "
+            "it; if the provider refuses it, the answer is 502 token_refused and nothing is written.",
+        },
+    },
+    "if": {"properties": {"grant_type": {"const": "refresh_token"}}, "required": ["grant_type"]},
+    "then": {"required": ["refresh_token"]},
+    "else": {"not": {"required": ["refresh_token"]}},
+}
+LOGIN_LINK: dict[str, Any] = {
+    "type": "object",
+    "description": "grant_type authorization_code: the sidecar's login link, valid ten minutes.",
+    "required": ["name", "authorization_url", "expires_at"],
+    "properties": {
+        "name": NAME,
+        "authorization_url": URL,
+        "expires_at": {"type": "string", "format": "date-time"},
+    },
+}
+PRESET: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"enum": list(PRESETS)},
+        "title": {"type": "string"},
+        "docs": {"type": "string", "format": "uri"},
+        "params": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"required": {"type": "boolean"}, "default": {"type": ["string", "null"]}},
+            },
+        },
+        "scopes": {"type": "array", "items": {"type": "string"}},
+        "notes": {"type": "string"},
+    },
 }
 
 
@@ -95,7 +241,8 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _json(_ref("Provider"), "the provider"), **_errors(400, 401, 403, 404, 503)},
                 },
                 "put": {
-                    "summary": "Create or replace a provider",
+                    "summary": "Create or replace a provider: from a preset, from its issuer's metadata, or from "
+                    "its URLs",
                     "requestBody": {"required": True, "content": {"application/json": {"schema": PROVIDER_INPUT}}},
                     "responses": {
                         "200": _json(_ref("Provider"), "replaced"),
@@ -107,6 +254,18 @@ def document() -> dict[str, Any]:
                     "summary": "Delete a provider and every stored version",
                     "responses": {"204": {"description": "deleted"}, **_errors(400, 401, 403, 404, 409, 503)},
                 },
+            },
+            "/v1/presets": {
+                "get": {
+                    "summary": "The well-known providers a PUT can start from",
+                    "responses": {
+                        "200": _json(
+                            {"type": "object", "properties": {"presets": {"type": "array", "items": _ref("Preset")}}},
+                            "the presets",
+                        ),
+                        **_errors(401, 503),
+                    },
+                }
             },
             "/v1/secrets": {
                 "get": {
@@ -120,38 +279,24 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "post": {
-                    "summary": "Start connecting a secret: answers the link a person opens to log in",
+                    "summary": "Connect a secret: start a browser login, or get a token at once with the client's "
+                    "credentials or an imported refresh token",
                     "requestBody": {
                         "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "required": ["name", "provider"],
-                                    "properties": {
-                                        "name": NAME,
-                                        "provider": NAME,
-                                        "environments": {"type": "array", "items": NAME, "minItems": 1},
-                                        "scopes": SCOPES,
-                                    },
-                                }
-                            }
-                        },
+                        "content": {"application/json": {"schema": _ref("SecretInput")}},
                     },
                     "responses": {
                         "201": _json(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "name": NAME,
-                                    "authorization_url": URL,
-                                    "expires_at": {"type": "string", "format": "date-time"},
-                                },
-                            },
-                            "the login link, valid ten minutes",
+                            {"oneOf": [_ref("LoginLink"), _ref("Secret")]},
+                            "authorization_code: the login link; client_credentials and refresh_token: the stored "
+                            "secret's status",
                         ),
                         **_errors(400, 401, 403, 413, 503),
+                        "502": _json(
+                            _ref("Error"),
+                            "token_refused: the provider issued no token (client_credentials, refresh_token); "
+                            "nothing was written",
+                        ),
                     },
                 },
             },
@@ -242,16 +387,21 @@ def document() -> dict[str, Any]:
                 "Provider": {
                     "type": "object",
                     "properties": {
-                        **{k: v for k, v in PROVIDER_FIELDS.items() if k != "client_secret"},
+                        **{k: v for k, v in PROVIDER_FIELDS.items() if k not in CREDENTIALS},
                         "scopes": {"type": "array", "items": {"type": "string"}},
-                        "client_secret_set": {"type": "boolean"},
+                        **{f"{k}_set": {"type": "boolean"} for k in CREDENTIALS},
+                        "public_jwk": PUBLIC_JWK,
                     },
                 },
+                "Preset": PRESET,
+                "SecretInput": SECRET_INPUT,
+                "LoginLink": LOGIN_LINK,
                 "Secret": {
                     "type": "object",
                     "properties": {
                         "name": NAME,
                         "provider": NAME,
+                        "grant_type": {"enum": [*GRANT_TYPES, "device_code"]},
                         "environments": {"type": "array", "items": NAME},
                         "status": {"enum": ["active", "retrying", "reauthorization_required"]},
                         "scopes": {"type": "array", "items": {"type": "string"}},
@@ -262,6 +412,10 @@ def document() -> dict[str, Any]:
                         "last_error": {"type": "string"},
                         "failures": {"type": "integer"},
                         "next_attempt_at": {"type": "string"},
+                        "failing_since": {
+                            "type": "string",
+                            "description": "When it last left active; empty while it is healthy.",
+                        },
                     },
                 },
             },
