@@ -56,7 +56,9 @@ def _with_discovery(body: dict[str, Any]) -> dict[str, Any]:
     if "pkce" not in given and found.get("code_challenge_methods_supported"):
         # RFC 8414: the methods listed are all there are; never fall back to "plain".
         given["pkce"] = "S256" in found["code_challenge_methods_supported"]
-    return {**found, **given, "discovered_at": rfc3339(datetime.now(UTC))}
+    # Only a provider given by its issuer alone follows its metadata later; typed URLs stay as typed.
+    typed = any(given.get(field) for field in oauth.DISCOVERED.values())
+    return {**found, **given, "discovered_at": "" if typed else rfc3339(datetime.now(UTC))}
 
 
 def _remember(issuer: str, fields: dict[str, Any]) -> None:

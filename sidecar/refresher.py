@@ -254,7 +254,7 @@ class Refresher:
         if grant.claim_until and grant.claim_until > now and grant.claim_owner != self.owner:
             self._schedule(grant, due)
             return Outcome(name, "claimed_elsewhere")
-        if self.notifier.owed(grant, now) in ANNOUNCE_NOW:
+        if not force and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a forced refresh announces on success
             return self._announce(grant, current.version, provider)
         if grant.status == "reauthorization_required":
             return Outcome(name, "reauthorization_required", f"{grant.last_error}; connect it again")

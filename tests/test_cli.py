@@ -365,3 +365,146 @@ def test_sigterm_to_serve_during_a_refresh_stores_the_new_tokens(connect, vault,
     assert proc.returncode == 0, err
     after = grant_record(root, "sheets")
     assert after["refresh_token"] != before["refresh_token"] and oauth.accepts(after["access_token"])
+
+
+# -- secrets with no browser here: a device code, client credentials, an imported refresh token ----
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def connect_with_device_code(api, oauth, vault, tokens, tmp_path) -> tuple[subprocess.Popen, str]:
+    """`secrets connect --device` as a process, once it shows its user code (returned)."""
+    api.register(device_authorization_url=f"{oauth.issuer}/device_authorization")
+    oauth.configure(deviceInterval=1)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "oauth-sidecar"), "secrets", "connect", "tv", "--provider", "mock",
+         "--device"],
+        env=cli_env(vault, tokens.admin, tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    shown = ""
+    while not (found := re.search(r"open (\S+) and enter the code ([A-Z]{4}-[A-Z]{4})$", shown, re.M)):
+        line = proc.stderr.readline()
+        assert line, f"connect --device exited early: {shown}{proc.communicate()[1]}"
+        shown += line
+    assert found.group(1) == f"{oauth.issuer}/device"
+    return proc, found.group(2)
+
+
+def device_polls(oauth) -> list[dict]:
+    return [t for t in oauth.log()["token"] if t["grant_type"] == DEVICE_GRANT]
+
+
+def decide(oauth, user_code: str, action: str) -> None:
+    response = requests.post(
+        f"{oauth.issuer}/__control/device", json={"user_code": user_code, "action": action}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_secrets_connect_with_a_device_code(api, oauth, vault, tokens, root, tmp_path):
+    proc, user_code = connect_with_device_code(api, oauth, vault, tokens, tmp_path)
+    try:
+        pending = requests.get(f"{oauth.issuer}/__control/device", timeout=5).json()
+        assert [d["user_code"] for d in pending] == [user_code]
+        wait_for(lambda: device_polls(oauth))  # the command polls: the user has not approved yet
+        decide(oauth, user_code, "approve")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "login completed" in err
+    shown = json.loads(out)
+    assert (shown["name"], shown["grant_type"], shown["status"]) == ("tv", "device_code", "active")
+    view = json.loads(bao_kv_get(vault, tokens.admin, "secret/oauth/production/tv").stdout)["data"]["data"]
+    assert oauth.accepts(view["access_token"]) and view["access_token"] not in out + err
+    polls = device_polls(oauth)
+    answers = [p.get("error") or p["status"] for p in polls]
+    assert answers[0] == "authorization_pending" and answers[-1] == 200
+    assert set(answers[:-1]) == {"authorization_pending"}  # never slow_down: the interval is kept
+    assert min(b["at"] - a["at"] for a, b in pairwise(polls)) >= 800
+
+
+def test_a_denied_device_code_ends_with_a_one_line_error(api, oauth, vault, tokens, root, tmp_path):
+    proc, user_code = connect_with_device_code(api, oauth, vault, tokens, tmp_path)
+    before = vault_tree(root)
+    try:
+        decide(oauth, user_code, "deny")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and out == ""
+    (error,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "access_denied" in error and err.rstrip().endswith(error)
+    assert "Traceback" not in err
+    assert vault_tree(root) == before
+
+
+def test_secrets_connect_with_client_credentials(api, run, oauth, root):
+    result = run("secrets", "connect", "robot", "--provider", "mock", "--client-credentials", "--env", "production")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["grant_type"], shown["status"], shown["environments"]) == (
+        "client_credentials",
+        "active",
+        ["production"],
+    )
+    assert oauth.accepts(grant_record(root, "robot")["access_token"])
+    assert grant_record(root, "robot")["access_token"] not in result.output
+
+
+def test_secrets_connect_with_a_bad_refresh_token_on_stdin(api, run, oauth, root):
+    before = vault_tree(root)
+    result = run(
+        "secrets", "connect", "imported", "--provider", "mock", "--refresh-token-file", "-", input="not-a-token\n"
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "invalid_grant" in result.stderr and "not-a-token" not in result.output
+    (redeemed,) = oauth.log()["token"]
+    assert redeemed["refresh_token"] == "not-a-token"
+    assert vault_tree(root) == before
+
+
+def test_secrets_connect_takes_one_mode_at_most(api, run, oauth, root):
+    result = run("secrets", "connect", "robot", "--provider", "mock", "--device", "--client-credentials")
+    assert result.exit_code != 0 and "at most one of --device, --client-credentials" in result.stderr
+    assert oauth.log()["tokenRequests"] == 0 and oauth.log()["device"] == []
+    assert list(vault_tree(root)) == ["oauth-sidecar/providers/mock"]
+
+
+# -- providers from a preset, or from the issuer's metadata ---------------------------------------
+
+
+def test_put_from_a_preset(run, vault, tokens, root):
+    result = run(
+        "providers", "put", "okta", "--preset", "okta", "--preset-param", "domain=dev-1.okta.com",
+        "--client-id", "x", OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = json.loads(bao_kv_get(vault, tokens.admin, "secret/oauth-sidecar/providers/okta").stdout)["data"]["data"]
+    assert stored["token_url"] == "https://dev-1.okta.com/oauth2/default/v1/token"
+    assert stored["client_secret"] == CLIENT_SECRET and CLIENT_SECRET not in result.output
+    missing = run("providers", "put", "okta2", "--preset", "okta", "--client-id", "x", OAUTH_CLIENT_SECRET="s")
+    assert missing.exit_code == 1 and "preset_params" in missing.stderr and "domain" in missing.stderr
+    assert list(vault_tree(root)) == ["oauth-sidecar/providers/okta"]
+
+
+def test_put_from_the_issuer_metadata(run, oauth, root):
+    result = run(
+        "providers", "put", "discovered", "--issuer", oauth.issuer, "--client-id", "sidecar-test-client",
+        "--scopes", "openid", OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["authorization_url"], shown["token_url"], shown["device_authorization_url"]) == (
+        f"{oauth.issuer}/authorize",
+        f"{oauth.issuer}/token",
+        f"{oauth.issuer}/device_authorization",
+    )
+    assert oauth.log()["discovery"]
+
+
+def test_presets_are_listed(run):
+    result = run("providers", "presets")
+    assert result.exit_code == 0
+    assert {"google", "okta"} <= {line.split()[0] for line in result.stdout.splitlines()}

@@ -75,6 +75,11 @@ def test_explicit_urls_win_over_discovery(api, oauth):
     shown = api("PUT", "/v1/providers/mock", json=body).json()
     assert shown["revocation_url"] == "https://revoke.example/r"
     assert shown["token_url"] == f"{oauth.issuer}/token"
+    # What was typed stays typed: the provider does not follow its metadata later.
+    assert shown["discovered_at"] == ""
+    oauth.configure(discovery={"revocation_endpoint": f"{oauth.issuer}/moved"})
+    stored = providers.build("mock", body)
+    assert providers.current(stored, max_age=0).revocation_url == "https://revoke.example/r"
 
 
 def test_metadata_is_re_read_when_older_than_the_interval(api, oauth, store):

@@ -156,7 +156,9 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
     }
     if keep_secret_of is not None:  # what the form does not show: kept as it is
         body.update(previous_client_secret=keep_secret_of.previous_client_secret,
-                    private_key=keep_secret_of.private_key, key_id=keep_secret_of.key_id)  # fmt: skip
+                    private_key=keep_secret_of.private_key, key_id=keep_secret_of.key_id,
+                    device_authorization_url=keep_secret_of.device_authorization_url,
+                    scope_separator=keep_secret_of.scope_separator)  # fmt: skip
         if keep_secret_of.issuer == body["issuer"]:
             body["discovered_at"] = keep_secret_of.discovered_at
     for key in ("refresh_margin", "max_token_lifetime"):
