@@ -23,6 +23,7 @@ from .store import Store, Versioned
 
 LOGIN_TTL = timedelta(minutes=10)
 MAX_STATE_LENGTH = 512
+MAX_CODE_LENGTH = 4096  # real codes are far shorter; anything longer is not sent on to the provider
 
 
 class LoginRefused(SidecarError):
@@ -186,11 +187,12 @@ def _consume(store: Store, lid: str, version: int) -> None:
 
 def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Mapping[str, str], lid: str) -> Grant:
     if "error" in args:
-        detail = args.get("error_description")
-        raise LoginRefused(f"The provider refused the login: {args['error']}" + (f" ({detail})" if detail else ""))
+        detail = _printable(args.get("error_description", ""))
+        error = _printable(args["error"]) or "an error"
+        raise LoginRefused(f"The provider refused the login: {error}" + (f" ({detail})" if detail else ""))
     code = args.get("code")
-    if not code:
-        raise LoginRefused("The provider's answer carries no authorization code.")
+    if not code or len(code) > MAX_CODE_LENGTH or not code.isprintable():
+        raise LoginRefused("The provider's answer carries no valid authorization code.")
     try:
         provider = provider_for(store, settings, data["provider"])
     except Invalid:
@@ -203,6 +205,11 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Map
         raise LoginFailed(f"The provider did not issue tokens: {exc.message}") from None
     envs = tuple(data["environments"])
     return connected(store, settings, str(data["name"]), provider, envs, tokens, "authorization_code", login_id=lid)
+
+
+def _printable(text: str, limit: int = 200) -> str:
+    """Provider text fit for a page: printable characters only, bounded."""
+    return "".join(c for c in text if c.isprintable())[:limit]
 
 
 def _seconds_left(data: Mapping[str, Any]) -> int:

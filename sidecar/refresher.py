@@ -39,6 +39,7 @@ PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed clien
 BACKOFF_MAX = 600.0
 ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault down, say) is looked at again
 RETRY_WRITE_MAX_DELAY = 5.0
+NOT_EXTENDED_WAIT = 30.0  # seconds between refreshes that keep answering an expiry already past
 SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
 # Answers that mean the refresh token itself is dead: a person must log in again.
 DEAD_GRANT = frozenset({"invalid_grant", "unauthorized_client"})
@@ -67,6 +68,17 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def _not_extended(before: datetime | None, after: datetime | None, now: datetime) -> datetime | None:
+    """When to try again if a refresh did not move the expiry on (None: it did, or none is known).
+
+    Computing the next refresh from an expiry that does not move would refresh ever more often as
+    it nears; instead wait for the token to expire, when the provider must issue a new one, and
+    after that no sooner than NOT_EXTENDED_WAIT."""
+    if before is None or after is None or after > before:
+        return None
+    return before if (before - now).total_seconds() > 1 else now + timedelta(seconds=NOT_EXTENDED_WAIT)
+
+
 class Refresher:
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = now_utc) -> None:
         self.settings = settings
@@ -82,6 +94,7 @@ class Refresher:
         self._in_flight: dict[str, Future[Outcome]] = {}
         self._providers: dict[str, tuple[float, Provider]] = {}
         self._scan: deque[str] = deque()
+        self._claims_seen: dict[str, tuple[int, float]] = {}  # name -> (version, monotonic time first seen)
         self._next_resync = 0.0
         self._stopping: float | None = None
 
@@ -209,7 +222,7 @@ class Refresher:
         REFRESHES.labels(outcome.result).inc()
         if outcome.result == "refreshed":
             REFRESH_SECONDS.observe(time.monotonic() - started)
-        if outcome.result == "lost_race":  # look again once the winner has written
+        if outcome.result in ("lost_race", "claim_too_slow"):  # look again once the winner has written
             self._retry_soon(name, max(1.0, self.settings.refresh_interval))
         elif outcome.result == "error":
             self._retry_soon(name, max(ERROR_RETRY, self.settings.refresh_interval))
@@ -251,8 +264,9 @@ class Refresher:
         grant = Grant.from_record(name, current.data)
         provider = self._provider(grant.provider)
         due = self._due_time(grant, provider)
-        if grant.claim_until and grant.claim_until > now and grant.claim_owner != self.owner:
-            self._schedule(grant, due)
+        held = self._held_elsewhere(name, current.version, grant, now)
+        if held:
+            self._schedule(grant, max(due or now, now + timedelta(seconds=held)))
             return Outcome(name, "claimed_elsewhere")
         if not force and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a forced refresh announces on success
             return self._announce(grant, current.version, provider)
@@ -264,10 +278,17 @@ class Refresher:
             self._schedule(grant, due)
             return Outcome(name, "not_due")
         claimed = replace(grant, claim_owner=self.owner, claim_until=now + timedelta(seconds=self.settings.claim_ttl))
+        sent = time.monotonic()
         try:
             version = self.store.put_grant(claimed, cas=current.version)
         except Conflict:
             return Outcome(name, "lost_race")  # a sibling claimed or wrote it first; it is theirs
+        self._claims_seen.pop(name, None)
+        if time.monotonic() - sent > self.settings.claim_ttl / 2:
+            # Too little of the claim is left to redeem and store safely: a sibling may take it
+            # over meanwhile. Nothing was redeemed; the claim stays ours until it lapses.
+            log.warning("claiming %s took longer than half the claim's lifetime; not refreshing now", name)
+            return Outcome(name, "claim_too_slow")
         # From here on, only this replica may use the refresh token.
         try:
             tokens = self._renew(grant, provider)
@@ -289,7 +310,7 @@ class Refresher:
             last_refreshed_at=done,
             last_error="",
             failures=0,
-            next_attempt_at=None,
+            next_attempt_at=_not_extended(grant.tokens.expires_at, tokens.expires_at, done),
             claim_owner="",
             claim_until=None,
             failing_since=grant.failing_since if grant.notified else None,  # until the recovery is announced
@@ -339,17 +360,19 @@ class Refresher:
         return Outcome(grant.name, "announced")
 
     def _store_result(self, refreshed: Grant, version: int) -> bool:
-        """Write the new tokens; never give up on them while Vault is only unavailable."""
+        """Write the new tokens; never give up on them while Vault is only unavailable. A conflict
+        may be our own earlier write, whose answer was lost: then it is done."""
         delay = 0.2
         while True:
             try:
-                self.store.put_grant(refreshed, cas=version)
+                try:
+                    self.store.put_grant(refreshed, cas=version)
+                except Conflict:
+                    if not self._already_stored(refreshed):
+                        log.error("grant %s changed while this replica held its claim; its new tokens are dropped",
+                                  refreshed.name)  # fmt: skip
+                        return False
                 break
-            except Conflict:
-                log.error(
-                    "grant %s changed while this replica held its claim; its new tokens are dropped", refreshed.name
-                )
-                return False
             except VaultUnavailable:
                 if self._stopping and time.monotonic() - self._stopping > SHUTDOWN_GRACE:
                     log.error("gave up storing the refreshed tokens of %s: Vault stayed unavailable", refreshed.name)
@@ -359,6 +382,33 @@ class Refresher:
                 delay = min(delay * 2, RETRY_WRITE_MAX_DELAY)
         self._write_views(refreshed)
         return True
+
+    def _already_stored(self, refreshed: Grant) -> bool:
+        """Whether the grant in Vault holds exactly these new tokens."""
+        try:
+            stored = Grant.from_record(
+                refreshed.name, retrying(partial(self.store.read, "grants", refreshed.name)).data
+            )
+        except NotFound:
+            return False
+        return stored.tokens == refreshed.tokens and stored.last_refreshed_at == refreshed.last_refreshed_at
+
+    def _held_elsewhere(self, name: str, version: int, grant: Grant, now: datetime) -> float:
+        """Seconds another replica's claim is still to be respected (0: not claimed elsewhere).
+
+        A claim is live while its `claim_until` lies ahead by our clock, and in any case for
+        SIDECAR_CLAIM_TTL seconds of our own monotonic time from when we first saw it: our clock
+        may run ahead of the holder's, and must not end its claim early."""
+        if not grant.claim_owner or grant.claim_owner == self.owner:
+            self._claims_seen.pop(name, None)
+            return 0.0
+        by_clock = (grant.claim_until - now).total_seconds() if grant.claim_until else 0.0
+        seen_version, first_seen = self._claims_seen.get(name, (None, 0.0))
+        if seen_version != version:
+            first_seen = time.monotonic()
+            self._claims_seen[name] = (version, first_seen)
+        by_watch = self.settings.claim_ttl - (time.monotonic() - first_seen)
+        return max(by_clock, by_watch, 0.0)
 
     def _write_views(self, grant: Grant) -> None:
         for env in grant.environments:
