@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ from werkzeug.serving import make_server
 
 from sidecar.config import Settings
 from sidecar.devvault import DevTokens, DevVault, bao_binary, bootstrap, free_port
+from sidecar.models import Grant, TokenSet
 from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
+
+from .faults import DurableVault, FaultProxy
 
 CLIENT_SECRET = "cs-7f3a9c1e-never-show-me"
 
@@ -363,6 +367,74 @@ class CuttableProxy:
     def close(self) -> None:
         self.cut()
         self.listener.close()
+
+
+# -- faults: OpenBao on disk, a misbehaving proxy, many grants at once ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def durable_server() -> Iterator[DurableVault]:
+    """OpenBao with Raft storage: sealing, restarting or killing it keeps its data."""
+    server = DurableVault().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def durable_tokens(durable_server: DurableVault) -> DevTokens:
+    return bootstrap(durable_server, Settings())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def durable(durable_server: DurableVault, durable_tokens: DevTokens) -> Iterator[DurableVault]:
+    """The durable OpenBao, running and unsealed at the start of the test, its KV mount wiped after."""
+    if durable_server.process is None or durable_server.process.poll() is not None:
+        durable_server.start()
+    durable_server.unseal()
+    yield durable_server
+    if durable_server.process is None or durable_server.process.poll() is not None:
+        durable_server.start()
+    durable_server.unseal()
+    client = hvac.Client(url=durable_server.addr, token=durable_server.root_token)
+    for path in vault_tree(client):
+        client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+
+
+@pytest.fixture
+def fault_proxies() -> Iterator[Any]:
+    """`make(upstream)` gives a FaultProxy in front of `upstream`; all are closed after the test."""
+    made: list[FaultProxy] = []
+
+    def make(upstream: str) -> FaultProxy:
+        made.append(FaultProxy(upstream))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def seed_grants(
+    store: Store, oauth: MockProvider, names: list[str], provider: str = "mock", ttl: int | None = None
+) -> list[Grant]:
+    """Grants as if each had just logged in, written with their views: tokens the provider knows,
+    minted in one call (`/__control/mint`), so hundreds cost seconds, not a login each."""
+    if ttl is not None:
+        oauth.configure(ttl=ttl)
+    minted = requests.post(
+        f"{oauth.issuer}/__control/mint", json={"count": len(names), "scope": "openid"}, timeout=30
+    ).json()
+    now = datetime.now(UTC)
+    seeded = []
+    for name, body in zip(names, minted, strict=True):
+        tokens = TokenSet(body["access_token"], "Bearer", now + timedelta(seconds=body["expires_in"]), ("openid",),
+                          body["refresh_token"])  # fmt: skip
+        grant = Grant(name, provider, ("development", "production"), tokens, connected_at=now, last_refreshed_at=now)
+        store.put_grant(grant)
+        for env in grant.environments:
+            store.write_view(env, grant)
+        seeded.append(grant)
+    return seeded
 
 
 # -- a real browser: Debian's Chromium driven by Playwright ----------------------------------------

@@ -51,7 +51,9 @@ class Rule:
     body: bytes = b""
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and (self.path is None or bool(re.search(self.path, path)))
+        return (self.method is None or self.method == method) and (
+            self.path is None or bool(re.search(self.path, path))
+        )
 
 
 class FaultProxy:

@@ -21,6 +21,8 @@
 // With `rotate`, every refresh returns a new refresh token and spends the old one; presenting a
 // spent one again revokes the whole grant (its family), as providers with reuse detection do.
 // A device code polled before 80% of its interval answers slow_down and grows that interval by 5 s.
+//   POST /__control/mint      {count, scope}: that many fresh grants (access and refresh token, expires_in: ttl),
+//                             as if each had just logged in; for seeding many grants at once
 //   GET  /__control/log       what the server saw (token, revoke, device, discovery: [pathname], ...);
 //                             POST /__control/reset clears it, every device code and jti, and restores the defaults
 // Prints {"issuer": "http://127.0.0.1:PORT"} on its first line of output.
@@ -335,6 +337,17 @@ const server = http.createServer(async (req, res) => {
     if (action !== "approve" && action !== "deny") return send(res, 400, { error: "action is approve or deny" });
     device.status = action === "approve" ? "approved" : "denied";
     return send(res, 200, view(device));
+  }
+  if (url.pathname === "/__control/mint" && req.method === "POST") {
+    const { count = 1, scope = "openid" } = await readJson(req);
+    const minted = [];
+    for (let i = 0; i < count; i += 1) {
+      const body = { access_token: randomBytes(24).toString("base64url"), token_type: "Bearer",
+        refresh_token: randomBytes(24).toString("base64url"), expires_in: config.ttl, scope };
+      register(body);
+      minted.push(body);
+    }
+    return send(res, 200, minted);
   }
   if (url.pathname === "/__control/log") return send(res, 200, log);
   if (url.pathname === "/__control/reset" && req.method === "POST") {
