@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -310,63 +308,6 @@ def wait_for(condition: Any, timeout: float = 20.0, every: float = 0.1) -> Any:
             return value
         time.sleep(every)
     pytest.fail(f"timed out after {timeout}s waiting for {getattr(condition, '__name__', 'a condition')}")
-
-
-class CuttableProxy:
-    """A TCP proxy on loopback that a test can cut (every connection dropped, new ones refused
-    at once) and restore: Vault unreachable for one client only, at a moment of the test's choosing."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.open = threading.Event()
-        self.open.set()
-        self.sockets: set[socket.socket] = set()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def addr(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.open.is_set():
-                client.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            self.sockets |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        with suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        CuttableProxy._drop(source, sink)
-
-    @staticmethod
-    def _drop(*sockets: socket.socket) -> None:
-        for s in sockets:
-            with suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        self.open.clear()
-        self._drop(*self.sockets)
-        self.sockets.clear()
-
-    def restore(self) -> None:
-        self.open.set()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 # -- faults: OpenBao on disk, a misbehaving proxy, many grants at once ---------------------------------

@@ -24,7 +24,6 @@ from sidecar.store import Store
 from .conftest import (
     FAST_REFRESH,
     CountingSession,
-    CuttableProxy,
     fast_settings,
     grant_record,
     start,
@@ -233,17 +232,17 @@ def test_a_live_claim_elsewhere_is_respected_and_a_lapsed_one_taken_over(connect
     refresher.shutdown()
 
 
-def test_vault_cut_right_after_the_provider_answered(connect, vault, tokens, root, oauth):
+def test_vault_cut_right_after_the_provider_answered(connect, vault, tokens, root, oauth, fault_proxies):
     """The provider has rotated the refresh token; Vault is unreachable; the new one must land."""
     before = connect(ttl=3600, rotate=True)
-    proxy = CuttableProxy(vault.port)
+    proxy = fault_proxies(vault.addr)
     settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr)
     refresher = Refresher(settings, Store(settings, tokens.sidecar))
     try:
         oauth.next(token={"delayMs": 1500})
         future = refresher.submit("sheets", force=True)
         wait_for(lambda: oauth.log()["tokenRequests"] == 2, every=0.02)  # the refresh is at the provider
-        proxy.cut()
+        proxy.refuse()
         threading.Event().wait(3)  # the provider answers meanwhile; every write fails
         assert not future.done()
         proxy.restore()
@@ -256,7 +255,6 @@ def test_vault_cut_right_after_the_provider_answered(connect, vault, tokens, roo
         assert oauth.log()["reuse"] == 0
     finally:
         refresher.shutdown()
-        proxy.close()
 
 
 def refresher_env(vault, token: str, tmp_path, **extra: str) -> dict[str, str]:
