@@ -20,7 +20,7 @@ import click
 
 from . import grants, logins, presets
 from .config import Settings
-from .errors import ConfigError, Invalid, NotFound, SidecarError
+from .errors import ConfigError, Invalid, NotFound, SidecarError, VaultUnavailable
 from .models import TOKEN_AUTH_METHODS
 from .oauth import DeviceAuthorization
 from .policies import render as render_policies
@@ -160,7 +160,13 @@ def refresh(once: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
     store = Store.own(settings)
-    store.check_token()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if once:
+        store.check_token()
+    else:
+        _wait_for_vault(store, stop)
     refresher = Refresher(settings, store)
     if once:
         outcomes = refresher.refresh_due()
@@ -172,10 +178,22 @@ def refresh(once: bool) -> None:
             f"{len(outcomes)} due, {len(outcomes) - len(failed)} refreshed or settled, {len(failed)} failed", err=True
         )
         sys.exit(1 if failed else 0)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     refresher.run(stop)
+
+
+def _wait_for_vault(store: Store, stop: threading.Event) -> None:
+    """A sidecar may start before Vault is reachable or unsealed: wait for it. A token Vault
+    refuses still fails at once: waiting would not mend it."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            store.check_token()
+            return
+        except VaultUnavailable as exc:
+            logging.getLogger("sidecar").warning("waiting for Vault: %s", exc.message)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+    sys.exit(0)
 
 
 # -- providers -------------------------------------------------------------------------------

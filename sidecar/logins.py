@@ -154,12 +154,12 @@ def finish(
     """The callback: refuse anything doubtful before a token request, redeem the code once, store the tokens."""
     lid, state, pending = callback.lid, callback.state, callback.pending
     data = pending.data
-    if data.get("consumed_at") or not hmac.compare_digest(str(data.get("state", "")), state):
+    if data.get("consumed_at") or not _same(str(data.get("state", "")), state):
         raise LoginRefused("This login was already finished. Start the connection again.")
     if _seconds_left(data) <= 0:
         raise LoginRefused("This login has expired. Start the connection again.")
     cookie = cookie_for(cookie_name(lid)) or ""
-    if not data.get("binding") or not hmac.compare_digest(_digest(cookie), str(data["binding"])):
+    if not data.get("binding") or not _same(_digest(cookie), str(data["binding"])):
         raise LoginRefused("This login was started in another browser. Finish it in the browser that opened the link.")
     _check_issuer(data, args.get("iss"))
     _consume(store, lid, pending.version)
@@ -171,7 +171,7 @@ def finish(
 
 def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:
     """RFC 9207: the answer must come from the issuer the browser was sent to."""
-    if iss is not None and data.get("issuer") and not hmac.compare_digest(iss, str(data["issuer"])):
+    if iss is not None and data.get("issuer") and not _same(iss, str(data["issuer"])):
         raise LoginRefused("The answer came from a different issuer than the login was sent to.")
     if iss is None and data.get("iss_required"):
         raise LoginRefused("The provider always identifies itself (iss), but this answer does not.")
@@ -191,7 +191,7 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Map
         error = _printable(args["error"]) or "an error"
         raise LoginRefused(f"The provider refused the login: {error}" + (f" ({detail})" if detail else ""))
     code = args.get("code")
-    if not code or len(code) > MAX_CODE_LENGTH or not code.isprintable():
+    if not code or len(code) > MAX_CODE_LENGTH or not (code.isascii() and code.isprintable()):
         raise LoginRefused("The provider's answer carries no valid authorization code.")
     try:
         provider = provider_for(store, settings, data["provider"])
@@ -201,10 +201,17 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Map
         tokens = oauth.exchange_code(
             provider, code, str(data["code_verifier"]) or None, settings.redirect_uri, tuple(data["scopes"])
         )
-    except (OAuthPermanent, OAuthTransient) as exc:
+    except OAuthPermanent as exc:  # the code (the browser's input) is refused: a 400, like other bad input
+        raise LoginRefused(f"The provider did not issue tokens: {exc.message}") from None
+    except OAuthTransient as exc:
         raise LoginFailed(f"The provider did not issue tokens: {exc.message}") from None
     envs = tuple(data["environments"])
     return connected(store, settings, str(data["name"]), provider, envs, tokens, "authorization_code", login_id=lid)
+
+
+def _same(a: str, b: str) -> bool:
+    """Constant-time equality for any text (hmac.compare_digest refuses non-ASCII str)."""
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _printable(text: str, limit: int = 200) -> str:

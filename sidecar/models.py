@@ -551,8 +551,10 @@ def due_at(grant: Grant, margin: int, max_token_lifetime: int | None = None) -> 
         if not (max_token_lifetime and issued):
             return None
         expires = issued + timedelta(seconds=max_token_lifetime)
-    lifetime = (expires - issued).total_seconds() if issued else 2.0 * margin
-    lead = min(float(margin), max(lifetime, 0.0) / 2)
+    lifetime = (expires - issued).total_seconds() if issued else 0.0
+    if lifetime <= 0:  # unknown, or written by a replica whose clock runs far ahead: assume the margin fits
+        lifetime = 2.0 * margin
+    lead = min(float(margin), lifetime / 2)
     # Deterministic, so every replica and every resync agree on the same moment.
     seed = hashlib.sha256(f"{grant.name}|{rfc3339(expires)}".encode()).digest()
     jitter = lead * 0.1 * int.from_bytes(seed[:8], "big") / 2**64

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import TypeVar
 
 import schedule
 
@@ -34,6 +35,7 @@ from .notify import Notifier
 from .store import Store, retrying
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed client secret applies after this
 BACKOFF_MAX = 600.0
@@ -277,7 +279,8 @@ class Refresher:
         if not force and (due is None or due > now):
             self._schedule(grant, due)
             return Outcome(name, "not_due")
-        claimed = replace(grant, claim_owner=self.owner, claim_until=now + timedelta(seconds=self.settings.claim_ttl))
+        claim_until = self._clock() + timedelta(seconds=self.settings.claim_ttl)
+        claimed = replace(grant, claim_owner=self.owner, claim_until=claim_until)
         sent = time.monotonic()
         try:
             version = self.store.put_grant(claimed, cas=current.version)
@@ -360,28 +363,32 @@ class Refresher:
         return Outcome(grant.name, "announced")
 
     def _store_result(self, refreshed: Grant, version: int) -> bool:
-        """Write the new tokens; never give up on them while Vault is only unavailable. A conflict
-        may be our own earlier write, whose answer was lost: then it is done."""
+        """Write the new tokens, then the views; never give up on either while Vault is only
+        unavailable. A conflict may be our own earlier write, whose answer was lost: then it is done."""
+        try:
+            self._until_stored(partial(self.store.put_grant, refreshed, cas=version), refreshed.name)
+        except Conflict:
+            if not self._until_stored(partial(self._already_stored, refreshed), refreshed.name):
+                log.error("grant %s changed while this replica held its claim; its new tokens are dropped",
+                          refreshed.name)  # fmt: skip
+                return False
+        for env in refreshed.environments:
+            self._until_stored(partial(self.store.write_view, env, refreshed), refreshed.name)
+        return True
+
+    def _until_stored(self, call: Callable[[], T], name: str) -> T:
+        """`call`, retried while Vault is unavailable, until SHUTDOWN_GRACE after a stop was asked."""
         delay = 0.2
         while True:
             try:
-                try:
-                    self.store.put_grant(refreshed, cas=version)
-                except Conflict:
-                    if not self._already_stored(refreshed):
-                        log.error("grant %s changed while this replica held its claim; its new tokens are dropped",
-                                  refreshed.name)  # fmt: skip
-                        return False
-                break
+                return call()
             except VaultUnavailable:
                 if self._stopping and time.monotonic() - self._stopping > SHUTDOWN_GRACE:
-                    log.error("gave up storing the refreshed tokens of %s: Vault stayed unavailable", refreshed.name)
+                    log.error("gave up storing the refreshed tokens of %s: Vault stayed unavailable", name)
                     raise
-                log.warning("storing the refreshed tokens of %s: Vault unavailable; retrying", refreshed.name)
+                log.warning("storing the refreshed tokens of %s: Vault unavailable; retrying", name)
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_WRITE_MAX_DELAY)
-        self._write_views(refreshed)
-        return True
 
     def _already_stored(self, refreshed: Grant) -> bool:
         """Whether the grant in Vault holds exactly these new tokens."""

@@ -124,7 +124,7 @@ class FaultProxy:
             pass
 
         Handler.proxy = proxy
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        server = _QuietServer(("127.0.0.1", port), Handler)
         server.daemon_threads = True
         self._server, self.port = server, server.server_address[1]
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -144,6 +144,11 @@ class FaultProxy:
                     candidates = [f for f in faults if f.matches(method, path)]
                     return rng.choice(candidates) if candidates else None
         return None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that dies mid-request (a killed replica) is part of the test, not an error."""
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -218,7 +218,7 @@ def test_refuses_repeated_parameters(api, oauth, root):
 def test_a_code_the_provider_refuses_is_reported(api, oauth, root):
     oauth.next(token={"status": 400, "body": {"error": "invalid_grant", "error_description": "code expired"}})
     page = requests.Session().get(start(api), timeout=30)
-    assert page.status_code == 502 and "invalid_grant" in page.text and "code expired" in page.text
+    assert page.status_code == 400 and "invalid_grant" in page.text and "code expired" in page.text
     assert not any(k.startswith(("oauth-sidecar/", "oauth/")) for k in vault_tree(root) if "providers" not in k)
 
 

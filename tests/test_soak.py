@@ -73,7 +73,8 @@ def test_soak(vault, tokens, root, oauth, fault_proxies, tmp_path):
         time.sleep(SECONDS)
         to_vault.calm()
         to_provider.calm()
-        assert all(r.poll() is None for r in replicas), "a replica died under faults"
+        for r, path in zip(replicas, logs, strict=True):
+            assert r.poll() is None, f"a replica died under faults: {path.read_text()[-3000:]}"
         # Faults over: every grant comes back within a refresh cycle or two.
         wait_for(lambda: _statuses(root, names) == {"active": GRANTS}, timeout=90, every=2)
     finally:

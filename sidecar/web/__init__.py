@@ -7,6 +7,7 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 from cachetools import TTLCache
@@ -65,9 +66,14 @@ class QuietHandler(WSGIRequestHandler):
 
 
 class OrderedJSON(DefaultJSONProvider):
-    """Keys in the order the code builds them (name first), not sorted."""
+    """Keys in the order the code builds them (name first), not sorted; `<`, `>` and `&` escaped,
+    so an error that quotes hostile input never carries markup, whatever reads it."""
 
     sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        text = super().dumps(obj, **kwargs)
+        return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def plausible_token(token: str) -> bool:

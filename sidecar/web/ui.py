@@ -45,7 +45,7 @@ def user_store() -> Store:
 def require_login() -> BaseResponse | None:
     """A logged-out browser goes to the login form; every post must carry the CSRF token."""
     if request.method == "POST" and not hmac.compare_digest(
-        request.form.get("csrf_token", ""), session.get("csrf_token", "\0")
+        request.form.get("csrf_token", "").encode(), session.get("csrf_token", "\0").encode()
     ):
         abort(400, "The form has expired or did not come from this page. Reload the page and try again.")
     if request.endpoint in PUBLIC:

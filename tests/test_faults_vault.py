@@ -1,0 +1,296 @@
+"""Vault misbehaving under the refresher, for real: sealed, restarted, slow, answers lost after it
+acted, and the sidecar's own token revoked. Each test checks what a user would notice: the grant,
+the views apps read, what the provider saw (no refresh token redeemed twice), readiness, the log."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import hvac
+import pytest
+
+from sidecar import providers
+from sidecar.models import parse_rfc3339
+from sidecar.refresher import Refresher
+from sidecar.store import Store
+from sidecar.web import create_app
+
+from .conftest import fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
+
+GRANT_PATH = r"^/v1/secret/data/oauth-sidecar/grants/sheets$"  # hvac writes KV v2 with a POST here
+
+
+def register_provider(store: Store, oauth) -> None:
+    store.put_provider(providers.build("mock", oauth.registration()))
+
+
+def redemptions(oauth, refresh_token: str | None = None) -> list[dict]:
+    """The provider's refresh requests (of `refresh_token`, if given)."""
+    return [
+        e
+        for e in oauth.log()["token"]
+        if e["grant_type"] == "refresh_token" and refresh_token in (None, e["refresh_token"])
+    ]
+
+
+def served(root: hvac.Client, oauth, name: str = "sheets") -> dict | None:
+    """The grant, if it is active and both views serve its access token, which the provider accepts."""
+    record = grant_record(root, name)
+    shown = views(root, name)
+    ok = (
+        record["status"] == "active"
+        and set(shown) == {"development", "production"}
+        and all(view["access_token"] == record["access_token"] for view in shown.values())
+        and oauth.accepts(record["access_token"])
+    )
+    return record if ok else None
+
+
+def assert_no_secrets(caplog, *values: str) -> None:
+    logged = sidecar_log(caplog)
+    for value in values:
+        assert value not in logged
+
+
+@contextmanager
+def running(refresher: Refresher) -> Iterator[None]:
+    stop = threading.Event()
+    loop = threading.Thread(target=refresher.run, args=(stop,))
+    loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=60)
+
+
+@contextmanager
+def closing(*refreshers: Refresher) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for refresher in refreshers:
+            refresher.shutdown()
+
+
+def durable_root(durable) -> hvac.Client:
+    """A fresh root client: one made before a restart holds connections to the dead process."""
+    return hvac.Client(url=durable.addr, token=durable.root_token)
+
+
+# -- 1. sealed while a refresh is in flight --------------------------------------------------------
+
+
+def test_vault_sealed_during_a_refresh_keeps_the_rotated_tokens(durable, durable_tokens, oauth, caplog):
+    settings = fast_settings(durable, durable_tokens.sidecar)
+    admin = Store(settings, durable_tokens.admin)
+    register_provider(admin, oauth)
+    oauth.configure(rotate=True)
+    (seeded,) = seed_grants(admin, oauth, ["sheets"], ttl=3600)
+    ready = create_app(settings).test_client()
+    refresher = Refresher(settings, Store(settings, durable_tokens.sidecar))
+    with closing(refresher):
+        assert ready.get("/readyz").status_code == 200
+        oauth.next(token={"delayMs": 1500})
+        future = refresher.submit("sheets", force=True)
+        wait_for(lambda: grant_record(durable_root(durable), "sheets")["claim_owner"] == refresher.owner, 5, 0.02)
+        durable.seal()  # the claim is in; the provider is still answering
+        try:
+            sealed = ready.get("/readyz")
+            assert sealed.status_code == 503 and "sealed" in sealed.json["error"]["message"]
+            wait_for(lambda: redemptions(oauth), timeout=5)  # the provider has issued the new tokens
+            time.sleep(2)  # the result write keeps failing against the sealed Vault
+            assert not future.done()
+        finally:
+            durable.unseal()
+        assert future.result(timeout=20).result == "refreshed"
+        assert ready.get("/readyz").status_code == 200
+        root = durable_root(durable)
+        record = served(root, oauth)
+        assert record is not None
+        assert redemptions(oauth)[-1]["refresh_token"] == seeded.tokens.refresh_token
+        assert record["refresh_token"] != seeded.tokens.refresh_token  # the rotated one was stored
+        # The stored refresh token is the live one: the provider takes it.
+        assert refresher.refresh_one("sheets", force=True).result == "refreshed"
+        assert [e["status"] for e in redemptions(oauth, record["refresh_token"])] == [200]
+        assert served(root, oauth) is not None
+    assert oauth.log()["reuse"] == 0
+    assert "Vault unavailable" in sidecar_log(caplog)
+    assert_no_secrets(caplog, seeded.tokens.refresh_token, record["refresh_token"], record["access_token"])
+
+
+# -- 2. restarted (SIGTERM / SIGKILL) while the refresher runs ---------------------------------------
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+def test_vault_restarted_under_a_running_refresher(durable, durable_tokens, oauth, kill):
+    settings = fast_settings(durable, durable_tokens.sidecar)
+    admin = Store(settings, durable_tokens.admin)
+    register_provider(admin, oauth)
+    oauth.configure(rotate=True)
+    names = ["alpha", "beta", "gamma"]
+    seeded = {g.name: g for g in seed_grants(admin, oauth, names, ttl=4)}
+    refresher = Refresher(settings, Store(settings, durable_tokens.sidecar))
+    with running(refresher):
+        wait_for(lambda: redemptions(oauth), timeout=10)  # refreshing is under way
+        durable.restart(kill=kill)
+        back = datetime.now(UTC)
+        root = durable_root(durable)
+        listed = root.secrets.kv.v2.list_secrets(path="oauth-sidecar/grants", mount_point="secret")
+        assert sorted(listed["data"]["keys"]) == names  # every grant survived
+
+        def all_fresh() -> bool:
+            records = {n: served(root, oauth, n) for n in names}
+            return all(r and parse_rfc3339(r["last_refreshed_at"]) > back for r in records.values())
+
+        wait_for(all_fresh, timeout=15, every=0.2)
+    for name in names:
+        assert grant_record(root, name)["refresh_token"] != seeded[name].tokens.refresh_token
+    assert oauth.log()["reuse"] == 0
+
+
+# -- 3. Vault slower than the claim's lifetime ------------------------------------------------------
+
+
+def test_a_claim_confirmed_too_late_is_not_used_and_a_sibling_takes_over(
+    vault, tokens, store, root, oauth, fault_proxies, caplog
+):
+    register_provider(store, oauth)
+    oauth.configure(rotate=True)
+    (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3600)
+    proxy = fault_proxies(vault.addr)
+    proxy.add("delay", seconds=1.5, times=None)  # every request A sends waits 1.5 s
+    slow_settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr, SIDECAR_CLAIM_TTL="2")
+    settings = fast_settings(vault, tokens.sidecar, SIDECAR_CLAIM_TTL="2")
+    a = Refresher(slow_settings, Store(slow_settings, tokens.sidecar))
+    b = Refresher(settings, Store(settings, tokens.sidecar))
+    with closing(a, b):
+        slow = a.submit("sheets", force=True)
+        wait_for(lambda: grant_record(root, "sheets")["claim_owner"] == a.owner, timeout=10, every=0.02)
+        assert b.refresh_one("sheets", force=True).result == "claimed_elsewhere"  # A's claim is respected
+        assert slow.result(timeout=10).result == "claim_too_slow"
+        assert redemptions(oauth) == []  # A redeemed nothing
+        # B takes over once the claim has lapsed by B's own watch (two seconds after it saw it).
+        outcomes = []
+        wait_for(lambda: outcomes.append(b.refresh_one("sheets", force=True).result) or outcomes[-1] == "refreshed",
+                 timeout=10, every=0.3)  # fmt: skip
+        assert set(outcomes[:-1]) <= {"claimed_elsewhere"}
+    record = served(root, oauth)
+    assert record is not None and record["claim_owner"] == ""
+    assert [e["status"] for e in redemptions(oauth, seeded.tokens.refresh_token)] == [200]
+    assert len(redemptions(oauth)) == 1 and oauth.log()["reuse"] == 0
+    assert "claiming sheets took longer than half the claim's lifetime" in sidecar_log(caplog)
+    assert_no_secrets(caplog, seeded.tokens.refresh_token, record["refresh_token"], record["access_token"])
+
+
+# -- 4 and 5. Vault acted, but its answer was lost ------------------------------------------------------
+
+
+def test_a_lost_answer_to_the_claim_costs_one_attempt_and_nothing_else(
+    vault, tokens, store, root, oauth, fault_proxies
+):
+    register_provider(store, oauth)
+    oauth.configure(rotate=True)
+    (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3600)
+    proxy = fault_proxies(vault.addr)
+    proxy.add("drop", method="POST", path=GRANT_PATH)  # the claim write: applied, its answer lost
+    settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr)
+    refresher = Refresher(settings, Store(settings, tokens.sidecar))
+    with closing(refresher):
+        assert refresher.submit("sheets", force=True).result(timeout=30).result == "error"
+        assert proxy.faults_seen() == [("POST", "/v1/secret/data/oauth-sidecar/grants/sheets", "drop")]
+        assert redemptions(oauth) == []  # not redeemed without a confirmed claim
+        assert grant_record(root, "sheets")["claim_owner"] == refresher.owner  # Vault did apply it
+        assert refresher.refresh_one("sheets", force=True).result == "refreshed"  # its own claim: no wait
+    record = served(root, oauth)
+    assert record is not None and record["claim_owner"] == ""
+    assert [e["status"] for e in redemptions(oauth)] == [200]
+    assert redemptions(oauth)[0]["refresh_token"] == seeded.tokens.refresh_token
+    assert oauth.log()["reuse"] == 0
+
+
+def test_a_lost_answer_to_the_result_write_is_recognised_as_our_own(
+    vault, tokens, store, root, oauth, fault_proxies, caplog
+):
+    register_provider(store, oauth)
+    oauth.configure(rotate=True)
+    (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3600)
+    proxy = fault_proxies(vault.addr)
+    proxy.add("delay", method="POST", path=GRANT_PATH, seconds=0)  # the claim passes
+    proxy.add("drop", method="POST", path=GRANT_PATH)  # the result: applied, its answer lost
+    settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr)
+    refresher = Refresher(settings, Store(settings, tokens.sidecar))
+    with closing(refresher):
+        assert refresher.refresh_one("sheets", force=True).result == "refreshed"
+    assert proxy.faults_seen("drop") == [("POST", "/v1/secret/data/oauth-sidecar/grants/sheets", "drop")]
+    record = served(root, oauth)
+    assert record is not None and record["claim_owner"] == ""
+    assert record["refresh_token"] != seeded.tokens.refresh_token
+    assert [e["refresh_token"] for e in redemptions(oauth)] == [seeded.tokens.refresh_token]
+    assert oauth.log()["reuse"] == 0
+    assert "new tokens are dropped" not in sidecar_log(caplog)
+
+
+# -- 6. the sidecar's own Vault token revoked ------------------------------------------------------------
+
+
+def test_a_revoked_sidecar_token_stops_refreshing_until_a_new_one_is_in_its_file(
+    vault, store, root, oauth, tmp_path, caplog
+):
+    register_provider(store, oauth)
+    (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3600)
+    token_file = tmp_path / "vault-token"
+    make = lambda: root.auth.token.create(policies=["oauth-sidecar"], ttl="1h")["auth"]["client_token"]  # noqa: E731
+    first = make()
+    token_file.write_text(first)
+    settings = fast_settings(vault, "", VAULT_TOKEN_FILE=str(token_file))
+    ready = create_app(settings).test_client()
+    refresher = Refresher(settings, Store.own(settings))
+    with closing(refresher):
+        assert refresher.refresh_one("sheets", force=True).result == "refreshed"
+        assert ready.get("/readyz").status_code == 200
+        refreshed_at = grant_record(root, "sheets")["last_refreshed_at"]
+        root.auth.token.revoke(first)
+        assert refresher.submit("sheets", force=True).result(timeout=30).result == "error"
+        assert len(redemptions(oauth)) == 1  # only the first refresh reached the provider
+        assert grant_record(root, "sheets")["last_refreshed_at"] == refreshed_at
+        unready = ready.get("/readyz")
+        assert unready.status_code == 503 and "token" in unready.json["error"]["message"]
+        second = make()
+        token_file.write_text(second)  # as an agent would
+        assert refresher.refresh_one("sheets", force=True).result == "refreshed"
+        assert ready.get("/readyz").status_code == 200
+    record = served(root, oauth)
+    assert record is not None and record["last_refreshed_at"] != refreshed_at
+    assert len(redemptions(oauth)) == 2
+    assert_no_secrets(caplog, first, second, seeded.tokens.refresh_token, record["access_token"])
+
+
+# -- 7. Vault unavailable between the grant write and the view writes -----------------------------------
+
+
+def test_views_catch_up_with_a_grant_stored_just_before_vault_became_unavailable(
+    vault, tokens, store, root, oauth, fault_proxies
+):
+    register_provider(store, oauth)
+    oauth.configure(rotate=True)
+    (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=6)  # the token apps read lives 6 s
+    oauth.configure(ttl=30)  # refreshed tokens live 30 s: next due in 28 s with a 2 s margin
+    proxy = fault_proxies(vault.addr)
+    sealed = {"status": 503, "headers": {"Content-Type": "application/json"}, "body": b'{"errors":["Vault is sealed"]}'}
+    proxy.add("answer", path=r"^/v1/secret/data/oauth/(development|production)/sheets$", times=None, **sealed)
+    settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr, SIDECAR_REFRESH_MARGIN="2")
+    refresher = Refresher(settings, Store(settings, tokens.sidecar))
+    with closing(refresher):
+        future = refresher.submit("sheets", force=True)
+        wait_for(lambda: grant_record(root, "sheets")["refresh_token"] != seeded.tokens.refresh_token, timeout=10)
+        time.sleep(4)  # the grant is stored; Vault now refuses the views for 4 s
+        proxy.calm()  # and is back, before the old token expires
+        future.result(timeout=30)
+        with running(refresher):
+            wait_for(lambda: served(root, oauth), timeout=12)  # past the old token's expiry
+    assert views(root)["production"]["access_token"] != seeded.tokens.access_token
