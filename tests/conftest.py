@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -308,6 +309,27 @@ def wait_for(condition: Any, timeout: float = 20.0, every: float = 0.1) -> Any:
             return value
         time.sleep(every)
     pytest.fail(f"timed out after {timeout}s waiting for {getattr(condition, '__name__', 'a condition')}")
+
+
+def refresher_env(vault, token: str, tmp_path, **extra: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
+        "VAULT_ADDR": vault.addr,
+        "VAULT_TOKEN": token,
+        "HOME": str(tmp_path),
+        **FAST_REFRESH,
+        **extra,
+    }
+
+
+OAUTH_SIDECAR = str(Path(sys.executable).parent / "oauth-sidecar")
+
+
+def refresher_process(vault, token: str, tmp_path, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [OAUTH_SIDECAR, "refresh"], env=refresher_env(vault, token, tmp_path, **extra),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
 
 
 # -- faults: OpenBao on disk, a misbehaving proxy, many grants at once ---------------------------------

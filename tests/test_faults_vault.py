@@ -19,7 +19,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
+from .conftest import fast_settings, grant_record, refresher_process, seed_grants, sidecar_log, views, wait_for
 
 GRANT_PATH = r"^/v1/secret/data/oauth-sidecar/grants/sheets$"  # hvac writes KV v2 with a POST here
 
@@ -294,3 +294,26 @@ def test_views_catch_up_with_a_grant_stored_just_before_vault_became_unavailable
         with running(refresher):
             wait_for(lambda: served(root, oauth), timeout=12)  # past the old token's expiry
     assert views(root)["production"]["access_token"] != seeded.tokens.access_token
+
+
+# -- 8. Vault unreachable when the refresher starts ------------------------------------------------------
+
+
+def test_the_refresher_waits_for_vault_at_start_up(vault, tokens, store, root, oauth, fault_proxies, tmp_path):
+    """A sidecar may start before Vault does: it waits (and says so) instead of exiting."""
+    register_provider(store, oauth)
+    oauth.configure(ttl=2, rotate=True)
+    seed_grants(store, oauth, ["sheets"])
+    proxy = fault_proxies(vault.addr)
+    proxy.refuse()
+    process = refresher_process(vault, tokens.sidecar, tmp_path, VAULT_ADDR=proxy.addr)
+    try:
+        time.sleep(2.5)
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        proxy.restore()
+        wait_for(lambda: len(redemptions(oauth)) >= 2, timeout=20)  # refreshing, token after token
+        assert served(root, oauth) and oauth.log()["reuse"] == 0
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0]
+    assert "waiting for Vault" in output and tokens.sidecar not in output

@@ -1,9 +1,7 @@
 """The refresher against a real OpenBao and a real OAuth server whose tokens live seconds."""
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +9,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import requests
@@ -22,10 +19,12 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 
 from .conftest import (
-    FAST_REFRESH,
+    OAUTH_SIDECAR,
     CountingSession,
     fast_settings,
     grant_record,
+    refresher_env,
+    refresher_process,
     start,
     views,
     wait_for,
@@ -255,27 +254,6 @@ def test_vault_cut_right_after_the_provider_answered(connect, vault, tokens, roo
         assert oauth.log()["reuse"] == 0
     finally:
         refresher.shutdown()
-
-
-def refresher_env(vault, token: str, tmp_path, **extra: str) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
-        "VAULT_ADDR": vault.addr,
-        "VAULT_TOKEN": token,
-        "HOME": str(tmp_path),
-        **FAST_REFRESH,
-        **extra,
-    }
-
-
-OAUTH_SIDECAR = str(Path(sys.executable).parent / "oauth-sidecar")
-
-
-def refresher_process(vault, token: str, tmp_path, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [OAUTH_SIDECAR, "refresh"], env=refresher_env(vault, token, tmp_path, **extra),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
 
 
 def run_once(vault, token: str, tmp_path) -> subprocess.CompletedProcess:
