@@ -70,15 +70,18 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
-def _not_extended(before: datetime | None, after: datetime | None, now: datetime) -> datetime | None:
-    """When to try again if a refresh did not move the expiry on (None: it did, or none is known).
-
-    Computing the next refresh from an expiry that does not move would refresh ever more often as
-    it nears; instead wait for the token to expire, when the provider must issue a new one, and
-    after that no sooner than NOT_EXTENDED_WAIT."""
-    if before is None or after is None or after > before:
+def _not_extended(before: TokenSet, after: TokenSet, now: datetime) -> datetime | None:
+    """When to try again if a refresh gave back the same access token without moving its expiry on
+    (None: it did not). Computing the next refresh from an expiry that does not move would refresh
+    ever more often as it nears; instead wait for the token to expire, when the provider must issue
+    a new one, and after that no sooner than NOT_EXTENDED_WAIT."""
+    if after.access_token != before.access_token or before.expires_at is None or after.expires_at is None:
         return None
-    return before if (before - now).total_seconds() > 1 else now + timedelta(seconds=NOT_EXTENDED_WAIT)
+    if after.expires_at > before.expires_at:
+        return None
+    return (
+        after.expires_at if (after.expires_at - now).total_seconds() > 1 else now + timedelta(seconds=NOT_EXTENDED_WAIT)
+    )
 
 
 class Refresher:
@@ -313,7 +316,7 @@ class Refresher:
             last_refreshed_at=done,
             last_error="",
             failures=0,
-            next_attempt_at=_not_extended(grant.tokens.expires_at, tokens.expires_at, done),
+            next_attempt_at=_not_extended(grant.tokens, tokens, done),
             claim_owner="",
             claim_until=None,
             failing_since=grant.failing_since if grant.notified else None,  # until the recovery is announced
