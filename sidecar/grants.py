@@ -51,7 +51,10 @@ def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
     (redeemed at once, to prove it). Everything is checked before the provider is asked."""
     grant_type = body.get("grant_type")
     if grant_type not in ("client_credentials", "refresh_token"):
-        raise Invalid(f"grant_type must be one of {', '.join(GRANT_TYPES[:3])}", {"grant_type": "invalid"})
+        raise Invalid(
+            "grant_type must be authorization_code (a browser login), client_credentials or refresh_token",
+            {"grant_type": "invalid"},
+        )
     allowed = {"name", "provider", "environments", "scopes", "grant_type"} | (
         {"refresh_token"} if grant_type == "refresh_token" else set()
     )
@@ -66,14 +69,19 @@ def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
         if grant_type == "client_credentials":
             tokens = oauth.client_credentials(provider, scopes)
         else:
-            imported = body.get("refresh_token")
-            if not isinstance(imported, str) or not imported.strip() or len(imported) > 8192:
-                raise Invalid("refresh_token is required and must be a string", {"refresh_token": "required"})
-            tokens = oauth.refresh(provider, imported.strip(), scopes)
-            tokens = replace(tokens, refresh_token=tokens.refresh_token or imported.strip())
+            imported = _imported_refresh_token(body)
+            tokens = oauth.refresh(provider, imported, scopes)
+            tokens = replace(tokens, refresh_token=tokens.refresh_token or imported)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
     return connected(store, settings, name, provider, envs, tokens, str(grant_type))
+
+
+def _imported_refresh_token(body: dict[str, Any]) -> str:
+    value = body.get("refresh_token")
+    if not isinstance(value, str) or not value.strip() or len(value) > 8192:
+        raise Invalid("refresh_token is required and must be a string", {"refresh_token": "required"})
+    return value.strip()
 
 
 def device_login(

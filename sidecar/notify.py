@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 import requests
 
@@ -62,13 +62,12 @@ class Notifier:
                 "status": grant.status,
                 "last_error": grant.last_error,
                 "failing_since": rfc3339(grant.failing_since),
-                "timestamp": rfc3339(datetime.now().astimezone()),
+                "timestamp": rfc3339(datetime.now(UTC)),
             }
         )
-        event_id = (
-            "msg_"
-            + hashlib.sha256(f"{grant.name}|{event}|{rfc3339(grant.failing_since, True)}".encode()).hexdigest()[:32]
-        )
+        # One id per event of one failure episode: repeats share it, the next episode has its own.
+        episode = f"{grant.name}|{event}|{rfc3339(grant.failing_since, precise=True)}"
+        event_id = "msg_" + hashlib.sha256(episode.encode()).hexdigest()[:32]
         for attempt in range(ATTEMPTS):
             stamp = str(int(time.time()))
             mac = hmac.new(self._key, f"{event_id}.{stamp}.{body}".encode(), hashlib.sha256).digest()

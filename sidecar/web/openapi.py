@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..grants import GRANT_TYPES
 from ..models import TOKEN_AUTH_METHODS
 from ..presets import PRESETS
 
@@ -149,7 +150,8 @@ PUBLIC_JWK: dict[str, Any] = {
         "kid": {"type": "string"},
     },
 }
-GRANT_TYPES = ("authorization_code", "client_credentials", "refresh_token")
+# device_code grants are made by the CLI only, so the API takes the others.
+API_GRANT_TYPES = [g for g in GRANT_TYPES if g != "device_code"]
 SECRET_INPUT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -160,7 +162,7 @@ SECRET_INPUT: dict[str, Any] = {
         "environments": {"type": "array", "items": NAME, "minItems": 1},
         "scopes": SCOPES,
         "grant_type": {
-            "enum": list(GRANT_TYPES),
+            "enum": API_GRANT_TYPES,
             "default": "authorization_code",
             "description": "authorization_code answers a login link for a person to open; client_credentials "
             "gets a token for the client itself; refresh_token imports a refresh token obtained elsewhere. "
@@ -401,7 +403,7 @@ def document() -> dict[str, Any]:
                     "properties": {
                         "name": NAME,
                         "provider": NAME,
-                        "grant_type": {"enum": [*GRANT_TYPES, "device_code"]},
+                        "grant_type": {"enum": list(GRANT_TYPES)},
                         "environments": {"type": "array", "items": NAME},
                         "status": {"enum": ["active", "retrying", "reauthorization_required"]},
                         "scopes": {"type": "array", "items": {"type": "string"}},
