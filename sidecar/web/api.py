@@ -120,6 +120,6 @@ def refresh_secret(name: str):
         return runtime(current_app).own_store.get_grant(name).public()
     if outcome.result == "missing":
         raise NotFound(f"secret {name!r} not found")
-    if outcome.result in ("claimed_elsewhere", "lost_race", "superseded"):
+    if outcome.result in ("claimed_elsewhere", "lost_race", "superseded", "claim_too_slow"):
         raise Conflict(f"secret {name!r} is being refreshed by another replica right now; try again shortly")
     raise RefreshFailed(f"refresh of {name!r} failed: {outcome.detail or outcome.result}")
