@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from werkzeug.serving import make_server
 from sidecar.config import Settings
 from sidecar.devvault import DevTokens, DevVault, bao_binary, bootstrap, free_port
 from sidecar.models import Grant, TokenSet
+from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 
@@ -309,6 +311,19 @@ def wait_for(condition: Any, timeout: float = 20.0, every: float = 0.1) -> Any:
             return value
         time.sleep(every)
     pytest.fail(f"timed out after {timeout}s waiting for {getattr(condition, '__name__', 'a condition')}")
+
+
+@contextmanager
+def running(refresher: Refresher) -> Iterator[None]:
+    """The refresher's loop in a thread for the duration of the block."""
+    stop = threading.Event()
+    loop = threading.Thread(target=refresher.run, args=(stop,))
+    loop.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        loop.join(timeout=60)
 
 
 def refresher_env(vault, token: str, tmp_path, **extra: str) -> dict[str, str]:

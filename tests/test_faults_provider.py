@@ -7,10 +7,8 @@ user would notice: the grant, the views apps read, what the provider saw, and th
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
@@ -21,7 +19,7 @@ from sidecar.models import Grant, parse_rfc3339
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
+from .conftest import fast_settings, grant_record, running, seed_grants, sidecar_log, views, wait_for
 from .faults import FaultProxy
 
 TOKEN = r"^/token$"
@@ -47,18 +45,6 @@ def proxy(store, oauth, fault_proxies) -> FaultProxy:
 @pytest.fixture(autouse=True)
 def debug_log(caplog) -> None:
     caplog.set_level(logging.DEBUG)
-
-
-@contextmanager
-def running(refresher: Refresher) -> Iterator[None]:
-    stop = threading.Event()
-    loop = threading.Thread(target=refresher.run, args=(stop,))
-    loop.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        loop.join(timeout=60)
 
 
 def redemptions(oauth, refresh_token: str | None = None) -> list[dict]:

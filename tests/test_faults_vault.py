@@ -4,7 +4,6 @@ the views apps read, what the provider saw (no refresh token redeemed twice), re
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import fast_settings, grant_record, refresher_process, seed_grants, sidecar_log, views, wait_for
+from .conftest import fast_settings, grant_record, refresher_process, running, seed_grants, sidecar_log, views, wait_for
 
 GRANT_PATH = r"^/v1/secret/data/oauth-sidecar/grants/sheets$"  # hvac writes KV v2 with a POST here
 
@@ -54,18 +53,6 @@ def assert_no_secrets(caplog, *values: str) -> None:
     logged = sidecar_log(caplog)
     for value in values:
         assert value not in logged
-
-
-@contextmanager
-def running(refresher: Refresher) -> Iterator[None]:
-    stop = threading.Event()
-    loop = threading.Thread(target=refresher.run, args=(stop,))
-    loop.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        loop.join(timeout=60)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,7 +29,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 
-from .conftest import CLIENT_SECRET, fast_settings, grant_record, sidecar_log, start, wait_for
+from .conftest import CLIENT_SECRET, fast_settings, grant_record, running, sidecar_log, start, wait_for
 
 SECRET = "plain-webhook-secret-0123456789"
 WHSEC_KEY = bytes(range(24))
@@ -143,18 +142,6 @@ def make_refresher(vault, tokens, root, receiver) -> Iterator[Any]:
     yield build
     for refresher in made:
         refresher.shutdown()
-
-
-@contextmanager
-def running(refresher: Refresher) -> Iterator[None]:
-    stop = threading.Event()
-    loop = threading.Thread(target=refresher.run, args=(stop,))
-    loop.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        loop.join(timeout=30)
 
 
 @pytest.fixture

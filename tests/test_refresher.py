@@ -5,7 +5,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -25,6 +24,7 @@ from .conftest import (
     grant_record,
     refresher_env,
     refresher_process,
+    running,
     start,
     views,
     wait_for,
@@ -38,18 +38,6 @@ def refresher(vault, tokens, root) -> Iterator[Refresher]:
     )
     yield instance
     instance.shutdown()
-
-
-@contextmanager
-def running(refresher: Refresher) -> Iterator[None]:
-    stop = threading.Event()
-    loop = threading.Thread(target=refresher.run, args=(stop,))
-    loop.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        loop.join(timeout=60)
 
 
 def refreshed_since(root, name: str, after: str):
