@@ -301,7 +301,7 @@ class Refresher:
         except OAuthTransient as exc:
             return self._failed(claimed, version, provider, exc.message, exc.retry_after)
         except OAuthPermanent as exc:
-            if exc.error in DEAD_GRANT and grant.tokens.refresh_token and grant.grant_type != "client_credentials":
+            if exc.error in DEAD_GRANT and grant.grant_type != "client_credentials":  # a refresh token died
                 return self._dead(name, version, exc.message)
             if exc.error == "invalid_client":
                 self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
