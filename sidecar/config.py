@@ -204,17 +204,19 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 
 def webhook_key(secret: str) -> bytes:
-    """A Standard Webhooks secret is "whsec_" + base64; any other string is used as it is."""
-    if secret.startswith("whsec_"):
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)  # binascii.Error is a ValueError
-    return secret.encode()
+    """The HMAC key of a Standard Webhooks secret: base64, after an optional "whsec_" prefix,
+    padded or not, as its verifier libraries read it."""
+    encoded = secret.removeprefix("whsec_")
+    return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)  # binascii.Error is a ValueError
 
 
 def _webhook_secret(raw: str) -> str:
     try:
-        webhook_key(raw)
+        key = webhook_key(raw)
     except ValueError:
-        raise ValueError("a whsec_ secret must be base64 after its prefix") from None
+        key = b""
+    if len(key) < 16:
+        raise ValueError("a webhook secret is base64 of at least 16 bytes, optionally after whsec_") from None
     return raw
 
 

@@ -24,8 +24,8 @@ from .models import Grant, rfc3339
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = 5.0
-ATTEMPTS = 3
+TIMEOUT = 3.0
+ATTEMPTS = 2  # a refresh worker waits for a failing receiver at most 2 x 3 s + 0.5 s
 
 
 class Notifier:

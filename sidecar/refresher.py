@@ -99,7 +99,8 @@ class Refresher:
         self._in_flight: dict[str, Future[Outcome]] = {}
         self._providers: dict[str, tuple[float, Provider]] = {}
         self._scan: deque[str] = deque()
-        self._claims_seen: dict[str, tuple[int, float]] = {}  # name -> (version, monotonic time first seen)
+        # name -> ((version, owner, until) of a claim elsewhere, monotonic time we first saw it)
+        self._claims_seen: dict[str, tuple[tuple[int, str, str], float]] = {}
         self._next_resync = 0.0
         self._stopping: float | None = None
 
@@ -118,6 +119,7 @@ class Refresher:
         with self._lock:
             self._due.pop(name, None)
             self._status.pop(name, None)
+        self._claims_seen.pop(name, None)
 
     def _pop_due(self, now: datetime) -> list[str]:
         names = []
@@ -137,13 +139,18 @@ class Refresher:
         """The provider's refresh margin, else SIDECAR_REFRESH_MARGIN."""
         return provider.refresh_margin if provider.refresh_margin is not None else self.settings.refresh_margin
 
-    def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
+    def _refresh_time(self, grant: Grant, provider: Provider) -> datetime | None:
+        """When to refresh (None: never on a timer)."""
         due = due_at(grant, self._margin(provider), provider.max_token_lifetime)
-        if self.notifier.owed(grant, self._clock()) in ANNOUNCE_NOW:
-            due = self._clock()
         if due and grant.claim_until and grant.claim_owner != self.owner:
             due = max(due, grant.claim_until)  # a live claim elsewhere: look again once it lapses
         return due
+
+    def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
+        """When to look at the grant next: when it is to be refreshed, or now if an announcement is owed."""
+        if self.notifier.owed(grant, self._clock()) in ANNOUNCE_NOW:
+            return self._clock()
+        return self._refresh_time(grant, provider)
 
     def _provider(self, name: str) -> Provider:
         cached = self._providers.get(name)
@@ -268,18 +275,19 @@ class Refresher:
             return Outcome(name, "missing")
         grant = Grant.from_record(name, current.data)
         provider = self._provider(grant.provider)
-        due = self._due_time(grant, provider)
+        due = self._refresh_time(grant, provider)
         held = self._held_elsewhere(name, current.version, grant, now)
         if held:
             self._schedule(grant, max(due or now, now + timedelta(seconds=held)))
             return Outcome(name, "claimed_elsewhere")
-        if not force and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a forced refresh announces on success
+        refresh_now = force or (due is not None and due <= now)
+        if not refresh_now and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a refresh announces on success
             return self._announce(grant, current.version, provider)
         if grant.status == "reauthorization_required":
             return Outcome(name, "reauthorization_required", f"{grant.last_error}; connect it again")
         if not grant.renewable:
             return Outcome(name, "no_refresh_token", "this grant has no refresh token; connect it again")
-        if not force and (due is None or due > now):
+        if not refresh_now:
             self._schedule(grant, due)
             return Outcome(name, "not_due")
         claim_until = self._clock() + timedelta(seconds=self.settings.claim_ttl)
@@ -302,7 +310,7 @@ class Refresher:
             return self._failed(claimed, version, provider, exc.message, exc.retry_after)
         except OAuthPermanent as exc:
             if exc.error in DEAD_GRANT and grant.grant_type != "client_credentials":  # a refresh token died
-                return self._dead(name, version, exc.message)
+                return self._dead(name, version, exc.message, provider)
             if exc.error == "invalid_client":
                 self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
                 message = f"{exc.message}: the provider's client credentials are refused; fix the provider"
@@ -321,9 +329,10 @@ class Refresher:
             claim_until=None,
             failing_since=grant.failing_since if grant.notified else None,  # until the recovery is announced
         )
-        refreshed = self._with_announcement(refreshed)
-        if not self._store_result(refreshed, version):
+        stored = self._store_result(refreshed, version)
+        if stored is None:
             return Outcome(name, "superseded", "the grant changed while its refresh was in flight")
+        refreshed = self._record_announcement(refreshed, stored)  # only once the new tokens are safe
         next_due = self._due_time(refreshed, provider)
         self._schedule(refreshed, next_due)
         log.info(
@@ -351,33 +360,43 @@ class Refresher:
             return replace(grant, notified="", failing_since=None)
         return replace(grant, notified=grant.status)
 
+    def _record_announcement(self, grant: Grant, version: int) -> Grant:
+        """Deliver an owed announcement about the grant stored at `version`, and record it (CAS)."""
+        announced = self._with_announcement(grant)
+        if announced is not grant:
+            try:
+                self.store.put_grant(announced, cas=version)
+            except (Conflict, VaultUnavailable) as exc:
+                log.warning("could not record the announcement about %s: %s", grant.name, exc.message)
+        return announced
+
     def _announce(self, grant: Grant, version: int, provider: Provider) -> Outcome:
         """Deliver an announcement owed outside a refresh (a grant died, or a new login fixed it);
         tried again until delivered."""
-        announced = self._with_announcement(grant)
+        announced = self._record_announcement(grant, version)
         if announced is grant:
             self._retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
             return Outcome(grant.name, "announcement_failed")
-        try:
-            self.store.put_grant(announced, cas=version)
-        except (Conflict, VaultUnavailable) as exc:
-            log.warning("could not record the announcement about %s: %s", grant.name, exc.message)
         self._schedule(announced, self._due_time(announced, provider))
         return Outcome(grant.name, "announced")
 
-    def _store_result(self, refreshed: Grant, version: int) -> bool:
+    def _store_result(self, refreshed: Grant, version: int) -> int | None:
         """Write the new tokens, then the views; never give up on either while Vault is only
-        unavailable. A conflict may be our own earlier write, whose answer was lost: then it is done."""
+        unavailable. A conflict may be our own earlier write, whose answer was lost: then it is done.
+        Returns the grant's new version, or None if another writer got there first."""
         try:
-            self._until_stored(partial(self.store.put_grant, refreshed, cas=version), refreshed.name)
+            stored: int | None = self._until_stored(
+                partial(self.store.put_grant, refreshed, cas=version), refreshed.name
+            )
         except Conflict:
-            if not self._until_stored(partial(self._already_stored, refreshed), refreshed.name):
+            stored = self._until_stored(partial(self._already_stored, refreshed), refreshed.name)
+            if stored is None:
                 log.error("grant %s changed while this replica held its claim; its new tokens are dropped",
                           refreshed.name)  # fmt: skip
-                return False
+                return None
         for env in refreshed.environments:
             self._until_stored(partial(self.store.write_view, env, refreshed), refreshed.name)
-        return True
+        return stored
 
     def _until_stored(self, call: Callable[[], T], name: str) -> T:
         """`call`, retried while Vault is unavailable, until SHUTDOWN_GRACE after a stop was asked."""
@@ -393,15 +412,15 @@ class Refresher:
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_WRITE_MAX_DELAY)
 
-    def _already_stored(self, refreshed: Grant) -> bool:
-        """Whether the grant in Vault holds exactly these new tokens."""
+    def _already_stored(self, refreshed: Grant) -> int | None:
+        """The grant's version if Vault holds exactly these new tokens (None otherwise)."""
         try:
-            stored = Grant.from_record(
-                refreshed.name, retrying(partial(self.store.read, "grants", refreshed.name)).data
-            )
+            current = self.store.read("grants", refreshed.name)
         except NotFound:
-            return False
-        return stored.tokens == refreshed.tokens and stored.last_refreshed_at == refreshed.last_refreshed_at
+            return None
+        stored = Grant.from_record(refreshed.name, current.data)
+        same = stored.tokens == refreshed.tokens and stored.last_refreshed_at == refreshed.last_refreshed_at
+        return current.version if same else None
 
     def _held_elsewhere(self, name: str, version: int, grant: Grant, now: datetime) -> float:
         """Seconds another replica's claim is still to be respected (0: not claimed elsewhere).
@@ -413,10 +432,12 @@ class Refresher:
             self._claims_seen.pop(name, None)
             return 0.0
         by_clock = (grant.claim_until - now).total_seconds() if grant.claim_until else 0.0
-        seen_version, first_seen = self._claims_seen.get(name, (None, 0.0))
-        if seen_version != version:
+        # Keyed by more than the version: versions start again at 1 after a delete and re-create.
+        claim = (version, grant.claim_owner, rfc3339(grant.claim_until, precise=True))
+        seen, first_seen = self._claims_seen.get(name, (None, 0.0))
+        if seen != claim:
             first_seen = time.monotonic()
-            self._claims_seen[name] = (version, first_seen)
+            self._claims_seen[name] = (claim, first_seen)
         by_watch = self.settings.claim_ttl - (time.monotonic() - first_seen)
         return max(by_clock, by_watch, 0.0)
 
@@ -460,7 +481,7 @@ class Refresher:
         delay = min(base * 2 ** (failures - 1) * random.uniform(0.8, 1.2), BACKOFF_MAX)
         return max(delay, retry_after or 0.0)
 
-    def _dead(self, name: str, version: int, message: str) -> Outcome:
+    def _dead(self, name: str, version: int, message: str, provider: Provider) -> Outcome:
         """The refresh token is refused for good. Re-read first: a sibling may have refreshed it."""
         latest = self.store.read("grants", name)
         if latest.version != version:
@@ -481,7 +502,7 @@ class Refresher:
         except Conflict:
             return Outcome(name, "superseded", "another replica changed the grant meanwhile")
         self._write_views(marked)
-        self._schedule(marked, self._due_time(marked, self._provider(marked.provider)))
+        self._schedule(marked, self._due_time(marked, provider))
         log.warning("grant %s needs a new login: %s", name, message)
         return Outcome(name, "reauthorization_required", message)
 
