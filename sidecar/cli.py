@@ -21,7 +21,7 @@ import click
 from . import grants, logins, presets
 from .config import Settings
 from .errors import ConfigError, Invalid, NotFound, SidecarError, VaultUnavailable
-from .models import TOKEN_AUTH_METHODS
+from .models import TOKEN_AUTH_METHODS, key_values
 from .oauth import DeviceAuthorization
 from .policies import render as render_policies
 from .providers import build as build_provider
@@ -292,7 +292,7 @@ def providers_put(name: str, **opts: Any) -> None:
     jwt_auth = opts["token_auth_method"] == "private_key_jwt"
     body = {
         "preset": opts["preset"],
-        "preset_params": _pairs(opts["preset_params"], "--preset-param"),
+        "preset_params": key_values(opts["preset_params"], "--preset-param"),
         "issuer": opts["issuer"],
         "client_id": opts["client_id"],
         "client_secret": _read(opts["client_secret_file"]) if jwt_auth else _client_secret(opts["client_secret_file"]),
@@ -306,7 +306,7 @@ def providers_put(name: str, **opts: Any) -> None:
         "device_authorization_url": opts["device_authorization_url"],
         "token_auth_method": opts["token_auth_method"],
         "pkce": opts["pkce"],
-        "extra_authorize_params": _pairs(opts["params"], "--param"),
+        "extra_authorize_params": key_values(opts["params"], "--param"),
         "refresh_margin": opts["refresh_margin"],
         "max_token_lifetime": opts["max_token_lifetime"],
         "authorization_response_iss_parameter_supported": opts["iss_parameter_supported"],
@@ -315,13 +315,6 @@ def providers_put(name: str, **opts: Any) -> None:
     created = operator_store().put_provider(provider) == 1
     click.echo(f"{'created' if created else 'replaced'} provider {name}", err=True)
     print_json(provider.public())
-
-
-def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    pairs = [v.partition("=") for v in values]
-    if any(not sep for _, sep, _ in pairs):
-        raise Invalid(f"{option} takes KEY=VALUE")
-    return {k: v for k, _, v in pairs}
 
 
 def _read(source: Any) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import oauth, providers
 from .config import Settings
-from .errors import Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
+from .errors import Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .models import Grant, Provider, TokenSet, check_environments, check_name, parse_scopes
 from .store import Store, retrying
 
@@ -39,6 +39,15 @@ def provider_for(store: Store, settings: Settings, name: object) -> Provider:
     return providers.current(provider, settings.discovery_interval)
 
 
+def may_store(store: Store, name: object) -> str:
+    """The secret's name, once the caller is known to be allowed to store it: checked before a
+    provider is asked, so that no token (least of all a spent refresh token) is got for nothing."""
+    checked = check_name(name, "name")
+    if not store.may("grants", checked, "create", "update"):
+        raise Forbidden(f"permission denied on secret {checked!r}")
+    return checked
+
+
 def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
     wanted = provider.scopes if scopes is None else parse_scopes(scopes)
     if not wanted:
@@ -61,7 +70,7 @@ def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
-    name = check_name(body.get("name"), "name")
+    name = may_store(store, body.get("name"))
     envs = check_environments(body.get("environments"), settings.environments)
     provider = provider_for(store, settings, body.get("provider"))
     scopes = wanted_scopes(provider, body.get("scopes"))
@@ -94,7 +103,7 @@ def device_login(
     show: Callable[[oauth.DeviceAuthorization], None],
 ) -> Grant:
     """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
-    name = check_name(name, "name")
+    name = may_store(store, name)
     envs = check_environments(environments, settings.environments)
     provider = provider_for(store, settings, provider_name)
     wanted = wanted_scopes(provider, scopes)

@@ -149,6 +149,18 @@ def _authorize_params(data: Mapping[str, Any]) -> dict[str, str]:
     return dict(value)
 
 
+def key_values(items: Iterable[str], what: str) -> dict[str, str]:
+    """KEY=VALUE items, as a repeated CLI option or a form's lines give them; blank ones are skipped."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        if item.strip():
+            key, sep, value = item.strip().partition("=")
+            if not sep:
+                raise Invalid(f"{what}: write KEY=VALUE, one a line", {what: "one KEY=VALUE a line"})
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def _optional_url(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     return None if value in (None, "") else check_url(value, key)

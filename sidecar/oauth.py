@@ -7,6 +7,7 @@ endpoint the operator registered. Nothing here logs a request or response body.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -34,6 +35,7 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEVICE_DEFAULT_INTERVAL = 5.0  # RFC 8628 section 3.2
 DEVICE_NETWORK_BACKOFF_MAX = 60.0
+MAX_METADATA_BYTES = 256 * 1024
 # Metadata fields (RFC 8414) and the provider fields they fill.
 DISCOVERED = {
     "authorization_endpoint": "authorization_url",
@@ -55,29 +57,43 @@ def discover(issuer: str) -> dict[str, Any]:
         f"{origin}/.well-known/oauth-authorization-server{path}",
         f"{origin}{path}/.well-known/openid-configuration",
     ):
-        try:
-            resp = _http.get(url, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise OAuthTransient(f"discovery: the issuer could not be reached ({type(exc).__name__})") from None
-        if resp.status_code in (400, 404, 405, 410):
+        status, metadata = _get_metadata(url)
+        if status in (400, 404, 405, 410):
             continue
-        if resp.status_code != 200:
-            _raise_for(resp, "discovery")
-        metadata = _json(resp)
+        if status != 200:
+            error = OAuthTransient if status == 429 or status >= 500 else OAuthPermanent
+            raise error(f"discovery: the issuer answered HTTP {status}")
+        if metadata is None:
+            raise OAuthPermanent(f"discovery: the metadata at {url} is not a JSON object")
         if metadata.get("issuer") != issuer:
-            raise OAuthPermanent(
-                f"discovery: the metadata at {url} names issuer {_clean(metadata.get('issuer'))!r}, "
-                "not the issuer asked for; refused"
-            )
+            raise OAuthPermanent(f"discovery: the metadata at {url} names another issuer than the one asked for")
         return _provider_fields(metadata)
     raise OAuthPermanent("discovery: the issuer publishes no OAuth or OpenID Connect metadata")
 
 
+def _get_metadata(url: str) -> tuple[int, dict[str, Any] | None]:
+    """GET a metadata document, reading at most MAX_METADATA_BYTES: (status, the JSON object or None)."""
+    try:
+        with _http.get(
+            url, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False, stream=True
+        ) as resp:
+            raw = resp.raw.read(MAX_METADATA_BYTES + 1, decode_content=True)
+    except requests.RequestException as exc:
+        raise OAuthTransient(f"discovery: the issuer could not be reached ({type(exc).__name__})") from None
+    if len(raw) > MAX_METADATA_BYTES:
+        raise OAuthPermanent(f"discovery: the metadata at {url} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    return resp.status_code, body if isinstance(body, dict) else None
+
+
 def _provider_fields(metadata: Mapping[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {ours: metadata[theirs] for theirs, ours in DISCOVERED.items() if theirs in metadata}
-    fields["authorization_response_iss_parameter_supported"] = (
-        metadata.get("authorization_response_iss_parameter_supported") is True
-    )
+    if metadata.get("authorization_response_iss_parameter_supported") is True:
+        # Only ever turned on: an operator's "true" stands against metadata that says nothing.
+        fields["authorization_response_iss_parameter_supported"] = True
     methods = metadata.get("code_challenge_methods_supported")
     if isinstance(methods, list):
         fields["code_challenge_methods_supported"] = [m for m in methods if isinstance(m, str)][:16]
@@ -192,8 +208,8 @@ def device_token(
     five seconds more for each slow_down, twice as long after a network failure."""
     interval = authorization.interval
     form = {"grant_type": DEVICE_GRANT, "device_code": authorization.device_code, "client_id": provider.client_id}
-    while datetime.now(UTC) < authorization.expires_at:
-        sleep(interval)
+    while (left := (authorization.expires_at - datetime.now(UTC)).total_seconds()) > 0:
+        sleep(min(interval, left))
         now = datetime.now(UTC)
         try:
             return _token_set(_post(provider, provider.token_url, form, "device login"), scopes, now, "device login")
@@ -239,9 +255,11 @@ def _post(provider: Provider, url: str, form: dict[str, str], what: str) -> requ
 
 
 def _refuses_client(resp: requests.Response) -> bool:
-    return resp.status_code == 401 or (
-        resp.status_code == 400 and _json(resp, strict=False).get("error") == "invalid_client"
-    )
+    """The client itself is refused: invalid_client, or a 401 that names no other error."""
+    if resp.status_code not in (400, 401):
+        return False
+    error = _json(resp, strict=False).get("error")
+    return error == "invalid_client" or (resp.status_code == 401 and error is None)
 
 
 def _send(provider: Provider, url: str, form: dict[str, str], secret: str, what: str) -> requests.Response:

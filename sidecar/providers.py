@@ -41,8 +41,10 @@ def _with_preset(body: dict[str, Any]) -> dict[str, Any]:
     """The preset's fields, overridden by whatever the body gives (blank values give nothing)."""
     filled = presets.expand(body["preset"], body.get("preset_params"))
     given = {k: v for k, v in body.items() if v not in (None, "", [], {}) and k not in ("preset", "preset_params")}
-    extra = {**filled.get("extra_authorize_params", {}), **given.get("extra_authorize_params", {})}
-    return {**filled, **given, "extra_authorize_params": extra}
+    given_extra = given.get("extra_authorize_params", {})
+    if not isinstance(given_extra, Mapping):
+        return {**filled, **given}  # not an object: Provider.from_input says so
+    return {**filled, **given, "extra_authorize_params": {**filled.get("extra_authorize_params", {}), **given_extra}}
 
 
 def _with_discovery(body: dict[str, Any]) -> dict[str, Any]:

@@ -364,14 +364,14 @@ class Store:
         except NotFound:  # deleted between the list and the read
             return None
 
-    def may(self, tree: Tree, name: str, capability: str) -> bool:
-        """Whether this store's token has `capability` on the object (Vault's capabilities-self)."""
+    def may(self, tree: Tree, name: str, *capabilities: str) -> bool:
+        """Whether this store's token has any of `capabilities` on the object (Vault's capabilities-self)."""
         path = f"{self._settings.kv_mount}/data/{self.path(tree, name)}"
         resp = self._call(
             f"the capabilities on {_LABEL[tree]} {name!r}", lambda: self._client.sys.get_capabilities(paths=[path])
         )
         granted = resp.get(path) or resp.get("capabilities") or []
-        return capability in granted or "root" in granted
+        return "root" in granted or any(c in granted for c in capabilities)
 
     # -- tokens and health -----------------------------------------------------------------
 

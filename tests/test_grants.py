@@ -247,3 +247,12 @@ def test_bad_bodies_are_refused_before_the_provider_is_asked(api, oauth, root, b
     assert field in response.json()["error"]["fields"]
     assert oauth.log()["tokenRequests"] == 0
     assert vault_tree(root) == before
+
+
+def test_no_token_is_got_for_a_caller_who_may_not_store_it(api, tokens, oauth, root):
+    """Checked before the provider is asked: an imported rotating refresh token is not spent for nothing."""
+    before = vault_tree(root)
+    reader = {"X-Vault-Token": tokens.reader["production"]}
+    body = {"name": "nope", "provider": "mock", "grant_type": "refresh_token", "refresh_token": "rt-from-elsewhere"}
+    assert api("POST", "/v1/secrets", json=body, headers=reader).status_code == 403
+    assert oauth.log()["tokenRequests"] == 0 and vault_tree(root) == before

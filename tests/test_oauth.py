@@ -220,6 +220,18 @@ def test_a_provider_that_accepts_neither_secret_refuses_after_two_attempts(serve
     assert server.accepts(oauth.refresh(registered(server), tokens.refresh_token, rotated.scopes).access_token)
 
 
+def test_a_refusal_of_the_token_not_the_client_is_not_sent_again(server):
+    """A 401 that names another error than invalid_client says nothing about the secret: no second try."""
+    tokens = login(registered(server))
+    server.configure(clients={CLIENT_ID: [NEW_SECRET, CLIENT_SECRET]})
+    before = len(server.log()["token"])
+    server.next(token={"status": 401, "body": {"error": "invalid_grant"}})
+    rotated = registered(server, **ROTATED)
+    with pytest.raises(OAuthPermanent) as caught:
+        oauth.refresh(rotated, tokens.refresh_token, rotated.scopes)
+    assert caught.value.error == "invalid_grant" and len(server.log()["token"]) == before + 1
+
+
 def test_client_credentials_and_revocation_fall_back_too(server, caplog):
     rotated = registered(server, **ROTATED)
     tokens = oauth.client_credentials(rotated, ("api",))

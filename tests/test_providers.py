@@ -56,7 +56,7 @@ def test_openid_configuration_is_the_fallback(api, oauth):
 @pytest.mark.parametrize(
     ("metadata", "status", "says"),
     [
-        ({"issuer": "https://evil.example"}, 200, "not the issuer asked for"),
+        ({"issuer": "https://evil.example"}, 200, "names another issuer"),
         ({"token_endpoint": "http://evil.example/token"}, 200, "token_url must use https"),
         ({"token_endpoint": None}, 200, "token_url is required"),
         ({}, 500, "discovery"),
@@ -153,3 +153,31 @@ def test_presets_are_listed(api):
             "dropbox", "zoom", "okta", "auth0"} <= set(names)  # fmt: skip
     okta = next(p for p in listed if p["name"] == "okta")
     assert okta["params"]["domain"] == {"required": True, "default": None}
+
+
+def test_only_an_operator_can_make_the_sidecar_fetch_metadata(api, tokens, oauth, root):
+    """Discovery is an outgoing request: a caller who may not write the provider cannot cause it."""
+    before = vault_tree(root)
+    reader = {"X-Vault-Token": tokens.reader["production"]}
+    refused = api("PUT", "/v1/providers/probe", json=from_issuer(oauth), headers=reader)
+    assert refused.status_code == 403
+    assert oauth.log()["discovery"] == [] and vault_tree(root) == before
+
+
+def test_metadata_larger_than_the_limit_is_refused(api, oauth, root):
+    oauth.configure(discovery={"padding": "x" * 300_000})
+    refused = api("PUT", "/v1/providers/big", json=from_issuer(oauth))
+    assert refused.status_code == 400 and "larger than" in refused.json()["error"]["message"]
+
+
+def test_a_re_read_never_turns_off_a_required_iss(api, oauth, store):
+    api("PUT", "/v1/providers/mock", json=from_issuer(oauth, authorization_response_iss_parameter_supported=True))
+    stored = store.get_provider("mock")
+    assert stored.authorization_response_iss_parameter_supported  # the metadata did not say so; the operator did
+    assert providers.current(stored, max_age=0).authorization_response_iss_parameter_supported
+
+
+def test_a_preset_with_extra_parameters_that_are_not_an_object_is_a_400(api):
+    body = {"preset": "google", "client_id": "i", "client_secret": "s", "extra_authorize_params": "prompt=none"}
+    refused = api("PUT", "/v1/providers/g", json=body)
+    assert refused.status_code == 400 and "extra_authorize_params" in refused.json()["error"]["fields"]

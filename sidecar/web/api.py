@@ -7,8 +7,8 @@ from typing import Any
 from flask import Blueprint, current_app, g, request
 
 from .. import grants, logins, presets, providers
-from ..errors import Conflict, Invalid, NotFound, Unauthorized
-from ..models import rfc3339
+from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
+from ..models import check_name, rfc3339
 from ..refresher import RefreshFailed
 from ..store import Store
 from . import plausible_token, runtime
@@ -58,6 +58,9 @@ def get_provider(name: str):
 
 @bp.put("/providers/<name>")
 def put_provider(name: str):
+    # Checked first: building may fetch the issuer's metadata, which only an operator may make us do.
+    if not store().may("providers", check_name(name, "provider"), "create", "update"):
+        raise Forbidden(f"permission denied on provider {name!r}")
     provider = providers.build(name, json_object())
     version = store().put_provider(provider)
     return provider.public(), 201 if version == 1 else 200

@@ -17,7 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .. import grants, logins, presets
 from ..errors import Forbidden, Invalid, SidecarError, Unauthorized
-from ..models import TOKEN_AUTH_METHODS, Provider
+from ..models import TOKEN_AUTH_METHODS, Provider, check_name, key_values
 from ..providers import build as build_provider
 from ..store import Store
 from . import plausible_token, runtime
@@ -141,7 +141,7 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
         secret = keep_secret_of.client_secret
     body: dict[str, Any] = {
         "preset": form.get("preset", ""),
-        "preset_params": key_values(form.get("preset_params", ""), "preset_params"),
+        "preset_params": key_values(form.get("preset_params", "").splitlines(), "preset_params"),
         "client_id": form.get("client_id", ""),
         "client_secret": secret,
         "authorization_url": form.get("authorization_url", "").strip(),
@@ -150,7 +150,9 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
         "revocation_url": form.get("revocation_url", "").strip() or None,
         "token_auth_method": form.get("token_auth_method") or None,
         "pkce": form.get("pkce") == "on",
-        "extra_authorize_params": key_values(form.get("extra_authorize_params", ""), "extra_authorize_params"),
+        "extra_authorize_params": key_values(
+            form.get("extra_authorize_params", "").splitlines(), "extra_authorize_params"
+        ),
         "issuer": form.get("issuer", "").strip() or None,
         "authorization_response_iss_parameter_supported": form.get("iss_supported") == "on",
     }
@@ -161,6 +163,10 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
                     scope_separator=keep_secret_of.scope_separator)  # fmt: skip
         if keep_secret_of.issuer == body["issuer"]:
             body["discovered_at"] = keep_secret_of.discovered_at
+        elif body["issuer"]:  # a new issuer: its own metadata, not the old issuer's URLs still in the form
+            for url in ("authorization_url", "token_url", "revocation_url", "device_authorization_url"):
+                if body.get(url) == getattr(keep_secret_of, url):
+                    body[url] = None
     for key in ("refresh_margin", "max_token_lifetime"):
         raw = form.get(key, "").strip()
         if raw and not raw.isdigit():
@@ -169,16 +175,10 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
     return build_provider(name, {k: v for k, v in body.items() if v is not None})
 
 
-def key_values(text: str, field: str) -> dict[str, str]:
-    """One KEY=VALUE a line."""
-    pairs: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.strip():
-            key, sep, value = line.strip().partition("=")
-            if not sep:
-                raise Invalid("write one KEY=VALUE a line", {field: "one KEY=VALUE a line"})
-            pairs[key.strip()] = value.strip()
-    return pairs
+def may_write_provider(store: Store, name: str) -> None:
+    """Checked before a provider is built: building may fetch its issuer's metadata."""
+    if not store.may("providers", check_name(name, "provider"), "create", "update"):
+        raise Forbidden(f"permission denied on provider {name!r}")
 
 
 def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
@@ -231,6 +231,7 @@ def new_provider():
 def create_provider():
     name = request.form.get("name", "")
     try:
+        may_write_provider(user_store(), name)
         provider = provider_from_form(name, None)
         user_store().put_provider(provider)
     except Invalid as exc:
@@ -251,6 +252,7 @@ def edit_provider(name: str):
 def update_provider(name: str):
     store = user_store()
     current = store.get_provider(name)
+    may_write_provider(store, name)
     try:
         store.put_provider(provider_from_form(name, current))
     except Invalid as exc:
