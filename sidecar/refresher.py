@@ -224,6 +224,7 @@ class Refresher:
         try:
             outcome = self.refresh_one(name, force)
         except SidecarError as exc:
+            log.warning("refresh of %s stopped: %s", name, exc.message)
             outcome = Outcome(name, "error", exc.message)
         except Exception:  # a bug must not kill the worker pool or the loop
             log.exception("refresh of %s failed unexpectedly", name)
@@ -394,8 +395,7 @@ class Refresher:
                 log.error("grant %s changed while this replica held its claim; its new tokens are dropped",
                           refreshed.name)  # fmt: skip
                 return None
-        for env in refreshed.environments:
-            self._until_stored(partial(self.store.write_view, env, refreshed), refreshed.name)
+        self._write_views(refreshed, patient=True)
         return stored
 
     def _until_stored(self, call: Callable[[], T], name: str) -> T:
@@ -441,9 +441,43 @@ class Refresher:
         by_watch = self.settings.claim_ttl - (time.monotonic() - first_seen)
         return max(by_clock, by_watch, 0.0)
 
-    def _write_views(self, grant: Grant) -> None:
+    def _write_views(self, grant: Grant, patient: bool = False) -> None:
+        """Each environment's view of the grant. Once a write has failed, every later one (a retry, or
+        the next environment's) is made only while the grant still holds these tokens: a newer
+        refresh may have replaced them meanwhile, its own writer writes the views, and a late write
+        of ours would put older tokens back. `patient`: retry as long as Vault is only unavailable
+        (new tokens); else a few times (a failure's status)."""
+        delayed = False
         for env in grant.environments:
-            retrying(partial(self.store.write_view, env, grant))
+            if not delayed:
+                try:
+                    self.store.write_view(env, grant)
+                    continue
+                except VaultUnavailable:
+                    delayed = True
+            again = partial(self._write_view_if_current, env, grant)
+            if patient:
+                self._until_stored(again, grant.name)
+            else:
+                retrying(again)
+
+    def _views_while_claimed(self, grant: Grant) -> None:
+        """A failure's status into the views, written before the grant write that releases the claim:
+        while the claim is ours no newer tokens can be in them, so these cannot overwrite newer ones."""
+        try:
+            self._write_views(grant)
+        except VaultUnavailable as exc:
+            log.warning("could not show the status of %s in its views: %s", grant.name, exc.message)
+
+    def _write_view_if_current(self, env: str, grant: Grant) -> None:
+        try:
+            current = self.store.get_grant(grant.name)
+        except NotFound:
+            return
+        if current.tokens == grant.tokens:
+            self.store.write_view(env, grant)
+        else:
+            log.info("view of %s in %s left to the newer refresh that replaced its tokens", grant.name, env)
 
     def _failed(
         self, claimed: Grant, version: int, provider: Provider, message: str, retry_after: float | None
@@ -462,9 +496,9 @@ class Refresher:
             failing_since=claimed.failing_since or self._clock(),
         )
         failed = self._with_announcement(failed)
+        self._views_while_claimed(failed)
         try:
-            self.store.put_grant(failed, cas=version)
-            self._write_views(failed)
+            self.store.put_grant(failed, cas=version)  # releases the claim
         except (Conflict, VaultUnavailable) as exc:
             log.warning("could not record the failed refresh of %s: %s", claimed.name, exc.message)
         self._schedule(failed, self._due_time(failed, provider))
@@ -497,11 +531,11 @@ class Refresher:
             failing_since=before.failing_since or self._clock(),
         )
         marked = self._with_announcement(marked)
+        self._views_while_claimed(marked)
         try:
-            self.store.put_grant(marked, cas=latest.version)
+            self.store.put_grant(marked, cas=latest.version)  # releases the claim
         except Conflict:
             return Outcome(name, "superseded", "another replica changed the grant meanwhile")
-        self._write_views(marked)
         self._schedule(marked, self._due_time(marked, provider))
         log.warning("grant %s needs a new login: %s", name, message)
         return Outcome(name, "reauthorization_required", message)

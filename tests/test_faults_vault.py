@@ -304,3 +304,30 @@ def test_the_refresher_waits_for_vault_at_start_up(vault, tokens, store, root, o
         output = process.communicate(timeout=30)[0]
     assert served(root, oauth) and oauth.log()["reuse"] == 0
     assert "waiting for Vault" in output and tokens.sidecar not in output
+
+
+# -- 9. a view write retried after a newer refresh ------------------------------------------------------
+
+
+def test_a_late_retry_never_puts_older_tokens_back_into_a_view(vault, tokens, store, root, oauth, fault_proxies):
+    """A's refresh fails and Vault refuses A's view writes for a while; B refreshes as soon as A has
+    released the grant. Nothing of A's, neither a retry nor a late first write, may put A's older
+    tokens back over B's newer ones: A writes a failure's views while it still holds the claim."""
+    register_provider(store, oauth)
+    (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3600)
+    proxy = fault_proxies(vault.addr)
+    sealed = {"status": 503, "headers": {"Content-Type": "application/json"}, "body": b'{"errors":["sealed"]}'}
+    proxy.add("answer", method="POST", path=r"^/v1/secret/data/oauth/development/sheets$", times=None, **sealed)
+    slow_settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr)
+    settings = fast_settings(vault, tokens.sidecar)
+    a = Refresher(slow_settings, Store(slow_settings, tokens.sidecar))
+    b = Refresher(settings, Store(settings, tokens.sidecar))
+    with closing(a, b):
+        oauth.next(token={"status": 503, "body": {"error": "temporarily_unavailable"}})
+        failing = a.submit("sheets", force=True)
+        wait_for(lambda: grant_record(root)["status"] == "retrying", timeout=10, every=0.02)
+        assert b.refresh_one("sheets", force=True).result == "refreshed"  # B's newer tokens, B's views
+        proxy.calm()
+        assert failing.result(timeout=15).result == "retrying"
+    record = served(root, oauth)
+    assert record is not None and record["access_token"] != seeded.tokens.access_token

@@ -90,7 +90,7 @@ def test_soak(vault, tokens, root, oauth, fault_proxies, tmp_path):
             view = root.secrets.kv.v2.read_secret_version(
                 path=f"oauth/{env}/{name}", mount_point="secret", raise_on_deleted_version=True
             )["data"]["data"]
-            assert view["access_token"] == grant["access_token"], name
+            assert view["access_token"] == grant["access_token"], _diagnosis(name, env, grant, view, oauth, logs)
         tokens_seen |= {grant["access_token"], grant["refresh_token"]}
     sample = random.sample(names, 30)
     assert all(oauth.accepts(grant_record(root, name)["access_token"]) for name in sample)
@@ -118,3 +118,14 @@ def test_soak(vault, tokens, root, oauth, fault_proxies, tmp_path):
 
 def _statuses(root, names) -> dict[str, int]:
     return dict(Counter(grant_record(root, name)["status"] for name in names))
+
+
+def _diagnosis(name: str, env: str, grant: dict, view: dict, oauth, logs: list[Path]) -> str:
+    """What a failure needs to be understood: the grant's state, which token the provider knows, the log."""
+    lines = [line for path in logs for line in path.read_text(errors="replace").splitlines() if name in line]
+    state = {k: grant[k] for k in ("status", "last_refreshed_at", "claim_owner", "expires_at")}
+    accepted = (oauth.accepts(grant["access_token"]), oauth.accepts(view["access_token"]))
+    return (
+        f"{name} in {env}: grant {state}, view expires {view['expires_at']}; "
+        f"the provider accepts (grant's, view's) {accepted}\n" + "\n".join(lines[-20:])
+    )
