@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,7 @@ def test_the_image_runs_its_own_command_as_a_non_root_user(image, buildah_env, v
                 container, "--", *cfg["Entrypoint"], *cfg["Cmd"],
             ],
             env=buildah_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # chroot isolation has no PID namespace: stop the whole group below
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         try:
@@ -109,11 +111,13 @@ def test_the_image_runs_its_own_command_as_a_non_root_user(image, buildah_env, v
             )
             assert stored["data"]["data"]["client_secret"] == CLIENT_SECRET
         finally:
-            serve.send_signal(signal.SIGTERM)
+            with suppress(ProcessLookupError):  # the group may be gone already
+                os.killpg(serve.pid, signal.SIGTERM)
             try:
                 serve.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                serve.kill()
+                with suppress(ProcessLookupError):
+                    os.killpg(serve.pid, signal.SIGKILL)
     finally:
         run("buildah", "rm", container, env=buildah_env, check=False)
 
