@@ -59,7 +59,7 @@ def main() -> None:
             "SIDECAR_PUBLIC_URL": sidecar_url,
             "SIDECAR_WORKERS": str(args.workers),
         }
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # noqa: S603 - fixed argv: this venv's own oauth-sidecar
             [str(Path(sys.executable).parent / "oauth-sidecar"), "serve"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip

@@ -11,9 +11,6 @@ path "secret/data/oauth-sidecar/grants/*" {
 path "secret/metadata/oauth-sidecar/grants/*" {
   capabilities = ["read", "list", "create", "update", "delete"]
 }
-path "secret/data/oauth-sidecar/pending/*" {
-  capabilities = ["create", "read", "update"]
-}
 path "secret/data/oauth/*" {
   capabilities = ["create", "read", "update", "delete"]
 }

@@ -1,4 +1,4 @@
-# The sidecar itself: read providers, keep grants, pending logins and environment views.
+# The sidecar itself: read providers; keep grants, logins in flight, UI sessions and views.
 path "secret/data/oauth-sidecar/providers/*" {
   capabilities = ["read"]
 }
@@ -11,8 +11,14 @@ path "secret/metadata/oauth-sidecar/grants/*" {
 path "secret/data/oauth-sidecar/pending/*" {
   capabilities = ["create", "read", "update"]
 }
+path "secret/data/oauth-sidecar/sessions/*" {
+  capabilities = ["create", "read", "update"]
+}
 path "secret/metadata/oauth-sidecar/pending/*" {
-  capabilities = ["delete"]
+  capabilities = ["list", "delete"]
+}
+path "secret/metadata/oauth-sidecar/sessions/*" {
+  capabilities = ["list", "delete"]
 }
 path "secret/data/oauth/development/*" {
   capabilities = ["create", "read", "update"]

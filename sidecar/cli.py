@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -17,13 +16,15 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
+import requests
 
-from . import grants, logins, presets
+from . import grants, presets
 from .config import Settings
-from .errors import ConfigError, Invalid, NotFound, SidecarError, VaultUnavailable
-from .models import TOKEN_AUTH_METHODS, key_values
+from .errors import ConfigError, Invalid, SidecarError, VaultUnavailable
+from .models import TOKEN_AUTH_METHODS, key_values, parse_rfc3339
 from .oauth import DeviceAuthorization
 from .policies import render as render_policies
+from .policies import render_reader
 from .providers import build as build_provider
 from .store import Store
 
@@ -113,8 +114,6 @@ def serve() -> None:
     Settings.from_env()  # refuse bad settings before starting anything
     metrics_dir = tempfile.mkdtemp(prefix="oauth-sidecar-metrics-")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    # One session key for all of this replica's web workers; several replicas need SIDECAR_SESSION_KEY.
-    env.setdefault("SIDECAR_SESSION_KEY", secrets.token_urlsafe(48))
     gunicorn = [
         sys.executable,
         "-m",
@@ -124,7 +123,7 @@ def serve() -> None:
         "sidecar.web:create_app()",
     ]
     children = [
-        subprocess.Popen(gunicorn, env=env),
+        subprocess.Popen(gunicorn, env=env),  # noqa: S603 - fixed argv: this interpreter running gunicorn
         subprocess.Popen([sys.executable, "-m", "sidecar", "refresh"], env=env),
     ]
     stopping = threading.Event()
@@ -289,7 +288,7 @@ def providers_put(name: str, **opts: Any) -> None:
     if opts["scopes"] is not None and opts["scopes_file"] is not None:
         raise Invalid("give the scopes with at most one of --scopes or --scopes-file")
     scopes = opts["scopes_file"].read() if opts["scopes_file"] else opts["scopes"]
-    jwt_auth = opts["token_auth_method"] == "private_key_jwt"
+    jwt_auth = opts["token_auth_method"] == "private_key_jwt"  # noqa: S105 - a method name, not a password
     body = {
         "preset": opts["preset"],
         "preset_params": key_values(opts["preset_params"], "--preset-param"),
@@ -360,6 +359,7 @@ def secrets_group() -> None:
     type=click.File("r"),
     help="Import a refresh token obtained elsewhere ('-' for standard input); it is redeemed at once.",
 )
+@click.option("--sidecar", help="The running sidecar's URL, for a browser login (default: SIDECAR_PUBLIC_URL).")
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between checks.", hidden=True)
 def secrets_connect(
     name: str, provider_name: str, environments: tuple[str, ...], scopes: str | None, **opts: Any
@@ -383,11 +383,17 @@ def secrets_connect(
             body.update(grant_type="refresh_token", refresh_token=opts["refresh_token_file"].read().strip())
         print_json(grants.create(store, settings, {k: v for k, v in body.items() if v is not None}).public())
         return
-    login = logins.start(store, settings, name, provider_name, envs, scopes)
-    click.echo(login.url)
+    # A browser login is started by the sidecar itself: only its own token may write logins in
+    # flight, and its /callback finishes them.
+    sidecar = opts["sidecar"] or settings.public_url
+    body = {"name": name, "provider": provider_name, "environments": envs, "scopes": scopes}
+    started = _sidecar_call(sidecar, settings, "POST", "/v1/secrets", {k: v for k, v in body.items() if v is not None})
+    url = started["authorization_url"]
+    click.echo(url)
     if opts["open_browser"]:
-        click.launch(login.url)
-    outcome = _wait_for_login(store, name, login, opts["poll"])
+        click.launch(url)
+    expires_at = parse_rfc3339(started["expires_at"]) or datetime.now(UTC)
+    outcome = _wait_for_login(sidecar, settings, name, url.rsplit("/", 1)[-1], expires_at, opts["poll"])
     if outcome != "connected":
         fail(outcome)
     print_json(store.get_grant(name).public())
@@ -403,19 +409,36 @@ def _show_device_code(authorization: DeviceAuthorization) -> None:
     )
 
 
-def _wait_for_login(store: Store, name: str, login: logins.Login, poll: float) -> str:
-    """Poll Vault until the callback stored this login's tokens; show the time left meanwhile."""
+def _sidecar_call(
+    sidecar: str, settings: Settings, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A call to the running sidecar's API with your own VAULT_TOKEN; its errors become CLI errors."""
+    try:
+        resp = requests.request(
+            method, f"{sidecar}{path}", json=body, headers={"X-Vault-Token": settings.vault_token or ""}, timeout=30
+        )
+    except requests.RequestException:
+        fail(f"the sidecar at {sidecar} could not be reached; start it, or name it with --sidecar")
+    try:
+        answer = resp.json()
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        fail(f"the sidecar at {sidecar} answered HTTP {resp.status_code} without a JSON body")
+    if resp.status_code >= 400:
+        fail(str((answer.get("error") or {}).get("message") or f"HTTP {resp.status_code}"))
+    return answer
+
+
+def _wait_for_login(sidecar: str, settings: Settings, name: str, lid: str, expires_at: datetime, poll: float) -> str:
+    """Poll the sidecar until the callback stored this login's tokens; show the time left meanwhile."""
     interactive, reported = sys.stderr.isatty(), -1
-    while (left := int((login.expires_at - datetime.now(UTC)).total_seconds())) > 0:
-        try:
-            if store.get_grant(name).login_id == login.id:
-                click.echo("\nlogin completed" if interactive else "login completed", err=True)
-                return "connected"
-        except NotFound:
-            pass
-        try:
-            store.read("pending", login.id)
-        except NotFound:
+    while (left := int((expires_at - datetime.now(UTC)).total_seconds())) > 0:
+        state = _sidecar_call(sidecar, settings, "GET", f"/v1/secrets/{name}/logins/{lid}")["state"]
+        if state == "connected":
+            click.echo("\nlogin completed" if interactive else "login completed", err=True)
+            return "connected"
+        if state != "waiting":
             return "the login ended without tokens; the browser page says why"
         if interactive:
             click.echo(
@@ -467,12 +490,38 @@ def policies_group() -> None:
     """Least-privilege Vault policies for the configured mount, prefixes and environments."""
 
 
+def _one_secret(func: Any) -> Any:
+    """`[reader --secret NAME --environment ENV]`: every policy, or the reader policy of one secret."""
+    func = click.option("--environment", metavar="ENV", help="With `reader`: the secret's environment.")(func)
+    func = click.option("--secret", metavar="NAME", help="With `reader`: the one secret the policy may read.")(func)
+    return click.argument("kind", required=False, type=click.Choice(["reader"]))(func)
+
+
+def _selected_policies(kind: str | None, secret: str | None, environment: str | None) -> dict[str, str]:
+    settings = Settings.from_env()
+    if kind is None:
+        if secret is not None or environment is not None:
+            raise click.UsageError("--secret and --environment go with `reader --secret NAME --environment ENV`")
+        return render_policies(settings)
+    if secret is None or environment is None:
+        raise click.UsageError("reader needs --secret NAME and --environment ENV")
+    name, hcl = render_reader(settings, secret, environment)
+    return {name: hcl}
+
+
 @policies_group.command("render")
+@_one_secret
 @click.option("--dir", "directory", type=click.Path(file_okay=False), help="Write NAME.hcl files here instead.")
-def policies_render(directory: str | None) -> None:
-    """Print the policies (or write them as files), rendered from the SIDECAR_* settings."""
-    rendered = render_policies(Settings.from_env())
+def policies_render(kind: str | None, secret: str | None, environment: str | None, directory: str | None) -> None:
+    """Print the policies (or write them as files), rendered from the SIDECAR_* settings.
+
+    `reader --secret NAME --environment ENV` prints only the policy oauth-reader-ENV-NAME, which reads that
+    one secret in that one environment."""
+    rendered = _selected_policies(kind, secret, environment)
     if directory is None:
+        if kind is not None:
+            click.echo("".join(rendered.values()), nl=False)
+            return
         for name, hcl in rendered.items():
             click.echo(f"# ---- {name}\n{hcl}")
         return
@@ -484,9 +533,13 @@ def policies_render(directory: str | None) -> None:
 
 
 @policies_group.command("write")
-def policies_write() -> None:
-    """Load the policies into Vault with your own VAULT_TOKEN (it needs create/update on sys/policy/oauth-*)."""
+@_one_secret
+def policies_write(kind: str | None, secret: str | None, environment: str | None) -> None:
+    """Load the policies into Vault with your own VAULT_TOKEN (it needs create/update on sys/policy/oauth-*).
+
+    `reader --secret NAME --environment ENV` loads only the policy oauth-reader-ENV-NAME."""
+    rendered = _selected_policies(kind, secret, environment)
     store = operator_store()
-    for name, hcl in render_policies(Settings.from_env()).items():
+    for name, hcl in rendered.items():
         store.write_policy(name, hcl)
         click.echo(f"wrote policy {name}", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -11,15 +12,17 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from . import egress
 from .errors import ConfigError, Invalid
 from .models import check_name, check_url
 
 T = TypeVar("T")
 VAULT_AUTH_METHODS = ("token", "approle", "kubernetes")
-KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+KUBERNETES_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path, not a token
 # Go's strconv.ParseBool, which the Vault CLI uses for VAULT_SKIP_VERIFY.
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_HOST_PATTERN_RE = re.compile(r"([a-z0-9*.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,11 @@ class Settings:
     resync_rate: float = 200.0
     claim_ttl: int = 120
     workers: int = 2
-    session_key: str | None = field(default=None, repr=False)
+    session_idle: int = 1800
+    session_lifetime: int = 28_800
+    # Host patterns (fnmatch, optionally with :port) the sidecar may call; empty: any host.
+    egress_allow: tuple[str, ...] = ()
+    audit_log: str = "-"  # "-" for standard output, else a file the audit lines are appended to
     vault_token_file: str | None = None
     approle_role_id: str | None = field(default=None, repr=False)
     approle_role_id_file: str | None = None
@@ -103,7 +110,10 @@ class Settings:
             resync_rate=get("SIDECAR_RESYNC_RATE", _positive_float, cls.resync_rate),
             claim_ttl=get("SIDECAR_CLAIM_TTL", _positive_int, cls.claim_ttl),
             workers=get("SIDECAR_WORKERS", _positive_int, cls.workers),
-            session_key=get("SIDECAR_SESSION_KEY", _session_key, None),
+            session_idle=get("SIDECAR_SESSION_IDLE", _positive_int, cls.session_idle),
+            session_lifetime=get("SIDECAR_SESSION_LIFETIME", _positive_int, cls.session_lifetime),
+            egress_allow=get("SIDECAR_EGRESS_ALLOW", _host_patterns, cls.egress_allow),
+            audit_log=get("SIDECAR_AUDIT_LOG", str, cls.audit_log),
             vault_token_file=get("VAULT_TOKEN_FILE", str, None),
             approle_role_id=get("SIDECAR_APPROLE_ROLE_ID", str, None),
             approle_role_id_file=get("SIDECAR_APPROLE_ROLE_ID_FILE", str, None),
@@ -132,6 +142,8 @@ class Settings:
             )
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("SIDECAR_WEBHOOK_URL: notifications are signed; set SIDECAR_WEBHOOK_SECRET (or _FILE)")
+        if self.webhook_url and not egress.permits(self.webhook_url, self.egress_allow):
+            raise ConfigError("SIDECAR_WEBHOOK_URL: its host is not in SIDECAR_EGRESS_ALLOW")
         if self.vault_auth == "kubernetes" and not self.kubernetes_role:
             raise ConfigError("SIDECAR_VAULT_AUTH: kubernetes needs SIDECAR_KUBERNETES_ROLE")
         return self
@@ -182,10 +194,13 @@ def _environments(raw: str) -> tuple[str, ...]:
     return names
 
 
-def _session_key(raw: str) -> str:
-    if len(raw) < 32:
-        raise ValueError("must be at least 32 characters of random text")
-    return raw
+def _host_patterns(raw: str) -> tuple[str, ...]:
+    """Comma-separated host patterns: `api.example.com`, `*.example.com`, `127.0.0.1:9000`, `[::1]:9000`."""
+    patterns = tuple(dict.fromkeys(p.strip().lower() for p in raw.split(",") if p.strip()))
+    for pattern in patterns:
+        if not _HOST_PATTERN_RE.fullmatch(pattern):
+            raise ValueError(f"{pattern[:80]!r} is not a host pattern like api.example.com, *.example.com or host:port")
+    return patterns
 
 
 def _go_bool(raw: str) -> bool:

@@ -62,7 +62,7 @@ class DevVault:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         env["BAO_DEV_ROOT_TOKEN_ID"] = self.root_token
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = subprocess.Popen(  # noqa: S603 - fixed argv: the bao binary and an int port
                 [bao_binary(), "server", "-dev", "-dev-no-store-token", f"-dev-listen-address=127.0.0.1:{self.port}"],
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -39,13 +39,56 @@ def provider_for(store: Store, settings: Settings, name: object) -> Provider:
     return providers.current(provider, settings.discovery_interval)
 
 
-def may_store(store: Store, name: object) -> str:
-    """The secret's name, once the caller is known to be allowed to store it: checked before a
-    provider is asked, so that no token (least of all a spent refresh token) is got for nothing."""
+def may_store(store: Store, name: object, envs: tuple[str, ...]) -> str:
+    """The secret's name, once the caller is known to be allowed to store it: create or update on
+    the grant and on each chosen environment's view, however it is stored (a browser login, a
+    device login, client credentials, an import). Checked before a provider is asked or anything
+    is written, so that no token (least of all a spent refresh token) is got for nothing."""
     checked = check_name(name, "name")
-    if not store.may("grants", checked, "create", "update"):
-        raise Forbidden(f"permission denied on secret {checked!r}")
+    paths = [store.api_path(store.path("grants", checked))]
+    paths += [store.api_path(store.view_path(env, checked)) for env in envs]
+    if store.lacking(paths, "create", "update"):
+        raise Forbidden(f"permission denied on secret {checked!r} or one of its environments")
     return checked
+
+
+def may_delete(store: Store, settings: Settings, grant: Grant) -> None:
+    """Delete removes the grant and every view it may have: the caller needs delete on each, asked
+    before the provider revokes anything (a revoked token cannot be brought back)."""
+    names = [store.path("grants", grant.name)]
+    names += [store.view_path(env, grant.name) for env in dict.fromkeys((*settings.environments, *grant.environments))]
+    if store.lacking([store.api_path(n, metadata=True) for n in names], "delete"):
+        raise Forbidden(f"permission denied on secret {grant.name!r} or one of its environments")
+
+
+# Provider fields that decide where a grant's tokens and credentials are sent.
+REPOINTING_FIELDS = (
+    "client_id",
+    "authorization_url",
+    "token_url",
+    "revocation_url",
+    "device_authorization_url",
+    "issuer",
+)
+
+
+def may_repoint(caller: Store, own: Store, provider: Provider) -> None:
+    """Changing where a provider sends tokens redirects every grant that uses it (the refresher posts
+    their refresh tokens there with the sidecar's rights), so it needs update on each such grant."""
+    try:
+        before = own.read("providers", provider.name).data
+    except NotFound:
+        return
+    after = provider.to_record()
+    if all((before.get(f) or None) == (after.get(f) or None) for f in REPOINTING_FIELDS):
+        return
+    users = own.grants_of(provider.name)
+    denied = caller.lacking([caller.api_path(caller.path("grants", g)) for g in users], "update")
+    if denied:
+        raise Forbidden(
+            f"changing where provider {provider.name!r} sends tokens needs update rights on every secret that "
+            f"uses it; {len(denied)} of {len(users)} are not yours"
+        )
 
 
 def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
@@ -70,8 +113,8 @@ def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
-    name = may_store(store, body.get("name"))
     envs = check_environments(body.get("environments"), settings.environments)
+    name = may_store(store, body.get("name"), envs)
     provider = provider_for(store, settings, body.get("provider"))
     scopes = wanted_scopes(provider, body.get("scopes"))
     try:
@@ -103,8 +146,8 @@ def device_login(
     show: Callable[[oauth.DeviceAuthorization], None],
 ) -> Grant:
     """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
-    name = may_store(store, name)
     envs = check_environments(environments, settings.environments)
+    name = may_store(store, name, envs)
     provider = provider_for(store, settings, provider_name)
     wanted = wanted_scopes(provider, scopes)
     try:
@@ -182,6 +225,7 @@ def delete(store: Store, settings: Settings, name: str, force: bool = False) -> 
     Returns whether the provider confirmed a revocation.
     """
     grant = store.get_grant(name)
+    may_delete(store, settings, grant)
     revoked = False
     try:
         provider = providers.current(store.get_provider(grant.provider), settings.discovery_interval)

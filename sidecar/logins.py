@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
-from .grants import connected, provider_for, wanted_scopes
-from .models import Grant, check_environments, check_name, parse_rfc3339, rfc3339
+from .grants import connected, may_store, provider_for, wanted_scopes
+from .models import Grant, Identity, check_environments, check_name, parse_rfc3339, rfc3339
 from .store import Store, Versioned
 
+log = logging.getLogger(__name__)
 LOGIN_TTL = timedelta(minutes=10)
 MAX_STATE_LENGTH = 512
 MAX_CODE_LENGTH = 4096  # real codes are far shorter; anything longer is not sent on to the provider
@@ -61,22 +65,26 @@ def _digest(value: str) -> str:
 
 
 def start(
-    store: Store,
+    caller: Store,
+    own: Store,
     settings: Settings,
     name: object,
     provider_name: object,
     environments: object = None,
     scopes: object = None,
     return_to_settings: bool = False,
+    started_by: Identity | None = None,
 ) -> Login:
-    """Validate everything, then record the login in Vault and return the sidecar's link."""
-    name = check_name(name, "name")
+    """Check that the caller may store this secret exactly as the callback will, validate the rest,
+    then record the login in Vault with the sidecar's own token (no other policy may write a login
+    in flight) and return the sidecar's link."""
     envs = check_environments(environments, settings.environments)
-    provider = provider_for(store, settings, provider_name)
+    name = may_store(caller, name, envs)
+    provider = provider_for(caller, settings, provider_name)
     wanted = wanted_scopes(provider, scopes)
     request = oauth.authorization_request(provider, settings.redirect_uri, wanted)
     lid, expires_at = login_id(request.state), datetime.now(UTC) + LOGIN_TTL
-    store.write(
+    own.write(
         "pending",
         lid,
         {
@@ -92,6 +100,7 @@ def start(
             "redirect_to": request.url,
             "binding": "",
             "return_to_settings": return_to_settings,
+            "started_by": started_by.public() if started_by else {},
             "expires_at": rfc3339(expires_at),
         },
         cas=0,
@@ -99,12 +108,13 @@ def start(
     return Login(lid, f"{settings.public_url}/login/{lid}", expires_at)
 
 
-def open_link(store: Store, lid: str) -> tuple[str, str, int]:
+def open_link(store: Store, settings: Settings, lid: str) -> tuple[str, str, int]:
     """Bind the login to the browser that opens the link first: (provider URL, cookie value, seconds left)."""
     try:
         pending = store.read("pending", lid)
     except (NotFound, Invalid):
         raise LoginRefused("This login link is unknown or has expired. Start the connection again.") from None
+    _check_record(store, settings, pending.data)
     left = _seconds_left(pending.data)
     if left <= 0 or pending.data.get("consumed_at"):
         raise LoginRefused("This login link has expired or was already used. Start the connection again.")
@@ -116,6 +126,28 @@ def open_link(store: Store, lid: str) -> tuple[str, str, int]:
     except Conflict:
         raise LoginRefused("This login link was already opened in a browser. Start the connection again.") from None
     return pending.data["redirect_to"], cookie, left
+
+
+class LoginState(StrEnum):
+    WAITING = "waiting"
+    CONNECTED = "connected"
+    ENDED = "ended"  # without tokens: refused, failed or expired
+
+
+def state(store: Store, name: str, lid: str) -> LoginState:
+    """How the login `lid` of secret `name` stands, read with the sidecar's own token."""
+    try:
+        pending: Versioned | None = store.read("pending", lid)
+    except (NotFound, Invalid):
+        pending = None
+    if pending and pending.data.get("name") == name:
+        return LoginState.WAITING  # or consumed: its code is being redeemed
+    try:
+        if store.get_grant(name).login_id == lid:
+            return LoginState.CONNECTED
+    except NotFound:
+        pass
+    return LoginState.ENDED
 
 
 @dataclass(frozen=True)
@@ -130,6 +162,11 @@ class Callback:
     def to_settings(self) -> bool:
         """The login was started from the settings page, which wants the outcome as a banner."""
         return bool(self.pending.data.get("return_to_settings"))
+
+    @property
+    def started_by(self) -> Identity | None:
+        """Who started the login, for the audit trail of its callback."""
+        return Identity.from_public(self.pending.data.get("started_by"))
 
 
 def match(store: Store, args: Mapping[str, str]) -> Callback:
@@ -161,12 +198,28 @@ def finish(
     cookie = cookie_for(cookie_name(lid)) or ""
     if not data.get("binding") or not _same(_digest(cookie), str(data["binding"])):
         raise LoginRefused("This login was started in another browser. Finish it in the browser that opened the link.")
+    _check_record(store, settings, data)
     _check_issuer(data, args.get("iss"))
-    _consume(store, lid, pending.version)
+    _consume(store, lid, pending.version, data)
     try:
         return _redeem(store, settings, data, args, lid)
     finally:
         store.delete("pending", lid)
+
+
+def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> None:
+    """What was written in Vault is checked again before it is acted on: only the sidecar may write
+    logins in flight, but a record that does not hold up is refused, never followed."""
+    try:
+        check_name(data.get("name"), "name")
+        check_environments(data.get("environments"), settings.environments)
+        provider = provider_for(store, settings, data.get("provider"))
+    except Invalid:
+        raise LoginRefused("This login is not valid. Start the connection again.") from None
+    target, endpoint = urlsplit(str(data.get("redirect_to", ""))), urlsplit(provider.authorization_url)
+    if (target.scheme, target.netloc, target.path) != (endpoint.scheme, endpoint.netloc, endpoint.path):
+        log.warning("a login in flight would send the browser somewhere other than its provider; refused")
+        raise LoginRefused("This login is not valid. Start the connection again.")
 
 
 def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:
@@ -177,10 +230,12 @@ def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:
         raise LoginRefused("The provider always identifies itself (iss), but this answer does not.")
 
 
-def _consume(store: Store, lid: str, version: int) -> None:
-    """Single use: of any number of concurrent callbacks, exactly one wins this check-and-set."""
+def _consume(store: Store, lid: str, version: int, data: Mapping[str, Any]) -> None:
+    """Single use: of any number of concurrent callbacks, exactly one wins this check-and-set.
+    The name and expiry stay, for `state` and the sweep."""
+    kept = {"consumed_at": rfc3339(datetime.now(UTC)), "name": data["name"], "expires_at": data["expires_at"]}
     try:
-        store.write("pending", lid, {"consumed_at": rfc3339(datetime.now(UTC))}, cas=version)
+        store.write("pending", lid, kept, cas=version)
     except Conflict:
         raise LoginRefused("This login was already finished. Start the connection again.") from None
 

@@ -244,7 +244,7 @@ class Provider:
     scopes: tuple[str, ...]
     revocation_url: str | None = None
     device_authorization_url: str | None = None
-    token_auth_method: str = "client_secret_basic"
+    token_auth_method: str = "client_secret_basic"  # noqa: S105 - a method name, not a password
     # Used when the provider refuses `client_secret` as invalid_client: a rotation needs no downtime.
     previous_client_secret: str = field(default="", repr=False)
     private_key: str = field(default="", repr=False)
@@ -374,6 +374,37 @@ def _string_map(data: Mapping[str, Any], key: str) -> dict[str, str]:
     ):
         raise Invalid(f"{key} must be an object of short string values", {key: "must map strings to strings"})
     return dict(value)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a Vault token belongs to, as `lookup-self` tells: what the audit trail names (never the token)."""
+
+    entity_id: str
+    display_name: str
+    accessor: str
+    ttl: int = 0  # seconds the token has left; 0: it does not expire
+
+    @classmethod
+    def from_lookup(cls, data: Mapping[str, Any]) -> Identity:
+        return cls(
+            entity_id=str(data.get("entity_id") or ""),
+            display_name=str(data.get("display_name") or ""),
+            accessor=str(data.get("accessor") or ""),
+            ttl=int(data.get("ttl") or 0),
+        )
+
+    @classmethod
+    def from_public(cls, data: object) -> Identity | None:
+        """Back from `public()`, as kept in a login in flight or a session; None if there is none."""
+        if not isinstance(data, Mapping) or not data:
+            return None
+        return cls(
+            str(data.get("entity_id") or ""), str(data.get("display_name") or ""), str(data.get("accessor") or "")
+        )
+
+    def public(self) -> dict[str, str]:
+        return {"entity_id": self.entity_id, "display_name": self.display_name, "accessor": self.accessor}
 
 
 # -- tokens and grants ------------------------------------------------------------------------

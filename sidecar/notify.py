@@ -16,9 +16,9 @@ import logging
 import time
 from datetime import UTC, datetime
 
-import requests
-
+from . import egress
 from .config import Settings, webhook_key
+from .errors import OAuthPermanent, OAuthTransient
 from .metrics import NOTIFICATIONS
 from .models import Grant, rfc3339
 
@@ -34,7 +34,6 @@ class Notifier:
         secret = settings.webhook_secret or ""
         self._key = webhook_key(secret)
         self.after = settings.notify_after
-        self._http = requests.Session()
 
     def owed(self, grant: Grant, now: datetime) -> str | None:
         """The event to announce about this grant now, if any."""
@@ -78,14 +77,17 @@ class Notifier:
                 "webhook-signature": "v1," + base64.b64encode(mac).decode(),
             }
             try:
-                resp = self._http.post(self.url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
-                outcome = f"HTTP {resp.status_code}"
-                if 200 <= resp.status_code < 300:
+                answer = egress.post(self.url, "webhook", data=body, headers=headers, timeout=TIMEOUT)
+                outcome = f"HTTP {answer.status}"
+                if 200 <= answer.status < 300:
                     NOTIFICATIONS.labels(event, "delivered").inc()
                     log.info("announced %s of %s", event, grant.name)
                     return True
-            except requests.RequestException as exc:
-                outcome = type(exc).__name__
+            except OAuthTransient as exc:
+                outcome = exc.message
+            except OAuthPermanent as exc:
+                outcome = exc.message
+                break  # not allowed, or an answer too large: the same again now would fare no better
             if attempt + 1 < ATTEMPTS:
                 time.sleep(0.5 * 2**attempt)
         NOTIFICATIONS.labels(event, "failed").inc()

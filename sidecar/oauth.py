@@ -1,13 +1,13 @@
 """The only OAuth code: discovery, authorization requests (state, PKCE S256), the code, refresh,
 client credentials and device grants, client authentication, revocation.
 
-Requests to providers never follow redirects, so client credentials go nowhere but the
-endpoint the operator registered. Nothing here logs a request or response body.
+Every request goes through `egress`: no redirects (client credentials go nowhere but the endpoint
+the operator registered), the allow-list, a bounded answer. Failure messages say what kind of
+failure it was, never what answered: the detail is logged. Nothing here logs a request or response body.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -15,27 +15,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote_plus, urlsplit
 
 import jwt
-import requests
 from oauthlib.common import add_params_to_uri
 from oauthlib.oauth2 import WebApplicationClient
 
+from . import egress
 from .errors import Invalid, OAuthPermanent, OAuthTransient
 from .models import SCOPE_SPLIT_RE, Provider, TokenSet, check_url, expiry_from, signing_algorithm
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = 10.0
 REVOKE_ATTEMPTS = 3
 ASSERTION_LIFETIME = 60  # seconds a private_key_jwt client assertion is valid
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEVICE_DEFAULT_INTERVAL = 5.0  # RFC 8628 section 3.2
 DEVICE_NETWORK_BACKOFF_MAX = 60.0
-MAX_METADATA_BYTES = 256 * 1024
+# One text for every issuer that gives no usable metadata, however it fails (nothing listening,
+# TLS, 404, HTML, another issuer): discovery must not tell a caller what runs at an address.
+NO_METADATA = "discovery: no usable OAuth metadata at the issuer"
+# The same for a token, revocation or device endpoint whose answer is not OAuth at all.
+NOT_OAUTH = "the provider's answer is not a valid OAuth response"
 # Metadata fields (RFC 8414) and the provider fields they fill.
 DISCOVERED = {
     "authorization_endpoint": "authorization_url",
@@ -43,7 +46,6 @@ DISCOVERED = {
     "revocation_endpoint": "revocation_url",
     "device_authorization_endpoint": "device_authorization_url",
 }
-_http = requests.Session()
 
 
 def discover(issuer: str) -> dict[str, Any]:
@@ -57,36 +59,31 @@ def discover(issuer: str) -> dict[str, Any]:
         f"{origin}/.well-known/oauth-authorization-server{path}",
         f"{origin}{path}/.well-known/openid-configuration",
     ):
-        status, metadata = _get_metadata(url)
-        if status in (400, 404, 405, 410):
+        try:
+            answer = egress.get(url, "discovery", headers={"Accept": "application/json"})
+        except OAuthTransient:
+            raise OAuthTransient(NO_METADATA) from None  # egress logged the detail
+        if answer.status in (400, 404, 405, 410):
             continue
-        if status != 200:
-            error = OAuthTransient if status == 429 or status >= 500 else OAuthPermanent
-            raise error(f"discovery: the issuer answered HTTP {status}")
-        if metadata is None:
-            raise OAuthPermanent(f"discovery: the metadata at {url} is not a JSON object")
-        if metadata.get("issuer") != issuer:
-            raise OAuthPermanent(f"discovery: the metadata at {url} names another issuer than the one asked for")
+        metadata = answer.json()
+        if answer.status != 200 or not isinstance(metadata, dict) or metadata.get("issuer") != issuer:
+            _no_metadata(issuer, answer.status, metadata)
         return _provider_fields(metadata)
-    raise OAuthPermanent("discovery: the issuer publishes no OAuth or OpenID Connect metadata")
+    log.warning("discovery: %s publishes no OAuth or OpenID Connect metadata", parts.netloc)
+    raise OAuthPermanent(NO_METADATA)
 
 
-def _get_metadata(url: str) -> tuple[int, dict[str, Any] | None]:
-    """GET a metadata document, reading at most MAX_METADATA_BYTES: (status, the JSON object or None)."""
-    try:
-        with _http.get(
-            url, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False, stream=True
-        ) as resp:
-            raw = resp.raw.read(MAX_METADATA_BYTES + 1, decode_content=True)
-    except requests.RequestException as exc:
-        raise OAuthTransient(f"discovery: the issuer could not be reached ({type(exc).__name__})") from None
-    if len(raw) > MAX_METADATA_BYTES:
-        raise OAuthPermanent(f"discovery: the metadata at {url} is larger than {MAX_METADATA_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        body = None
-    return resp.status_code, body if isinstance(body, dict) else None
+def _no_metadata(issuer: str, status: int, metadata: object) -> NoReturn:
+    """Log why the answer is not usable; raise the one message for all such answers."""
+    if status != 200:
+        reason = f"answered HTTP {status}"
+    elif not isinstance(metadata, dict):
+        reason = "answered something that is not a JSON object"
+    else:
+        reason = "published metadata naming another issuer"  # RFC 8414 section 3.3
+    log.warning("discovery: the issuer %s %s", urlsplit(issuer).netloc, reason)
+    error = OAuthTransient if status == 429 or status >= 500 else OAuthPermanent
+    raise error(NO_METADATA)
 
 
 def _provider_fields(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -177,21 +174,21 @@ def device_authorization(provider: Provider, scopes: tuple[str, ...]) -> DeviceA
     form = {"client_id": provider.client_id, "scope": provider.scope_separator.join(scopes)}
     now = datetime.now(UTC)
     resp = _post(provider, provider.device_authorization_url, form, "device authorization")
-    if resp.status_code != 200:
+    if resp.status != 200:
         _raise_for(resp, "device authorization")
-    body = _json(resp)
+    body = _json(resp, "device authorization")
     device_code, user_code = _optional_str(body, "device_code"), _clean(body.get("user_code"), 64)
     # Google names it verification_url, as drafts of RFC 8628 did.
     uri = body.get("verification_uri") or body.get("verification_url")
     expires_at = expiry_from(body.get("expires_in"), now)
     if not (device_code and user_code and expires_at):
-        raise OAuthPermanent("device authorization: the provider's answer lacks a device code, user code or expiry")
+        _not_oauth("device authorization", "the answer lacks a device code, user code or expiry")
     try:
         uri = check_url(uri, "verification_uri")
         complete = body.get("verification_uri_complete")
         complete = check_url(complete, "verification_uri_complete") if complete else None
     except Invalid as exc:
-        raise OAuthPermanent(f"device authorization: {exc.message}") from None
+        _not_oauth("device authorization", exc.message)
     interval = body.get("interval")
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
         interval = DEVICE_DEFAULT_INTERVAL
@@ -229,20 +226,21 @@ def revoke(provider: Provider, token: str, hint: str) -> bool:
         return False
     for attempt in range(1, REVOKE_ATTEMPTS + 1):
         resp = _post(provider, provider.revocation_url, {"token": token, "token_type_hint": hint}, "revocation")
-        if resp.status_code == 200:
+        if resp.status == 200:
             return True
-        if resp.status_code == 503 and attempt < REVOKE_ATTEMPTS:
+        if resp.status == 503 and attempt < REVOKE_ATTEMPTS:
             time.sleep(min(_retry_after(resp) or attempt * 0.5, 5.0))
             continue
         _raise_for(resp, "revocation")
     raise AssertionError("unreachable")
 
 
-def _post(provider: Provider, url: str, form: dict[str, str], what: str) -> requests.Response:
+def _post(provider: Provider, url: str, form: dict[str, str], what: str) -> egress.Answer:
     """POST with the provider's client authentication. Refused with the client secret, the previous
     one is tried: a provider refuses the client before it looks at a code or refresh token."""
     resp = _send(provider, url, form, provider.client_secret, what)
-    if provider.previous_client_secret and provider.token_auth_method != "private_key_jwt" and _refuses_client(resp):
+    method = provider.token_auth_method
+    if provider.previous_client_secret and method != "private_key_jwt" and _refuses_client(resp):
         resp = _send(provider, url, form, provider.previous_client_secret, what)
         if not _refuses_client(resp):
             log.warning(
@@ -254,31 +252,26 @@ def _post(provider: Provider, url: str, form: dict[str, str], what: str) -> requ
     return resp
 
 
-def _refuses_client(resp: requests.Response) -> bool:
+def _refuses_client(resp: egress.Answer) -> bool:
     """The client itself is refused: invalid_client, or a 401 that names no other error."""
-    if resp.status_code not in (400, 401):
+    if resp.status not in (400, 401):
         return False
-    error = _json(resp, strict=False).get("error")
-    return error == "invalid_client" or (resp.status_code == 401 and error is None)
+    error = _object(resp).get("error")
+    return error == "invalid_client" or (resp.status == 401 and error is None)
 
 
-def _send(provider: Provider, url: str, form: dict[str, str], secret: str, what: str) -> requests.Response:
-    """POST with one client authentication; no redirects, bounded time."""
-    auth = None
-    if provider.token_auth_method == "private_key_jwt":
+def _send(provider: Provider, url: str, form: dict[str, str], secret: str, what: str) -> egress.Answer:
+    """POST with one client authentication, through egress (no redirects, bounded time and size)."""
+    auth, method = None, provider.token_auth_method
+    if method == "private_key_jwt":
         form = {**form, "client_id": provider.client_id, "client_assertion_type": JWT_BEARER,
                 "client_assertion": _assertion(provider, url)}  # fmt: skip
-    elif provider.token_auth_method == "client_secret_post":
+    elif method == "client_secret_post":
         form = {**form, "client_id": provider.client_id, "client_secret": secret}
     else:
         # RFC 6749 section 2.3.1: form-encode both parts before Basic encoding.
         auth = (quote_plus(provider.client_id), quote_plus(secret))
-    try:
-        return _http.post(
-            url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=TIMEOUT, allow_redirects=False
-        )
-    except requests.RequestException as exc:
-        raise OAuthTransient(f"{what}: the provider could not be reached ({type(exc).__name__})") from None
+    return egress.post(url, what, data=form, auth=auth, headers={"Accept": "application/json"})
 
 
 def _assertion(provider: Provider, audience: str) -> str:
@@ -290,15 +283,15 @@ def _assertion(provider: Provider, audience: str) -> str:
     return jwt.encode(claims, provider.private_key, algorithm=signing_algorithm(provider.private_key), headers=headers)
 
 
-def _token_set(resp: requests.Response, requested: tuple[str, ...], now: datetime, what: str) -> TokenSet:
-    if resp.status_code != 200:
+def _token_set(resp: egress.Answer, requested: tuple[str, ...], now: datetime, what: str) -> TokenSet:
+    if resp.status != 200:
         _raise_for(resp, what)
-    body = _json(resp)
+    body = _json(resp, what)
     if "error" in body:
         _raise_for(resp, what)
     access_token, token_type = body.get("access_token"), body.get("token_type") or "Bearer"
     if not isinstance(access_token, str) or not access_token or not isinstance(token_type, str):
-        raise OAuthPermanent(f"{what}: the provider's answer has no access token")
+        _not_oauth(what, "the answer has no access token")
     granted = body.get("scope")
     # RFC 6749 section 5.1: no scope in the answer means the requested scope was granted.
     scopes = tuple(s for s in SCOPE_SPLIT_RE.split(granted) if s) if isinstance(granted, str) else requested
@@ -312,30 +305,45 @@ def _token_set(resp: requests.Response, requested: tuple[str, ...], now: datetim
     )
 
 
-def _raise_for(resp: requests.Response, what: str) -> None:
-    """Classify a failed answer: transient (retry later) or permanent."""
-    status = resp.status_code
+def _raise_for(resp: egress.Answer, what: str) -> NoReturn:
+    """Classify a failed answer: transient (retry later) or permanent. An OAuth error answer keeps its
+    `error` and `error_description` (operators need invalid_grant); any other answer gets one message
+    that says nothing of its status or shape."""
+    status = resp.status
     if 300 <= status < 400:
-        raise OAuthPermanent(f"{what}: the provider answered with a redirect, which is not followed")
-    body = _json(resp, strict=False)
-    error = _clean(body.get("error")) or f"HTTP {status}"
-    description = _clean(body.get("error_description"))
+        _not_oauth(what, f"the provider answered HTTP {status}, a redirect, which is not followed")
+    body = _object(resp)
+    error, description = _clean(body.get("error")), _clean(body.get("error_description"))
+    transient = status == 429 or status >= 500
+    if not error:
+        log.warning("%s: the provider answered HTTP %d without an OAuth error", what, status)
+        if transient:
+            raise OAuthTransient(f"{what}: {NOT_OAUTH}", retry_after=_retry_after(resp))
+        raise OAuthPermanent(f"{what}: {NOT_OAUTH}")
     message = f"{what}: {error}" + (f" ({description})" if description else "")
-    if status == 429 or status >= 500:
+    if transient:
         raise OAuthTransient(message, retry_after=_retry_after(resp))
-    raise OAuthPermanent(message, error=_clean(body.get("error")))
+    raise OAuthPermanent(message, error=error)
 
 
-def _json(resp: requests.Response, strict: bool = True) -> Mapping[str, Any]:
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict):
-        return body
-    if strict:
-        raise OAuthPermanent(f"the provider's answer (HTTP {resp.status_code}) is not a JSON object")
-    return {}
+def _not_oauth(what: str, detail: str) -> NoReturn:
+    """The one caller-facing message for an answer that is not OAuth; the detail only in the log."""
+    log.warning("%s: %s", what, detail)
+    raise OAuthPermanent(f"{what}: {NOT_OAUTH}")
+
+
+def _json(resp: egress.Answer, what: str) -> Mapping[str, Any]:
+    """The answer's JSON object; anything else is not an OAuth answer."""
+    body = resp.json()
+    if not isinstance(body, dict):
+        _not_oauth(what, f"the provider answered HTTP {resp.status} with something that is not a JSON object")
+    return body
+
+
+def _object(resp: egress.Answer) -> Mapping[str, Any]:
+    """The answer's JSON object, or an empty one."""
+    body = resp.json()
+    return body if isinstance(body, dict) else {}
 
 
 def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
@@ -350,7 +358,7 @@ def _clean(value: object, limit: int = 200) -> str:
     return "".join(c for c in value if c.isprintable())[:limit]
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def _retry_after(resp: egress.Answer) -> float | None:
     value = resp.headers.get("Retry-After", "").strip()
     if value.isdigit():
         return float(value)

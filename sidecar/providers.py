@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import oauth, presets
+from . import egress, oauth, presets
 from .errors import Invalid, OAuthPermanent, OAuthTransient
 from .models import Provider, check_url, rfc3339
 
@@ -34,7 +34,23 @@ def build(name: str, body: object) -> Provider:
         data = _with_preset(data)
     if data.get("issuer") and not (data.get("authorization_url") and data.get("token_url")):
         data = _with_discovery(data)
-    return Provider.from_input(name, data)
+    return _allowed(Provider.from_input(name, data))
+
+
+# Every URL of a provider that the sidecar calls, or sends a browser to: one rule for all of them.
+_EGRESS_FIELDS = ("authorization_url", "token_url", "revocation_url", "device_authorization_url", "issuer")
+
+
+def _allowed(provider: Provider) -> Provider:
+    """Refused at save time, not at the first refresh: an endpoint outside SIDECAR_EGRESS_ALLOW."""
+    for name in _EGRESS_FIELDS:
+        _check_egress(getattr(provider, name), name)
+    return provider
+
+
+def _check_egress(url: str | None, field: str) -> None:
+    if url and not egress.allowed(url):
+        raise Invalid(f"{field}: the host is not in SIDECAR_EGRESS_ALLOW", {field: "host not allowed"})
 
 
 def _with_preset(body: dict[str, Any]) -> dict[str, Any]:
@@ -49,6 +65,7 @@ def _with_preset(body: dict[str, Any]) -> dict[str, Any]:
 
 def _with_discovery(body: dict[str, Any]) -> dict[str, Any]:
     issuer = check_url(body["issuer"], "issuer")
+    _check_egress(issuer, "issuer")  # before discovery: no request to a host the sidecar may not call
     try:
         found = oauth.discover(issuer)
     except (OAuthPermanent, OAuthTransient) as exc:
@@ -85,7 +102,7 @@ def current(provider: Provider, max_age: float) -> Provider:
     if not fields:
         return provider
     try:
-        updated = Provider.from_input(provider.name, {**provider.to_record(), **fields})
+        updated = _allowed(Provider.from_input(provider.name, {**provider.to_record(), **fields}))
     except Invalid as exc:
         log.warning("provider %s: its issuer's metadata is not usable; keeping its endpoints: %s", provider.name,
                     exc.message)  # fmt: skip

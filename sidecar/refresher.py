@@ -33,6 +33,7 @@ from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
 from .models import STATUSES, Grant, Provider, TokenSet, due_at, rfc3339
 from .notify import Notifier
 from .store import Store, retrying
+from .sweep import sweep
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +44,7 @@ ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault d
 RETRY_WRITE_MAX_DELAY = 5.0
 NOT_EXTENDED_WAIT = 30.0  # seconds between refreshes that keep answering an expiry already past
 SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
+SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and UI sessions
 # Answers that mean the refresh token itself is dead: a person must log in again.
 DEAD_GRANT = frozenset({"invalid_grant", "unauthorized_client"})
 FAILED = frozenset({"retrying", "reauthorization_required", "error", "announcement_failed"})
@@ -102,6 +104,7 @@ class Refresher:
         # name -> ((version, owner, until) of a claim elsewhere, monotonic time we first saw it)
         self._claims_seen: dict[str, tuple[tuple[int, str, str], float]] = {}
         self._next_resync = 0.0
+        self._next_sweep = 0.0
         self._stopping: float | None = None
 
     # -- the due-queue ----------------------------------------------------------------------
@@ -208,7 +211,17 @@ class Refresher:
             self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
+        self._sweep_when_due()
         return [self.submit(name) for name in self._pop_due(self._clock())]
+
+    def _sweep_when_due(self) -> None:
+        if time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        try:
+            sweep(self.store, self._clock())
+        except SidecarError as exc:
+            log.warning("sweep of expired logins and sessions failed: %s", exc.message)
 
     def submit(self, name: str, force: bool = False) -> Future[Outcome]:
         with self._lock:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -18,13 +19,14 @@ import requests
 from .config import Settings
 from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
 from .metrics import VAULT_ERRORS
-from .models import Grant, Provider, check_name
+from .models import Grant, Identity, Provider, check_name
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Tree = Literal["providers", "grants", "pending"]
-_LABEL: dict[Tree, str] = {"providers": "provider", "grants": "secret", "pending": "login"}
+Tree = Literal["providers", "grants", "pending", "sessions"]
+_LABEL: dict[Tree, str] = {"providers": "provider", "grants": "secret", "pending": "login", "sessions": "session"}
+CAPABILITY_BATCH = 500  # paths asked about in one capabilities-self call
 VAULT_TIMEOUT = 10.0
 MAX_VERSIONS = 1
 _UNAVAILABLE = (
@@ -242,6 +244,18 @@ class Store:
             return False
         return True
 
+    def whoami(self) -> Identity:
+        """Who this store's (caller's) token belongs to, for the audit trail; `Unauthorized` if Vault
+        does not know it. Never the token itself."""
+        if not self._client.token:
+            raise Unauthorized("a Vault token is required")
+        try:
+            with _vault("the token"):
+                data = self._client.auth.token.lookup_self()["data"]
+        except Forbidden:
+            raise Unauthorized("the Vault token is missing or not valid") from None
+        return Identity.from_lookup(data)
+
     def path(self, tree: Tree, name: str) -> str:
         """The KV path of a named object in the private tree; the name rule is enforced here."""
         return f"{self._settings.state_prefix}/{tree}/{check_name(name, _LABEL[tree])}"
@@ -249,6 +263,10 @@ class Store:
     def view_path(self, environment: str, name: str) -> str:
         """`<prefix>/<environment>/<name>`, what apps read; the name rule is enforced here."""
         return f"{self._settings.prefix}/{check_name(environment, 'environment')}/{check_name(name, 'secret')}"
+
+    def api_path(self, path: str, metadata: bool = False) -> str:
+        """A KV path as Vault's policies name it: `<mount>/data/<path>` (or `/metadata/`)."""
+        return f"{self._settings.kv_mount}/{'metadata' if metadata else 'data'}/{path}"
 
     # -- check-and-set KV primitives -------------------------------------------------------
 
@@ -353,7 +371,7 @@ class Store:
 
     def delete_provider(self, name: str) -> None:
         self.read("providers", name)  # 404 for a provider that does not exist
-        users = [g for g in self.names("grants") if self._provider_of(g) == name]
+        users = self.grants_of(name)
         if users:
             raise Conflict(f"provider {name!r} is used by secret(s) {', '.join(users[:10])}; delete them first")
         self.delete("providers", name)
@@ -366,22 +384,30 @@ class Store:
 
     def may(self, tree: Tree, name: str, *capabilities: str) -> bool:
         """Whether this store's token has any of `capabilities` on the object (Vault's capabilities-self)."""
-        path = f"{self._settings.kv_mount}/data/{self.path(tree, name)}"
-        resp = self._call(
-            f"the capabilities on {_LABEL[tree]} {name!r}", lambda: self._client.sys.get_capabilities(paths=[path])
-        )
-        granted = resp.get(path) or resp.get("capabilities") or []
-        return "root" in granted or any(c in granted for c in capabilities)
+        return not self.lacking([self.api_path(self.path(tree, name))], *capabilities)
+
+    def lacking(self, paths: list[str], *capabilities: str) -> list[str]:
+        """Those of `paths` (as `api_path` names them) on which this token has none of `capabilities`."""
+        missing = []
+        for start in range(0, len(paths), CAPABILITY_BATCH):
+            batch = paths[start : start + CAPABILITY_BATCH]
+            resp = self._call("the token's capabilities", partial(self._client.sys.get_capabilities, paths=batch))
+            for path in batch:
+                granted = resp.get(path) or (resp.get("capabilities") if len(batch) == 1 else None) or []
+                if not ("root" in granted or any(c in granted for c in capabilities)):
+                    missing.append(path)
+        return missing
+
+    def grants_of(self, provider: str) -> list[str]:
+        """The names of the grants that use `provider` (one read per grant)."""
+        return [g for g in self.names("grants") if self._provider_of(g) == provider]
 
     # -- tokens and health -----------------------------------------------------------------
 
     def check_token(self) -> None:
         """Raise `Unauthorized` unless this store's token is a live Vault token."""
         if self._login is None:  # a caller's token: one lookup tells
-            if not self._client.token:
-                raise Unauthorized("a Vault token is required")
-            if not self._token_alive():
-                raise Unauthorized("the Vault token is missing or not valid")
+            self.whoami()
             return
         try:  # the sidecar's own: `_call` logs in again if Vault no longer accepts it
             self._call("the token", self._client.auth.token.lookup_self)

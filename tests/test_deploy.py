@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 
 from sidecar.config import Settings
-from sidecar.policies import render
+from sidecar.policies import render, render_reader
 from sidecar.web import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +75,11 @@ def test_the_app_reads_the_view_path_and_the_roles_name_real_policies():
     assert annotations["vault.hashicorp.com/agent-inject-secret-sheets-token"] == view
     assert f'secret "{view}"' in annotations["vault.hashicorp.com/agent-inject-template-sheets-token"]
     setup = (DEPLOY / "vault-setup.sh").read_text()
-    assert set(re.findall(r"token_policies=([\w-]+)", setup)) <= set(render(settings))
+    written = re.findall(r"oauth-sidecar policies write reader --secret ([\w.-]+) --environment ([\w.-]+)", setup)
+    readers = dict(render_reader(settings, secret, env) for secret, env in written)
+    assert set(re.findall(r"token_policies=([\w-]+)", setup)) <= set(render(settings)) | set(readers)
+    # The app's role carries only the reader policy of the one view it reads, not a whole environment's.
+    role = re.search(r"auth/kubernetes/role/sheets-app\b.*?token_policies=([\w,-]+)", setup, re.S)
+    assert role and role[1] in readers and f'path "{view}"' in readers[role[1]]
     roles = re.findall(r"auth/kubernetes/role/([\w-]+)", setup)
     assert {sidecar_env()["SIDECAR_KUBERNETES_ROLE"], annotations["vault.hashicorp.com/role"]} <= set(roles)

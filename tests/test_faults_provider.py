@@ -181,7 +181,7 @@ def test_an_html_token_response_is_retried_with_the_same_refresh_token(proxy, st
               headers={"Content-Type": "text/html; charset=utf-8"})  # fmt: skip
     assert refresher.refresh_one("sheets", force=True).result == "retrying"
     failed = retrying_with_old_token(root, seeded)
-    assert "not a JSON object" in failed["last_error"] and "<" not in failed["last_error"]
+    assert "not a valid OAuth response" in failed["last_error"] and "<" not in failed["last_error"]
     assert oauth.log()["tokenRequests"] == 0 and oauth.accepts(seeded.tokens.access_token)
     with running(refresher):  # the next, scheduled, attempt
         wait_for(refreshed(root, seeded), timeout=10, every=0.05)
@@ -199,7 +199,7 @@ def test_a_truncated_answer_from_a_non_rotating_provider_is_retried(proxy, store
     proxy.add("truncate", method="POST", path=TOKEN)
     assert refresher.refresh_one("sheets", force=True).result == "retrying"
     failed = retrying_with_old_token(root, seeded)
-    assert "not a JSON object" in failed["last_error"]
+    assert "not a valid OAuth response" in failed["last_error"]
     assert [e["status"] for e in redemptions(oauth)] == [200]  # the provider issued a token; it was lost
     with running(refresher):
         wait_for(refreshed(root, seeded), timeout=10, every=0.05)

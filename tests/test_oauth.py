@@ -93,7 +93,7 @@ def exchange(endpoint: str, **overrides):
 
 def test_a_redirect_from_the_token_endpoint_is_not_followed(endpoint):
     Recorder.answers = [(307, {"Location": f"{endpoint}/elsewhere"}, b"")]
-    with pytest.raises(OAuthPermanent, match="redirect"):
+    with pytest.raises(OAuthPermanent, match="not a valid OAuth response"):
         exchange(endpoint)
     assert [path for path, _, _ in Recorder.seen] == ["/token"]
 

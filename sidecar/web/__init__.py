@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +15,14 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler
 
+from ..accesslog import loggable_path
+from ..audit import Auditor
 from ..config import Settings
 from ..errors import SidecarError
+from ..models import Identity
 from ..refresher import Refresher
 from ..store import Store
+from .sessions import VaultSessions
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 64 * 1024
@@ -35,14 +38,16 @@ class Runtime:
     session: requests.Session
     own_store: Store
     refresher: Refresher
+    audit: Auditor
+    # sha256 of a caller's token -> who it is, for TOKEN_CHECK_TTL seconds
     live_tokens: TTLCache = field(default_factory=lambda: TTLCache(maxsize=10_000, ttl=TOKEN_CHECK_TTL))
     lock: threading.Lock = field(default_factory=threading.Lock)  # cachetools caches are not thread-safe
 
     def store_for(self, token: str | None) -> Store:
         return Store(self.settings, token, self.session)
 
-    def authenticated(self, token: str) -> Store:
-        """A store acting with the caller's token, which Vault knows (401 otherwise).
+    def authenticated(self, token: str) -> tuple[Store, Identity]:
+        """A store acting with the caller's token, which Vault knows (401 otherwise), and who it is.
 
         A token seen alive in the last TOKEN_CHECK_TTL seconds skips the lookup: it is only the
         check that tells 401 from 403, since Vault still authorises the call itself, and a token
@@ -50,19 +55,20 @@ class Runtime:
         store = self.store_for(token)
         key = hashlib.sha256(token.encode()).hexdigest()
         with self.lock:
-            known = key in self.live_tokens
-        if not known:
-            store.check_token()
+            who = self.live_tokens.get(key)
+        if who is None:
+            who = store.whoami()
             with self.lock:
-                self.live_tokens[key] = True
-        return store
+                self.live_tokens[key] = who
+        return store, who
 
 
 class QuietHandler(WSGIRequestHandler):
-    """For werkzeug's server: logs the path without its query string, since /callback carries codes."""
+    """For werkzeug's server: logs the path without its query string, since /callback carries codes,
+    and a login link's id as a short hash (accesslog.loggable_path, as gunicorn's log in `serve`)."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        self.log("info", '"%s %s" %s', self.command, self.path.partition("?")[0], code)
+        self.log("info", '"%s %s" %s', self.command, loggable_path(self.path), code)
 
 
 class OrderedJSON(DefaultJSONProvider):
@@ -95,19 +101,16 @@ def error_body(code: str, message: str, status: int, fields: dict[str, str] | No
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config.update(
-        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
-        SECRET_KEY=settings.session_key or secrets.token_urlsafe(32),
-        SESSION_COOKIE_NAME="oauth_sidecar_session",
-        SESSION_COOKIE_HTTPONLY=True,
-        # Lax, not Strict: the provider's redirect back to /callback must carry the session for its banner.
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.public_url.startswith("https://"),
-    )
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.json = OrderedJSON(app)
     session = requests.Session()
     own_store = Store.own(settings, session)
-    app.extensions["sidecar"] = Runtime(settings, session, own_store, Refresher(settings, own_store))
+    # The session cookie is Lax, not Strict: the provider's redirect back to /callback must carry it
+    # for the settings page's banner.
+    app.session_interface = VaultSessions(settings, own_store)
+    app.extensions["sidecar"] = Runtime(
+        settings, session, own_store, Refresher(settings, own_store), Auditor(settings.audit_log)
+    )
 
     from . import api, auth, health, ui
 
@@ -124,7 +127,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'; base-uri 'none'")
         headers.setdefault("Cache-Control", "no-store")
         headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "no-referrer"
+        headers.setdefault("Referrer-Policy", "no-referrer")
         return response
 
     @app.errorhandler(SidecarError)

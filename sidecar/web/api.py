@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
 from .. import grants, logins, presets, providers
+from ..audit import Action
 from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from ..models import check_name, rfc3339
-from ..refresher import RefreshFailed
+from ..policies import render_reader
+from ..refresher import Outcome, RefreshFailed
 from ..store import Store
 from . import plausible_token, runtime
 
@@ -32,18 +35,45 @@ def caller_token() -> str:
 @bp.before_request
 def authenticate() -> None:
     """401 unless the caller's token is live; its own Vault policies then decide (403)."""
-    g.store = runtime(current_app).authenticated(caller_token())
+    g.store, g.who = runtime(current_app).authenticated(caller_token())
 
 
 def store() -> Store:
     return g.store
 
 
+def audited(action: Action, target: str) -> AbstractContextManager[None]:
+    """The audit line of a change, naming the caller."""
+    return runtime(current_app).audit.audited(action, target, g.who)
+
+
+# No request body nests deeper than a few levels; deeper ones are refused before anything recurses on them.
+MAX_JSON_DEPTH = 32
+
+
 def json_object() -> dict[str, Any]:
-    body = request.get_json(force=True, silent=True)
+    try:
+        body = request.get_json(force=True, silent=True)
+    except RecursionError:  # deeper than the parser's own stack allows
+        body = None
     if not isinstance(body, dict):
         raise Invalid("the request body must be a JSON object")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise Invalid(f"the request body is nested more than {MAX_JSON_DEPTH} levels deep")
     return body
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value, found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 @bp.get("/providers")
@@ -58,11 +88,13 @@ def get_provider(name: str):
 
 @bp.put("/providers/<name>")
 def put_provider(name: str):
-    # Checked first: building may fetch the issuer's metadata, which only an operator may make us do.
-    if not store().may("providers", check_name(name, "provider"), "create", "update"):
-        raise Forbidden(f"permission denied on provider {name!r}")
-    provider = providers.build(name, json_object())
-    version = store().put_provider(provider)
+    with audited(Action.PROVIDER_PUT, name):
+        # Checked first: building may fetch the issuer's metadata, which only an operator may make us do.
+        if not store().may("providers", check_name(name, "provider"), "create", "update"):
+            raise Forbidden(f"permission denied on provider {name!r}")
+        provider = providers.build(name, json_object())
+        grants.may_repoint(store(), runtime(current_app).own_store, provider)
+        version = store().put_provider(provider)
     return provider.public(), 201 if version == 1 else 200
 
 
@@ -73,22 +105,26 @@ def list_presets():
 
 @bp.delete("/providers/<name>")
 def delete_provider(name: str):
-    store().delete_provider(name)
+    with audited(Action.PROVIDER_DELETE, name):
+        store().delete_provider(name)
     return "", 204
 
 
 @bp.post("/secrets")
 def create_secret():
     body = json_object()
+    rt, target = runtime(current_app), str(body.get("name"))[:64]
     if body.get("grant_type", "authorization_code") != "authorization_code":
-        return grants.create(store(), runtime(current_app).settings, body).public(), 201
+        with audited(Action.SECRET_CREATED, target):
+            return grants.create(store(), rt.settings, body).public(), 201
     unknown = sorted(set(body) - {"name", "provider", "environments", "scopes", "grant_type"})
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
-    login = logins.start(
-        store(), runtime(current_app).settings, body.get("name"), body.get("provider"),
-        body.get("environments"), body.get("scopes"),
-    )  # fmt: skip
+    with audited(Action.SECRET_LOGIN_STARTED, target):
+        login = logins.start(
+            store(), rt.own_store, rt.settings, body.get("name"), body.get("provider"),
+            body.get("environments"), body.get("scopes"), started_by=g.who,
+        )  # fmt: skip
     return {"name": body["name"], "authorization_url": login.url, "expires_at": rfc3339(login.expires_at)}, 201
 
 
@@ -111,18 +147,42 @@ def get_token(name: str):
 @bp.delete("/secrets/<name>")
 def delete_secret(name: str):
     force = request.args.get("force", "").lower() in ("1", "true", "yes")
-    revoked = grants.delete(store(), runtime(current_app).settings, name, force=force)
+    with audited(Action.SECRET_DELETED, name):
+        revoked = grants.delete(store(), runtime(current_app).settings, name, force=force)
     return {"name": name, "deleted": True, "revoked": revoked}
 
 
 @bp.post("/secrets/<name>/refresh")
 def refresh_secret(name: str):
     """Refresh now, through the same claim as the refresher; the caller needs `update` on the grant."""
-    outcome = runtime(current_app).refresher.refresh_for(store(), name)
+    with audited(Action.SECRET_REFRESHED, name):
+        _raise_unless_refreshed(name, runtime(current_app).refresher.refresh_for(store(), name))
+    return runtime(current_app).own_store.get_grant(name).public()
+
+
+def _raise_unless_refreshed(name: str, outcome: Outcome) -> None:
     if outcome.result == "refreshed":
-        return runtime(current_app).own_store.get_grant(name).public()
+        return
     if outcome.result == "missing":
         raise NotFound(f"secret {name!r} not found")
     if outcome.result in ("claimed_elsewhere", "lost_race", "superseded", "claim_too_slow"):
         raise Conflict(f"secret {name!r} is being refreshed by another replica right now; try again shortly")
     raise RefreshFailed(f"refresh of {name!r} failed: {outcome.detail or outcome.result}")
+
+
+@bp.get("/secrets/<name>/logins/<lid>")
+def login_state(name: str, lid: str):
+    """How a browser login started by `POST /v1/secrets` stands: waiting, connected or ended.
+    For `secrets connect`, whose token may not read logins in flight (only the sidecar's may)."""
+    if not store().may("grants", check_name(name, "secret"), "read"):
+        raise Forbidden(f"permission denied on secret {name!r}")
+    return {"state": logins.state(runtime(current_app).own_store, name, lid)}
+
+
+@bp.get("/policies/reader")
+def reader_policy():
+    """The Vault policy that reads one secret in one environment, to load with `vault policy write`.
+    Rendered only: no Vault call, so any valid token may ask."""
+    args = request.args
+    name, hcl = render_reader(runtime(current_app).settings, args.get("secret"), args.get("environment"))
+    return {"name": name, "policy": hcl}

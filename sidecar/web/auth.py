@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, flash, redirect, render_temp
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import logins
+from ..audit import Action
 from ..errors import SidecarError
 from ..models import Grant, rfc3339
 from . import runtime
@@ -31,7 +32,7 @@ def _page(status: int, title: str, message: str, grant: Grant | None = None) -> 
 def login(lid: str) -> BaseResponse:
     settings = runtime(current_app).settings
     try:
-        target, cookie, max_age = logins.open_link(runtime(current_app).own_store, lid)
+        target, cookie, max_age = logins.open_link(runtime(current_app).own_store, settings, lid)
     except logins.LoginRefused as exc:
         return _page(exc.status, "Login link not valid", exc.message)
     response = redirect(target, code=302)
@@ -58,7 +59,8 @@ def callback() -> BaseResponse:
     except logins.LoginRefused as exc:
         return _page(exc.status, "Login refused", exc.message)
     try:
-        grant = logins.finish(rt.own_store, rt.settings, matched, args, request.cookies.get)
+        with rt.audit.audited(Action.SECRET_CONNECTED, str(matched.pending.data.get("name", "")), matched.started_by):
+            grant = logins.finish(rt.own_store, rt.settings, matched, args, request.cookies.get)
     except SidecarError as exc:
         if matched.to_settings:
             flash(exc.message, "error")

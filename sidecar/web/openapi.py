@@ -360,6 +360,31 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/policies/reader": {
+                "get": {
+                    "summary": "The Vault policy oauth-reader-<environment>-<secret>: read on that one secret's view "
+                    "in that one environment, nothing else. Rendered only; load it with `vault policy write` or "
+                    "`oauth-sidecar policies write reader`",
+                    "parameters": [
+                        {"name": "secret", "in": "query", "required": True, "schema": NAME},
+                        {"name": "environment", "in": "query", "required": True, "schema": NAME},
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["name", "policy"],
+                                "properties": {
+                                    "name": NAME,
+                                    "policy": {"type": "string", "description": "the policy's HCL"},
+                                },
+                            },
+                            "the policy",
+                        ),
+                        **_errors(400, 401, 503),
+                    },
+                }
+            },
             "/healthz": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
             "/readyz": {
                 "get": {"security": [], "responses": {"200": {"description": "ready"}, **_errors(503)}},

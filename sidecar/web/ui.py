@@ -1,26 +1,42 @@
 """The settings UI: "OAuth 2.0 providers" and "Secrets", server-rendered.
 
-Every action runs with the logged-in person's own Vault token, kept in the signed, HttpOnly,
-SameSite session cookie, so Vault policies decide what they may see and do. Every form post
-carries the session's CSRF token.
+Every action runs with the logged-in person's own Vault token, kept server-side in the session
+(see sessions.py; the browser holds only an opaque id), so Vault policies decide what they may
+see and do. Every form post must come from this site and carry the session's CSRF token; the
+login form, before there is a session, carries the token of a login cookie (double submit).
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
+from contextlib import AbstractContextManager
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)  # fmt: skip
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import grants, logins, presets
-from ..errors import Forbidden, Invalid, SidecarError, Unauthorized
+from ..audit import Action, Result
+from ..errors import Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
 from ..models import TOKEN_AUTH_METHODS, Provider, check_name, key_values
 from ..providers import build as build_provider
 from ..store import Store
 from . import plausible_token, runtime
+from .sessions import ServerSession, cookie_name, secure
 
 bp = Blueprint("ui", __name__, url_prefix="/settings", template_folder="templates", static_folder="static")
 PUBLIC = {"ui.login", "ui.static"}
@@ -37,35 +53,71 @@ ADVANCED_FIELDS = frozenset(
 )
 
 
+LOGIN_CSRF_COOKIE = "oauth_sidecar_login_csrf"
+# Why the login form is shown, when the sidecar sent the browser there (no session to flash into).
+LOGIN_NOTICES = {
+    "logged_out": ("You are logged out.", "success"),
+    "expired": ("Your session ended or your Vault token is no longer valid. Log in again.", "error"),
+}
+
+
 def user_store() -> Store:
     return runtime(current_app).store_for(session.get("vault_token"))
 
 
+def server_session() -> ServerSession:
+    assert isinstance(session, ServerSession)
+    return session
+
+
+def audited(action: Action, target: str) -> AbstractContextManager[None]:
+    """The audit line of a change, naming the logged-in person."""
+    return runtime(current_app).audit.audited(action, target, server_session().who)
+
+
 @bp.before_request
 def require_login() -> BaseResponse | None:
-    """A logged-out browser goes to the login form; every post must carry the CSRF token."""
-    if request.method == "POST" and not hmac.compare_digest(
-        request.form.get("csrf_token", "").encode(), session.get("csrf_token", "\0").encode()
-    ):
-        abort(400, "The form has expired or did not come from this page. Reload the page and try again.")
+    """Every post must come from this site and carry its CSRF token; a logged-out browser goes to
+    the login form."""
+    if request.method == "POST":
+        refuse_forged_post()
     if request.endpoint in PUBLIC:
         return None
+    if server_session().unavailable:
+        raise VaultUnavailable("Vault is unreachable, sealed or failing; try again shortly")
     if not session.get("vault_token"):
         return redirect(url_for("ui.login"), code=303)
     try:
         runtime(current_app).authenticated(session["vault_token"])
     except Unauthorized:
-        session.clear()
-        flash("Your Vault token is no longer valid. Log in again.", "error")
-        return redirect(url_for("ui.login"), code=303)
+        session.clear()  # and the server-side record with it
+        return redirect(url_for("ui.login", notice="expired"), code=303)
     return None
+
+
+def refuse_forged_post() -> None:
+    """403 for a post from another site (by Origin or Sec-Fetch-Site, which browsers set and pages
+    cannot forge) or without the CSRF token bound to this browser: the session's, or on the login
+    form the login cookie's."""
+    site, origin = request.headers.get("Sec-Fetch-Site"), request.headers.get("Origin")
+    own = {_origin(runtime(current_app).settings.public_url), _origin(request.host_url)}
+    if (site is not None and site not in ("same-origin", "none")) or (origin is not None and origin not in own):
+        abort(403, "Posts from other sites are refused.")
+    login_cookie = cookie_name(runtime(current_app).settings, LOGIN_CSRF_COOKIE)
+    expected = request.cookies.get(login_cookie) if request.endpoint == "ui.login" else session.get("csrf_token")
+    given = request.form.get("csrf_token", "")
+    if not (expected and given and hmac.compare_digest(given.encode(), expected.encode())):
+        abort(403, "The form has expired or did not come from this page. Reload the page and try again.")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 @bp.context_processor
 def _template_helpers() -> dict[str, Any]:
-    if "csrf_token" not in session:
-        session["csrf_token"] = secrets.token_urlsafe(32)
-    return {"csrf_token": session["csrf_token"], "logged_in": bool(session.get("vault_token"))}
+    return {"csrf_token": session.get("csrf_token", ""), "logged_in": bool(session.get("vault_token"))}
 
 
 @bp.after_request
@@ -75,6 +127,9 @@ def _csp(response: BaseResponse) -> BaseResponse:
         "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     )
+    # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on the UI's own
+    # form posts, which could then not be told from a forged post. No other site learns a thing.
+    response.headers["Referrer-Policy"] = "same-origin"
     return response
 
 
@@ -82,29 +137,38 @@ def _csp(response: BaseResponse) -> BaseResponse:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> tuple[str, int] | BaseResponse:
-    error = ""
+def login() -> BaseResponse:
+    rt, error = runtime(current_app), ""
     if request.method == "POST":
         token = request.form.get("vault_token", "").strip()
         try:
             if not plausible_token(token):
                 raise Unauthorized("the Vault token is missing or not valid")
-            runtime(current_app).store_for(token).check_token()
+            who = rt.store_for(token).whoami()
         except Unauthorized:
             error = "That Vault token is not valid."
+            rt.audit.record(Action.UI_LOGIN, "settings", Result.DENIED, None)
         else:
-            session.clear()
-            session["vault_token"] = token
-            session["csrf_token"] = secrets.token_urlsafe(32)
+            server_session().begin(token, who, rt.settings)  # a new session id, never the old one
+            rt.audit.record(Action.UI_LOGIN, "settings", Result.SUCCESS, who)
             return redirect(url_for("ui.settings"), code=303)
-    return render_template("ui/login.html", error=error), 401 if error else 200
+    csrf = secrets.token_urlsafe(32)
+    notice = LOGIN_NOTICES.get(request.args.get("notice", ""))
+    page = render_template("ui/login.html", error=error, notice=notice, csrf_token=csrf)
+    response = make_response(page, 401 if error else 200)
+    response.set_cookie(
+        cookie_name(rt.settings, LOGIN_CSRF_COOKIE), csrf, path="/", httponly=True, samesite="Strict",
+        secure=secure(rt.settings),
+    )  # fmt: skip
+    return response
 
 
 @bp.post("/logout")
 def logout() -> BaseResponse:
-    session.clear()
-    flash("You are logged out.", "success")
-    return redirect(url_for("ui.login"), code=303)
+    who = server_session().who
+    session.clear()  # the server-side record goes: the old cookie is dead everywhere at once
+    runtime(current_app).audit.record(Action.UI_LOGOUT, "settings", Result.SUCCESS, who)
+    return redirect(url_for("ui.login", notice="logged_out"), code=303)
 
 
 # -- the page ----------------------------------------------------------------------------------
@@ -231,9 +295,11 @@ def new_provider():
 def create_provider():
     name = request.form.get("name", "")
     try:
-        may_write_provider(user_store(), name)
-        provider = provider_from_form(name, None)
-        user_store().put_provider(provider)
+        with audited(Action.PROVIDER_PUT, name[:64]):
+            may_write_provider(user_store(), name)
+            provider = provider_from_form(name, None)
+            grants.may_repoint(user_store(), runtime(current_app).own_store, provider)
+            user_store().put_provider(provider)
     except Invalid as exc:
         errors = field_errors(exc)
         if "provider" in errors:
@@ -254,7 +320,10 @@ def update_provider(name: str):
     current = store.get_provider(name)
     may_write_provider(store, name)
     try:
-        store.put_provider(provider_from_form(name, current))
+        with audited(Action.PROVIDER_PUT, name):
+            provider = provider_from_form(name, current)
+            grants.may_repoint(store, runtime(current_app).own_store, provider)
+            store.put_provider(provider)
     except Invalid as exc:
         return provider_form(editing=current, errors=field_errors(exc), status=400)
     flash(f"Provider {name} saved.", "success")
@@ -267,7 +336,8 @@ def delete_provider(name: str):
     store.get_provider(name)  # 404 before asking
     if request.method == "GET":
         return render_template("ui/confirm.html", kind="provider", name=name, revocable=False)
-    store.delete_provider(name)
+    with audited(Action.PROVIDER_DELETE, name):
+        store.delete_provider(name)
     flash(f"Provider {name} deleted.", "success")
     return redirect(url_for("ui.settings", _anchor="providers"), code=303)
 
@@ -307,14 +377,9 @@ def create_secret():
     try:
         if not chosen:
             raise Invalid("tick at least one environment", {"environments": "tick at least one environment"})
-        login = logins.start(
-            user_store(),
-            runtime(current_app).settings,
-            request.form.get("name", ""),
-            request.form.get("provider", ""),
-            chosen,
-            return_to_settings=True,
-        )
+        name = request.form.get("name", "")
+        with audited(Action.SECRET_LOGIN_STARTED, name[:64]):
+            login = start_login(name, request.form.get("provider", ""), chosen)
     except Invalid as exc:
         return secret_form(errors=field_errors(exc), status=400)
     return redirect(login.url, code=303)
@@ -322,17 +387,24 @@ def create_secret():
 
 @bp.post("/secrets/<name>/reconnect")
 def reconnect_secret(name: str):
-    store = user_store()
-    grant = store.get_grant(name)
-    login = logins.start(
-        store, runtime(current_app).settings, name, grant.provider, list(grant.environments), return_to_settings=True
-    )
+    grant = user_store().get_grant(name)
+    with audited(Action.SECRET_LOGIN_STARTED, name):
+        login = start_login(name, grant.provider, list(grant.environments))
     return redirect(login.url, code=303)
+
+
+def start_login(name: str, provider: str, environments: list[str]) -> logins.Login:
+    rt = runtime(current_app)
+    return logins.start(
+        user_store(), rt.own_store, rt.settings, name, provider, environments,
+        return_to_settings=True, started_by=server_session().who,
+    )  # fmt: skip
 
 
 @bp.post("/secrets/<name>/refresh")
 def refresh_secret(name: str):
-    outcome = runtime(current_app).refresher.refresh_for(user_store(), name)
+    with audited(Action.SECRET_REFRESHED, name):
+        outcome = runtime(current_app).refresher.refresh_for(user_store(), name)
     if outcome.result == "refreshed":
         flash(f"{name} refreshed.", "success")
     else:
@@ -347,7 +419,8 @@ def delete_secret(name: str):
     if request.method == "GET":
         return render_template("ui/confirm.html", kind="secret", name=name, revocable=True)
     try:
-        revoked = grants.delete(store, runtime(current_app).settings, name, force=request.form.get("force") == "on")
+        with audited(Action.SECRET_DELETED, name):
+            revoked = grants.delete(store, runtime(current_app).settings, name, force=request.form.get("force") == "on")
     except grants.RevocationFailed as exc:
         flash(exc.message, "error")
         return redirect(url_for("ui.delete_secret", name=name), code=303)
