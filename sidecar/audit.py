@@ -25,11 +25,11 @@ class Action(StrEnum):
     UI_LOGOUT = "ui.logout"
     PROVIDER_PUT = "provider.put"
     PROVIDER_DELETE = "provider.delete"
-    SECRET_LOGIN_STARTED = "secret.login_started"
-    SECRET_CONNECTED = "secret.connected"
-    SECRET_CREATED = "secret.created"  # client credentials, or an imported refresh token
-    SECRET_REFRESHED = "secret.refreshed"  # "Refresh now"; the refresher's own refreshes are not changes by anyone
-    SECRET_DELETED = "secret.deleted"
+    LOGIN_STARTED = "secret.login_started"
+    CONNECTED = "secret.connected"
+    CREATED = "secret.created"  # client credentials, or an imported refresh token
+    REFRESHED = "secret.refreshed"  # "Refresh now"; the refresher's own refreshes are not changes by anyone
+    DELETED = "secret.deleted"
 
 
 class Result(StrEnum):

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 import requests
 
-from . import grants, presets
+from . import egress, grants, presets
 from .config import Settings
 from .errors import ConfigError, Invalid, SidecarError, VaultUnavailable
 from .models import TOKEN_AUTH_METHODS, key_values, parse_rfc3339
@@ -158,6 +158,7 @@ def refresh(once: bool) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
+    egress.configure(settings.egress_allow)
     store = Store.own(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -200,6 +201,7 @@ def _wait_for_vault(store: Store, stop: threading.Event) -> None:
 
 def operator_store() -> Store:
     settings = Settings.from_env()
+    egress.configure(settings.egress_allow)  # the CLI may call providers too
     store = Store(settings, settings.vault_token)
     store.check_token()
     return store

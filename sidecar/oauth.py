@@ -28,6 +28,7 @@ from .models import SCOPE_SPLIT_RE, Provider, TokenSet, check_url, expiry_from, 
 
 log = logging.getLogger(__name__)
 
+TIMEOUT = egress.TIMEOUT  # read at each call, so a test may shorten it
 REVOKE_ATTEMPTS = 3
 ASSERTION_LIFETIME = 60  # seconds a private_key_jwt client assertion is valid
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -60,7 +61,7 @@ def discover(issuer: str) -> dict[str, Any]:
         f"{origin}{path}/.well-known/openid-configuration",
     ):
         try:
-            answer = egress.get(url, "discovery", headers={"Accept": "application/json"})
+            answer = egress.get(url, "discovery", headers={"Accept": "application/json"}, timeout=TIMEOUT)
         except OAuthTransient:
             raise OAuthTransient(NO_METADATA) from None  # egress logged the detail
         if answer.status in (400, 404, 405, 410):
@@ -271,7 +272,7 @@ def _send(provider: Provider, url: str, form: dict[str, str], secret: str, what:
     else:
         # RFC 6749 section 2.3.1: form-encode both parts before Basic encoding.
         auth = (quote_plus(provider.client_id), quote_plus(secret))
-    return egress.post(url, what, data=form, auth=auth, headers={"Accept": "application/json"})
+    return egress.post(url, what, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=TIMEOUT)
 
 
 def _assertion(provider: Provider, audience: str) -> str:

@@ -362,7 +362,8 @@ class Refresher:
         """New tokens: with the client's own credentials, else by redeeming the refresh token."""
         if grant.grant_type == "client_credentials":
             return oauth.client_credentials(provider, grant.tokens.scopes)
-        assert grant.tokens.refresh_token  # checked by `renewable`
+        if not grant.tokens.refresh_token:  # `renewable` says there is one; never send an empty one
+            raise OAuthPermanent("this grant has no refresh token; connect it again")
         return oauth.refresh(provider, grant.tokens.refresh_token, grant.tokens.scopes)
 
     def _with_announcement(self, grant: Grant) -> Grant:
@@ -525,7 +526,8 @@ class Refresher:
         lifetime = (grant.tokens.expires_at - issued).total_seconds() if grant.tokens.expires_at and issued else 0
         lead = min(margin, lifetime / 2) if lifetime > 0 else margin
         base = min(5.0, max(0.5, lead / 4))
-        delay = min(base * 2 ** (failures - 1) * random.uniform(0.8, 1.2), BACKOFF_MAX)
+        jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreads retries out; nothing secret depends on it
+        delay = min(base * 2 ** (failures - 1) * jitter, BACKOFF_MAX)
         return max(delay, retry_after or 0.0)
 
     def _dead(self, name: str, version: int, message: str, provider: Provider) -> Outcome:

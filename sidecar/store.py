@@ -119,16 +119,19 @@ class Login:
                 self._login()
             elif self._renew_at is not None and time.monotonic() >= self._renew_at:
                 self._renew()
-            assert self._token is not None
-            return self._token
+            return self._current()
 
     def replace(self, stale: str) -> str:
         """Vault refused `stale`: log in again, unless another thread has already done so."""
         with self._lock:
             if self._token == stale:
                 self._login()
-            assert self._token is not None
-            return self._token
+            return self._current()
+
+    def _current(self) -> str:
+        if self._token is None:  # every successful login sets it
+            raise Unauthorized("the sidecar has no Vault token")
+        return self._token
 
     def _login(self) -> None:
         s, method = self._settings, self._settings.vault_auth

@@ -256,3 +256,316 @@ def test_no_token_is_got_for_a_caller_who_may_not_store_it(api, tokens, oauth, r
     body = {"name": "nope", "provider": "mock", "grant_type": "refresh_token", "refresh_token": "rt-from-elsewhere"}
     assert api("POST", "/v1/secrets", json=body, headers=reader).status_code == 403
     assert oauth.log()["tokenRequests"] == 0 and vault_tree(root) == before
+
+
+# -- who may revoke, repoint, refresh and import (security review, findings 4 and 5) ----------------
+
+
+def narrow_token(root, policy: str, rules: dict[str, list[str]]) -> dict[str, str]:
+    """Headers with a fresh token that holds only `policy`, made of `rules` ({path: capabilities})."""
+    hcl = "".join(f'path "{path}" {{\n  capabilities = {json.dumps(caps)}\n}}\n' for path, caps in rules.items())
+    root.sys.create_or_update_policy(name=policy, policy=hcl)
+    return {"X-Vault-Token": root.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]}
+
+
+READ_ONLY = {
+    "secret/data/oauth-sidecar/grants/*": ["read"],
+    "secret/metadata/oauth-sidecar/grants/*": ["read", "list"],
+    "secret/data/oauth-sidecar/providers/*": ["read"],
+    "secret/metadata/oauth-sidecar/providers/*": ["read", "list"],
+    "secret/data/oauth/*": ["read"],
+    "secret/metadata/oauth/*": ["read", "list"],
+}
+
+
+def settings_page(live, headers: dict[str, str]) -> tuple[requests.Session, str]:
+    """A browser logged in to the settings UI with the token in `headers`, and its CSRF token."""
+    import re
+
+    browser = requests.Session()
+    form = browser.get(f"{live.url}/settings/login", timeout=10)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert form.status_code == 200 and csrf, form.text
+    token = headers["X-Vault-Token"]
+    logged_in = browser.post(
+        f"{live.url}/settings/login", data={"vault_token": token, "csrf_token": csrf.group(1)}, timeout=10
+    )
+    assert logged_in.status_code == 200 and logged_in.url == f"{live.url}/settings", logged_in.text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', logged_in.text)
+    assert csrf, logged_in.text
+    return browser, csrf.group(1)
+
+
+def test_a_read_only_token_cannot_revoke_a_secret(api, oauth, root, connected):
+    """Finding 4: DELETE revoked at the provider first and asked Vault second, so a token that may
+    only read killed the grant's tokens; now it is refused before the provider hears anything."""
+    before, grant_before, views_before = vault_tree(root), grant_record(root), views(root)
+    reader = narrow_token(root, "test-grants-read-only", READ_ONLY)
+    for force in ("", "?force=true"):
+        refused = api("DELETE", f"/v1/secrets/sheets{force}", headers=reader)
+        assert refused.status_code == 403, refused.text
+    assert oauth.log()["revokeRequests"] == 0
+    assert vault_tree(root) == before and grant_record(root) == grant_before and views(root) == views_before
+    assert oauth.accepts(views(root)["production"]["access_token"])
+
+
+def test_delete_needs_delete_rights_on_every_view_before_anything_is_revoked(api, oauth, root, connected):
+    """Finding 4: delete on the secret and its production view but not its development view: refused,
+    nothing revoked; with delete on every view the same call revokes once and deletes everything."""
+    grant_and_production = {
+        "secret/data/oauth-sidecar/providers/mock": ["read"],
+        "secret/data/oauth-sidecar/grants/sheets": ["read", "delete"],
+        "secret/metadata/oauth-sidecar/grants/sheets": ["read", "delete"],
+        "secret/data/oauth/production/sheets": ["read", "delete"],
+        "secret/metadata/oauth/production/sheets": ["read", "delete"],
+    }
+    before = vault_tree(root)
+    partial = narrow_token(root, "test-delete-sheets-production", grant_and_production)
+    refused = api("DELETE", "/v1/secrets/sheets", headers=partial)
+    assert refused.status_code == 403 and "one of its environments" in refused.json()["error"]["message"]
+    assert oauth.log()["revokeRequests"] == 0 and vault_tree(root) == before
+    assert list(views(root)) == ["development", "production"]
+
+    everything = narrow_token(
+        root,
+        "test-delete-sheets-everywhere",
+        {
+            **grant_and_production,
+            "secret/data/oauth/development/sheets": ["read", "delete"],
+            "secret/metadata/oauth/development/sheets": ["read", "delete"],
+        },
+    )
+    deleted = api("DELETE", "/v1/secrets/sheets", headers=everything)
+    assert deleted.status_code == 200 and deleted.json()["revoked"] is True, deleted.text
+    assert oauth.log()["revokeRequests"] == 1
+    assert list(vault_tree(root)) == ["oauth-sidecar/providers/mock"]
+
+
+def test_a_read_only_token_cannot_revoke_a_secret_from_the_settings_page(api, live, oauth, root, connected):
+    """Finding 4, in the UI: the delete form of a person who may only read is refused before the
+    provider revokes anything."""
+    browser, csrf = settings_page(live, narrow_token(root, "test-ui-read-only", READ_ONLY))
+    before = grant_record(root), views(root)
+    assert browser.get(f"{live.url}/settings/secrets/sheets/delete", timeout=10).status_code == 200
+    refused = browser.post(f"{live.url}/settings/secrets/sheets/delete", data={"csrf_token": csrf}, timeout=10)
+    assert refused.status_code == 403 and "permission denied" in refused.text, refused.text
+    assert oauth.log()["revokeRequests"] == 0 and (grant_record(root), views(root)) == before
+
+
+# What a provider writer has: create/update on providers, and nothing on any secret.
+PROVIDER_WRITER = {
+    "secret/data/oauth-sidecar/providers/*": ["create", "read", "update"],
+    "secret/metadata/oauth-sidecar/providers/*": ["read", "list"],
+}
+
+
+def provider_record(root, name: str = "mock") -> dict:
+    return root.secrets.kv.v2.read_secret_version(
+        path=f"oauth-sidecar/providers/{name}", mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+
+
+def test_a_provider_writer_cannot_point_secrets_that_are_not_theirs_at_another_token_url(api, oauth, root, connected):
+    """Finding 5: create/update on providers/* was enough to change a provider's token_url, and the
+    next refresh posted the secret's refresh token there. Harmless edits stay allowed."""
+    writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
+    before = provider_record(root)
+    moved = api("PUT", "/v1/providers/mock", json=oauth.registration(token_url="https://evil.example/token"),
+                headers=writer)  # fmt: skip
+    assert moved.status_code == 403, moved.text
+    assert "1 of 1 are not yours" in moved.json()["error"]["message"]
+    assert provider_record(root) == before
+
+    harmless = [("client_secret", "a-rotated-secret", "a-rotated-secret"), ("scopes", "openid", ["openid"])]
+    for field, value, stored in harmless:
+        saved = api("PUT", "/v1/providers/mock", json=oauth.registration(**{field: value}), headers=writer)
+        assert saved.status_code == 200, saved.text
+        after = provider_record(root)
+        assert after[field] == stored and after["token_url"] == f"{oauth.issuer}/token"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"client_id": "someone-elses-client"},
+        {"authorization_url": "https://evil.example/authorize"},
+        {"token_url": "https://evil.example/token"},
+        {"revocation_url": "https://evil.example/revoke"},
+        {"device_authorization_url": "https://evil.example/device"},
+        {"issuer": "https://evil.example"},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_every_field_that_decides_where_tokens_go_needs_rights_on_the_secrets(api, oauth, root, connected, change):
+    """Finding 5: each field that says where a grant's tokens or credentials are sent is guarded."""
+    writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
+    before = provider_record(root)
+    moved = api("PUT", "/v1/providers/mock", json=oauth.registration(**change), headers=writer)
+    assert moved.status_code == 403 and "1 of 1 are not yours" in moved.text, moved.text
+    assert provider_record(root) == before
+
+
+def test_only_whoever_may_update_every_secret_of_a_provider_may_repoint_it(api, oauth, root):
+    """Finding 5: update rights on one of the provider's two secrets are not enough; on both, they are."""
+    for name in ("sheets", "docs"):
+        assert requests.Session().get(start(api, name), timeout=30).status_code == 200
+    elsewhere = oauth.registration(token_url="https://tokens.example.com/token")
+    sheets_only = narrow_token(
+        root, "test-provider-and-sheets", {**PROVIDER_WRITER, "secret/data/oauth-sidecar/grants/sheets": ["update"]}
+    )
+    refused = api("PUT", "/v1/providers/mock", json=elsewhere, headers=sheets_only)
+    assert refused.status_code == 403 and "1 of 2 are not yours" in refused.json()["error"]["message"]
+    assert provider_record(root)["token_url"] == f"{oauth.issuer}/token"
+
+    both = narrow_token(
+        root,
+        "test-provider-and-both",
+        {**PROVIDER_WRITER, "secret/data/oauth-sidecar/grants/sheets": ["update"],
+         "secret/data/oauth-sidecar/grants/docs": ["update"]},
+    )  # fmt: skip
+    saved = api("PUT", "/v1/providers/mock", json=elsewhere, headers=both)
+    assert saved.status_code == 200, saved.text
+    assert provider_record(root)["token_url"] == "https://tokens.example.com/token"
+
+
+@pytest.fixture
+def token_thief():
+    """A token endpoint on loopback that records every body posted to it and answers with a token:
+    (its URL, the bodies it received)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            body = b'{"access_token": "stolen", "token_type": "Bearer", "expires_in": 3600}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/token", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_after_a_refused_repoint_refresh_tokens_still_go_to_the_real_token_url(
+    api, oauth, root, connected, token_thief
+):
+    """Finding 5, the attack itself: a provider writer points token_url at their own server, then the
+    secret is refreshed. The refresh token goes to the provider's real token URL only."""
+    refresh_token = grant_record(root)["refresh_token"]
+    writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
+    thief_url, stolen = token_thief
+    moved = api("PUT", "/v1/providers/mock", json=oauth.registration(token_url=thief_url), headers=writer)
+    assert moved.status_code == 403, moved.text
+    refreshed = api("POST", "/v1/secrets/sheets/refresh")
+    assert refreshed.status_code == 200, refreshed.text
+    assert stolen == []
+    (redeemed,) = token_requests(oauth, "refresh_token")
+    assert (redeemed["refresh_token"], redeemed["status"]) == (refresh_token, 200)
+    assert oauth.accepts(views(root)["production"]["access_token"])
+
+
+def test_the_provider_form_cannot_repoint_secrets_that_are_not_yours(api, live, oauth, root, connected):
+    """Finding 5, in the UI: the provider's edit form is refused the same way as the API."""
+    before = provider_record(root)
+    browser, csrf = settings_page(live, narrow_token(root, "test-ui-provider-writer", PROVIDER_WRITER))
+    form = {
+        "csrf_token": csrf,
+        "client_id": CLIENT_ID,
+        "client_secret": "",
+        "authorization_url": f"{oauth.issuer}/authorize",
+        "token_url": "https://evil.example/token",
+        "revocation_url": f"{oauth.issuer}/revoke",
+        "scopes": "openid\nprofile\nemail",
+        "pkce": "on",
+    }
+    refused = browser.post(f"{live.url}/settings/providers/mock", data=form, timeout=10)
+    assert refused.status_code == 403 and "1 of 1 are not yours" in refused.text, refused.text
+    assert provider_record(root) == before
+
+
+def test_refresh_now_with_a_read_only_token_asks_the_provider_nothing(api, oauth, root, connected):
+    """Refresh now is checked before the provider is asked: a read-only token gets 403, no token request.
+    A guard, not a regression test: this check predates the review's fixes, so it passed before them too."""
+    before, asked = grant_record(root), oauth.log()["tokenRequests"]
+    refused = api("POST", "/v1/secrets/sheets/refresh", headers=narrow_token(root, "test-read-only", READ_ONLY))
+    assert refused.status_code == 403, refused.text
+    assert oauth.log()["tokenRequests"] == asked and grant_record(root) == before
+
+
+def create_as(api, headers: dict[str, str], name="robot", **body) -> requests.Response:
+    return api("POST", "/v1/secrets", json={"name": name, "provider": "mock", **body}, headers=headers)
+
+
+# create/update on the secret `robot` and its production view only.
+ROBOT_IN_PRODUCTION = {
+    "secret/data/oauth-sidecar/providers/*": ["read"],
+    "secret/data/oauth-sidecar/grants/robot": ["create", "read", "update"],
+    "secret/metadata/oauth-sidecar/grants/robot": ["create", "update"],
+    "secret/data/oauth/production/robot": ["create", "read", "update"],
+    "secret/metadata/oauth/production/robot": ["create", "update"],
+}
+
+
+def test_an_import_without_rights_on_every_view_spends_nothing(api, oauth, root):
+    """Finding 3's rule for imports: rights on the secret but not on its development view: refused
+    before the imported refresh token is redeemed (it stays good); production alone is allowed."""
+    oauth.configure(rotate=True)
+    imported = refresh_token_from_elsewhere(oauth)
+    caller = narrow_token(root, "test-robot-in-production", ROBOT_IN_PRODUCTION)
+    before = vault_tree(root)
+    refused = create_as(api, caller, grant_type="refresh_token", refresh_token=imported)
+    assert refused.status_code == 403, refused.text
+    assert token_requests(oauth, "refresh_token") == [] and vault_tree(root) == before
+    assert "one of its environments" in refused.json()["error"]["message"]
+
+    allowed = create_as(api, caller, grant_type="refresh_token", refresh_token=imported, environments=["production"])
+    assert allowed.status_code == 201, allowed.text
+    (redeemed,) = token_requests(oauth, "refresh_token")
+    assert (redeemed["refresh_token"], redeemed["status"]) == (imported, 200) and oauth.log()["reuse"] == 0
+    assert list(views(root, "robot")) == ["production"]
+
+
+def test_client_credentials_without_rights_on_every_view_ask_the_provider_nothing(api, oauth, root):
+    """Finding 3's rule for client credentials: refused before the provider is asked."""
+    caller = narrow_token(root, "test-robot-in-production", ROBOT_IN_PRODUCTION)
+    before = vault_tree(root)
+    refused = create_as(api, caller, grant_type="client_credentials")
+    assert refused.status_code == 403 and token_requests(oauth, "client_credentials") == []
+    assert vault_tree(root) == before
+    allowed = create_as(api, caller, grant_type="client_credentials", environments=["production"])
+    assert allowed.status_code == 201, allowed.text
+    assert list(views(root, "robot")) == ["production"]
+
+
+def test_a_device_login_without_rights_on_every_view_shows_no_code(api, oauth, root, vault, tmp_path):
+    """Finding 3's rule for `secrets connect --device`: refused before the provider is asked for a
+    user code, so nobody is asked to approve a login that could not be stored."""
+    import subprocess
+
+    from .conftest import OAUTH_SIDECAR, refresher_env
+
+    api.register(device_authorization_url=f"{oauth.issuer}/device_authorization")
+    oauth.configure(deviceInterval=1, deviceTtl=3)
+    token = narrow_token(root, "test-robot-in-production", ROBOT_IN_PRODUCTION)["X-Vault-Token"]
+    before = vault_tree(root)
+    done = subprocess.run(
+        [OAUTH_SIDECAR, "secrets", "connect", "robot", "--provider", "mock", "--device"],
+        env=refresher_env(vault, token, tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and "permission denied" in done.stderr, done.stderr
+    assert "enter the code" not in done.stderr
+    assert oauth.log()["device"] == [] and oauth.log()["tokenRequests"] == 0
+    assert vault_tree(root) == before

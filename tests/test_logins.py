@@ -254,3 +254,154 @@ def test_any_replica_can_finish_a_login(api, live, root):
     page = other_replica.get(f"{url.path}?{url.query}")
     assert page.status_code == 200, page.text
     assert list(views(root)) == ["development", "production"]
+
+
+# -- who may start a login, and what a login in flight may say (security review, findings 3) --------
+
+
+def narrow_token(root, policy: str, rules: dict[str, list[str]]) -> dict[str, str]:
+    """Headers with a fresh token that holds only `policy`, made of `rules` ({path: capabilities})."""
+    hcl = "".join(f'path "{path}" {{\n  capabilities = {json.dumps(caps)}\n}}\n' for path, caps in rules.items())
+    root.sys.create_or_update_policy(name=policy, policy=hcl)
+    return {"X-Vault-Token": root.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]}
+
+
+# What the old operator policy let a token do with logins in flight, and reading providers.
+LOGINS_AND_PROVIDERS = {
+    "secret/data/oauth-sidecar/pending/*": ["create", "read", "update"],
+    "secret/data/oauth-sidecar/providers/*": ["read"],
+    "secret/metadata/oauth-sidecar/providers/*": ["list"],
+}
+
+
+def test_a_token_for_logins_and_providers_alone_cannot_replace_a_connected_secret(api, oauth, root):
+    """Finding 3: such a token replaced the production view of a secret through a login and got the
+    development view deleted; now it is refused before anything is written or anyone is sent anywhere."""
+    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    before, views_before, grant_before = vault_tree(root), views(root), grant_record(root)
+    attacker = narrow_token(root, "test-pending-and-providers-read", LOGINS_AND_PROVIDERS)
+    for envs in (["production"], ["development", "production"]):
+        body = {"name": "sheets", "provider": "mock", "environments": envs}
+        refused = api("POST", "/v1/secrets", json=body, headers=attacker)
+        assert refused.status_code == 403, refused.text
+        assert "authorization_url" not in refused.json()
+    assert vault_tree(root) == before  # no login in flight, no new version of anything
+    assert views(root) == views_before and grant_record(root) == grant_before
+    assert len(oauth.log()["authorize"]) == 1  # the operator's own login only
+
+
+def test_a_login_needs_rights_on_every_environment_it_writes(api, oauth, root):
+    """Finding 3: create/update on the secret and its production view, but not its development view,
+    may connect production alone, and never development."""
+    caller = narrow_token(
+        root,
+        "test-sheets-in-production",
+        {
+            **LOGINS_AND_PROVIDERS,
+            "secret/data/oauth-sidecar/grants/sheets": ["create", "update"],
+            "secret/data/oauth/production/sheets": ["create", "update"],
+        },
+    )
+    before = vault_tree(root)
+    both = {"name": "sheets", "provider": "mock", "environments": ["development", "production"]}
+    refused = api("POST", "/v1/secrets", json=both, headers=caller)
+    assert refused.status_code == 403 and "one of its environments" in refused.json()["error"]["message"]
+    assert vault_tree(root) == before and oauth.log()["authorize"] == []
+
+    started = api("POST", "/v1/secrets", json={**both, "environments": ["production"]}, headers=caller)
+    assert started.status_code == 201, started.text
+    page = requests.Session().get(started.json()["authorization_url"], timeout=30)
+    assert page.status_code == 200 and "Connected" in page.text, page.text
+    assert list(views(root)) == ["production"] and grant_record(root)["environments"] == ["production"]
+
+
+def pending_path(link: str) -> str:
+    return f"oauth-sidecar/pending/{link.rsplit('/', 1)[1]}"
+
+
+def alter_pending(root, link: str, **changes) -> None:
+    """Rewrite a login in flight straight in Vault, as a token with write on `pending/*` (root) could."""
+    path = pending_path(link)
+    data = root.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)
+    root.secrets.kv.v2.create_or_update_secret(
+        path=path, secret={**data["data"]["data"], **changes}, mount_point="secret"
+    )
+
+
+@pytest.mark.parametrize(
+    "redirect_to",
+    [
+        "https://evil.example/",
+        "https://evil.example/authorize?response_type=code",
+        "//evil.example/authorize",
+        "{issuer}/elsewhere?response_type=code",
+    ],
+    ids=["other-host", "other-host-same-path", "scheme-relative", "same-host-other-path"],
+)
+def test_a_login_link_never_sends_the_browser_anywhere_but_its_provider(api, oauth, root, redirect_to):
+    """Finding 3: a login in flight written straight into Vault with redirect_to=https://evil.example/
+    made /login/<id> answer a 302 there; the link now refuses it with a page."""
+    link = start(api)
+    alter_pending(root, link, redirect_to=redirect_to.format(issuer=oauth.issuer))
+    page = requests.get(link, allow_redirects=False, timeout=10)
+    assert page.status_code == 400 and "Location" not in page.headers
+    assert "This login is not valid" in page.text and "evil.example" not in page.text
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert oauth.log()["authorize"] == []
+
+
+ALTERED = [
+    ({"environments": ["staging"]}, "unknown-environment"),
+    ({"environments": []}, "no-environment"),
+    ({"name": "../grants/other"}, "name-with-a-path"),
+    ({"name": "a b"}, "name-with-a-space"),
+    ({"provider": "nope"}, "unknown-provider"),
+]
+
+
+@pytest.mark.parametrize("changes", [c for c, _ in ALTERED], ids=[i for _, i in ALTERED])
+def test_an_altered_login_is_refused_when_its_link_is_opened(api, oauth, root, changes):
+    """Finding 3: a login in flight is checked again when read back; one that does not hold up is
+    never followed to the provider."""
+    link = start(api)
+    alter_pending(root, link, **changes)
+    page = requests.get(link, allow_redirects=False, timeout=10)
+    assert page.status_code == 400 and "Location" not in page.headers, page.text
+    assert "This login is not valid" in page.text
+    assert oauth.log()["authorize"] == []
+    assert not any(k.startswith(("oauth-sidecar/grants/", "oauth/")) for k in vault_tree(root))
+
+
+@pytest.mark.parametrize("changes", [c for c, _ in ALTERED], ids=[i for _, i in ALTERED])
+def test_an_altered_login_is_refused_at_the_callback_before_the_code_is_redeemed(api, oauth, root, changes):
+    """Finding 3: a login changed in Vault after its link was opened: the callback refuses it before
+    any token request, and nothing is stored."""
+    browser = requests.Session()
+    link = start(api)
+    url = callback_url(browser, link)
+    alter_pending(root, link, **changes)
+    assert_refused(browser.get(url, timeout=10), oauth, root, "This login is not valid")
+
+
+def test_operators_cannot_touch_logins_in_flight_yet_still_connect_secrets(api, oauth, root, vault, tokens):
+    """Finding 3: logins in flight are written by the sidecar's own token only; the operator policy
+    (oauth-admin) no longer names `pending`, and a browser login works as before."""
+    link = start(api)
+    path = pending_path(link)
+    shown = bao_kv_get(vault, tokens.admin, f"secret/{path}")
+    assert shown.returncode != 0 and "permission denied" in shown.stderr, shown.stdout + shown.stderr
+    written = requests.post(
+        f"{vault.addr}/v1/secret/data/{path}",
+        headers={"X-Vault-Token": tokens.admin},
+        json={"data": {"redirect_to": "https://evil.example/"}},
+        timeout=10,
+    )
+    assert written.status_code == 403 and "permission denied" in written.text
+    record = root.secrets.kv.v2.read_secret_version(path=path, mount_point="secret", raise_on_deleted_version=True)
+    assert record["data"]["data"]["redirect_to"].startswith(f"{oauth.issuer}/authorize?")
+
+    page = requests.Session().get(link, timeout=30)
+    assert page.status_code == 200 and "Connected" in page.text, page.text
+    assert list(views(root)) == ["development", "production"]
+    assert oauth.accepts(views(root)["production"]["access_token"])
+    assert not any(k.startswith("oauth-sidecar/pending/") for k in vault_tree(root))

@@ -24,7 +24,3 @@ vault write auth/kubernetes/role/sheets-app \
     bound_service_account_names=sheets-app \
     bound_service_account_namespaces=integrations \
     token_policies=oauth-reader-production-sheets token_ttl=1h
-
-# The UI's session key, the same for every replica.
-kubectl -n integrations create secret generic oauth-sidecar \
-    --from-literal=session-key="$(head -c 48 /dev/urandom | base64)"

@@ -15,6 +15,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler
 
+from .. import egress
 from ..accesslog import loggable_path
 from ..audit import Auditor
 from ..config import Settings
@@ -100,6 +101,7 @@ def error_body(code: str, message: str, status: int, fields: dict[str, str] | No
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
+    egress.configure(settings.egress_allow)
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.json = OrderedJSON(app)

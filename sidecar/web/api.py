@@ -115,12 +115,12 @@ def create_secret():
     body = json_object()
     rt, target = runtime(current_app), str(body.get("name"))[:64]
     if body.get("grant_type", "authorization_code") != "authorization_code":
-        with audited(Action.SECRET_CREATED, target):
+        with audited(Action.CREATED, target):
             return grants.create(store(), rt.settings, body).public(), 201
     unknown = sorted(set(body) - {"name", "provider", "environments", "scopes", "grant_type"})
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
-    with audited(Action.SECRET_LOGIN_STARTED, target):
+    with audited(Action.LOGIN_STARTED, target):
         login = logins.start(
             store(), rt.own_store, rt.settings, body.get("name"), body.get("provider"),
             body.get("environments"), body.get("scopes"), started_by=g.who,
@@ -147,7 +147,7 @@ def get_token(name: str):
 @bp.delete("/secrets/<name>")
 def delete_secret(name: str):
     force = request.args.get("force", "").lower() in ("1", "true", "yes")
-    with audited(Action.SECRET_DELETED, name):
+    with audited(Action.DELETED, name):
         revoked = grants.delete(store(), runtime(current_app).settings, name, force=force)
     return {"name": name, "deleted": True, "revoked": revoked}
 
@@ -155,7 +155,7 @@ def delete_secret(name: str):
 @bp.post("/secrets/<name>/refresh")
 def refresh_secret(name: str):
     """Refresh now, through the same claim as the refresher; the caller needs `update` on the grant."""
-    with audited(Action.SECRET_REFRESHED, name):
+    with audited(Action.REFRESHED, name):
         _raise_unless_refreshed(name, runtime(current_app).refresher.refresh_for(store(), name))
     return runtime(current_app).own_store.get_grant(name).public()
 

@@ -59,7 +59,7 @@ def callback() -> BaseResponse:
     except logins.LoginRefused as exc:
         return _page(exc.status, "Login refused", exc.message)
     try:
-        with rt.audit.audited(Action.SECRET_CONNECTED, str(matched.pending.data.get("name", "")), matched.started_by):
+        with rt.audit.audited(Action.CONNECTED, str(matched.pending.data.get("name", "")), matched.started_by):
             grant = logins.finish(rt.own_store, rt.settings, matched, args, request.cookies.get)
     except SidecarError as exc:
         if matched.to_settings:

@@ -113,7 +113,8 @@ class VaultSessions(SessionInterface):
         return min(ends, seen + timedelta(seconds=self._settings.session_idle))
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        assert isinstance(session, ServerSession)
+        if not isinstance(session, ServerSession):  # only ever one of ours; nothing to save otherwise
+            return
         if not session.get("vault_token"):
             if session.sid:  # logged out, or the token died: the record goes, the cookie too
                 self._forget(session.sid)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import (
@@ -66,8 +66,7 @@ def user_store() -> Store:
 
 
 def server_session() -> ServerSession:
-    assert isinstance(session, ServerSession)
-    return session
+    return cast(ServerSession, session)  # the app's session interface makes only these
 
 
 def audited(action: Action, target: str) -> AbstractContextManager[None]:
@@ -378,7 +377,7 @@ def create_secret():
         if not chosen:
             raise Invalid("tick at least one environment", {"environments": "tick at least one environment"})
         name = request.form.get("name", "")
-        with audited(Action.SECRET_LOGIN_STARTED, name[:64]):
+        with audited(Action.LOGIN_STARTED, name[:64]):
             login = start_login(name, request.form.get("provider", ""), chosen)
     except Invalid as exc:
         return secret_form(errors=field_errors(exc), status=400)
@@ -388,7 +387,7 @@ def create_secret():
 @bp.post("/secrets/<name>/reconnect")
 def reconnect_secret(name: str):
     grant = user_store().get_grant(name)
-    with audited(Action.SECRET_LOGIN_STARTED, name):
+    with audited(Action.LOGIN_STARTED, name):
         login = start_login(name, grant.provider, list(grant.environments))
     return redirect(login.url, code=303)
 
@@ -403,7 +402,7 @@ def start_login(name: str, provider: str, environments: list[str]) -> logins.Log
 
 @bp.post("/secrets/<name>/refresh")
 def refresh_secret(name: str):
-    with audited(Action.SECRET_REFRESHED, name):
+    with audited(Action.REFRESHED, name):
         outcome = runtime(current_app).refresher.refresh_for(user_store(), name)
     if outcome.result == "refreshed":
         flash(f"{name} refreshed.", "success")
@@ -419,7 +418,7 @@ def delete_secret(name: str):
     if request.method == "GET":
         return render_template("ui/confirm.html", kind="secret", name=name, revocable=True)
     try:
-        with audited(Action.SECRET_DELETED, name):
+        with audited(Action.DELETED, name):
             revoked = grants.delete(store, runtime(current_app).settings, name, force=request.form.get("force") == "on")
     except grants.RevocationFailed as exc:
         flash(exc.message, "error")
