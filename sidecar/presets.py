@@ -41,7 +41,7 @@ PRESETS: dict[str, Preset] = {
         title="Google",
         docs="https://developers.google.com/identity/protocols/oauth2/web-server",
         authorization_url="https://accounts.google.com/o/oauth2/v2/auth",
-        token_url="https://oauth2.googleapis.com/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://oauth2.googleapis.com/token",
         revocation_url="https://oauth2.googleapis.com/revoke",
         device_authorization_url="https://oauth2.googleapis.com/device/code",
         issuer="https://accounts.google.com",
@@ -53,7 +53,7 @@ PRESETS: dict[str, Preset] = {
         title="Microsoft Entra ID",
         docs="https://learn.microsoft.com/en-us/entra/identity-platform/v2-oauth2-auth-code-flow",
         authorization_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
-        token_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
         device_authorization_url="https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode",
         # No issuer: it names the user's tenant (…/{tid}/v2.0), which "common" or a domain name does not.
         scopes=("openid", "offline_access", "User.Read"),
@@ -64,11 +64,11 @@ PRESETS: dict[str, Preset] = {
         title="GitHub",
         docs="https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps",
         authorization_url="https://github.com/login/oauth/authorize",
-        token_url="https://github.com/login/oauth/access_token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://github.com/login/oauth/access_token",
         device_authorization_url="https://github.com/login/device/code",
         # No revocation_url: GitHub revokes with DELETE /applications/{client_id}/token, not RFC 7009.
         scopes=("read:user",),
-        token_auth_method="client_secret_post",  # noqa: S106 - a method name, not a password
+        token_auth_method="client_secret_post",
         notes="OAuth app tokens need no refresh (no expiry, no refresh token); GitHub App user tokens expire "
         "in 8 h with a 6-month refresh token that rotates on use; no RFC 7009 revocation.",
     ),
@@ -76,12 +76,12 @@ PRESETS: dict[str, Preset] = {
         title="GitLab",
         docs="https://docs.gitlab.com/api/oauth2/",
         authorization_url="https://{host}/oauth/authorize",
-        token_url="https://{host}/oauth/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://{host}/oauth/token",
         revocation_url="https://{host}/oauth/revoke",
         device_authorization_url="https://{host}/oauth/authorize_device",
         # No issuer: a self-managed instance's is its configured external URL, which need not be https://{host}.
         scopes=("read_user",),
-        token_auth_method="client_secret_post",  # noqa: S106 - a method name, not a password
+        token_auth_method="client_secret_post",
         params={"host": "gitlab.com"},
         notes="host is gitlab.com or a self-managed instance; access tokens last 2 h and each refresh "
         "returns a new refresh token.",
@@ -90,7 +90,7 @@ PRESETS: dict[str, Preset] = {
         title="Slack",
         docs="https://docs.slack.dev/authentication/installing-with-oauth",
         authorization_url="https://slack.com/oauth/v2/authorize",
-        token_url="https://slack.com/api/oauth.v2.access",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://slack.com/api/oauth.v2.access",
         # No revocation_url: auth.revoke takes the token as its own bearer credential, not RFC 7009.
         scopes=("chat:write",),
         scope_separator=",",
@@ -101,11 +101,11 @@ PRESETS: dict[str, Preset] = {
         title="Salesforce",
         docs="https://help.salesforce.com/s/articleView?id=xcloud.remoteaccess_oauth_endpoints.htm&type=5",
         authorization_url="https://{domain}/services/oauth2/authorize",
-        token_url="https://{domain}/services/oauth2/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://{domain}/services/oauth2/token",
         revocation_url="https://{domain}/services/oauth2/revoke",
         # No issuer: it follows the host the login went to (login, test, or a My Domain).
         scopes=("api", "refresh_token"),
-        token_auth_method="client_secret_post",  # noqa: S106 - a method name, not a password
+        token_auth_method="client_secret_post",
         # No expires_in: the access token is a session that ends after the org's or the app's inactivity
         # timeout, 15 minutes at the shortest. Assuming 10 minutes refreshes it before then whatever the
         # refresh margin (with the default 300 s, every 5 minutes).
@@ -119,10 +119,10 @@ PRESETS: dict[str, Preset] = {
         title="Atlassian",
         docs="https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/",
         authorization_url="https://auth.atlassian.com/authorize",
-        token_url="https://auth.atlassian.com/oauth/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://auth.atlassian.com/oauth/token",
         scopes=("read:me", "offline_access"),
         extra_authorize_params={"audience": "api.atlassian.com", "prompt": "consent"},
-        token_auth_method="client_secret_post",  # noqa: S106 - a method name, not a password
+        token_auth_method="client_secret_post",
         notes="audience=api.atlassian.com is required; a refresh token only with offline_access, and it "
         "rotates: each refresh returns a new one; no revocation endpoint.",
     ),
@@ -131,17 +131,17 @@ PRESETS: dict[str, Preset] = {
         docs="https://developers.hubspot.com/docs/api-reference/latest/authentication/manage-oauth-tokens",
         authorization_url="https://app.hubspot.com/oauth/authorize",
         # The date-versioned OAuth API; /oauth/v1/token is deprecated (sunset 16 February 2027).
-        token_url="https://api.hubapi.com/oauth/2026-03/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://api.hubapi.com/oauth/2026-03/token",
         revocation_url="https://api.hubapi.com/oauth/2026-03/token/revoke",
         scopes=("oauth",),
-        token_auth_method="client_secret_post",  # noqa: S106 - a method name, not a password
+        token_auth_method="client_secret_post",
         notes="Client credentials go in the form body; access tokens last 30 min and a refresh token is always issued.",
     ),
     "dropbox": Preset(
         title="Dropbox",
         docs="https://developers.dropbox.com/oauth-guide",
         authorization_url="https://www.dropbox.com/oauth2/authorize",
-        token_url="https://api.dropboxapi.com/oauth2/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://api.dropboxapi.com/oauth2/token",
         # No revocation_url: /2/auth/token/revoke takes the token as its own bearer credential.
         scopes=("account_info.read",),
         extra_authorize_params={"token_access_type": "offline"},
@@ -151,7 +151,7 @@ PRESETS: dict[str, Preset] = {
         title="Zoom",
         docs="https://developers.zoom.us/docs/integrations/oauth/",
         authorization_url="https://zoom.us/oauth/authorize",
-        token_url="https://zoom.us/oauth/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://zoom.us/oauth/token",
         revocation_url="https://zoom.us/oauth/revoke",
         scopes=("user:read:user",),
         notes="Client credentials by HTTP Basic; access tokens last 1 h and each refresh returns a new refresh token.",
@@ -160,7 +160,7 @@ PRESETS: dict[str, Preset] = {
         title="Okta",
         docs="https://developer.okta.com/docs/api/openapi/okta-oauth/oauth/tag/CustomAS/",
         authorization_url="https://{domain}/oauth2/{authorization_server}/v1/authorize",
-        token_url="https://{domain}/oauth2/{authorization_server}/v1/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://{domain}/oauth2/{authorization_server}/v1/token",
         revocation_url="https://{domain}/oauth2/{authorization_server}/v1/revoke",
         device_authorization_url="https://{domain}/oauth2/{authorization_server}/v1/device/authorize",
         issuer="https://{domain}/oauth2/{authorization_server}",
@@ -173,12 +173,12 @@ PRESETS: dict[str, Preset] = {
         title="Auth0",
         docs="https://auth0.com/docs/api/authentication",
         authorization_url="https://{domain}/authorize",
-        token_url="https://{domain}/oauth/token",  # noqa: S106 - an endpoint URL, not a password
+        token_url="https://{domain}/oauth/token",
         revocation_url="https://{domain}/oauth/revoke",
         device_authorization_url="https://{domain}/oauth/device/code",
         issuer="https://{domain}/",
         scopes=("openid", "offline_access"),
-        token_auth_method="client_secret_post",  # noqa: S106 - a method name, not a password
+        token_auth_method="client_secret_post",
         params={"domain": None},
         notes="domain is your tenant (or custom) domain; a refresh token only with offline_access, and for an "
         "API audience only if it allows offline access.",

@@ -569,3 +569,28 @@ def test_a_device_login_without_rights_on_every_view_shows_no_code(api, oauth, r
     assert "enter the code" not in done.stderr
     assert oauth.log()["device"] == [] and oauth.log()["tokenRequests"] == 0
     assert vault_tree(root) == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 5 is guarded at the sidecar's API and UI only: the same token writes the provider "
+    "straight into Vault (or through `oauth-sidecar providers put`, which skips may_repoint)",
+)
+def test_a_provider_writer_cannot_repoint_secrets_by_writing_to_vault_directly(
+    api, oauth, root, vault, tokens, connected, token_thief
+):
+    """Finding 5, around the sidecar: a token with create/update on providers/* needs no sidecar to
+    change token_url; it writes the record with Vault's own API. The refresher, which reads providers
+    with its own token, must still never post the secret's refresh token anywhere new."""
+    writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
+    thief_url, stolen = token_thief
+    written = requests.post(
+        f"{vault.addr}/v1/secret/data/oauth-sidecar/providers/mock",
+        headers=writer,
+        json={"data": {**provider_record(root), "token_url": thief_url}},
+        timeout=10,
+    )
+    assert written.status_code == 200, written.text  # Vault's policy allows it: the sidecar is not asked
+    settings = fast_settings(vault, tokens.sidecar)
+    Refresher(settings, Store(settings, tokens.sidecar)).refresh_one("sheets", force=True)  # no cached provider
+    assert stolen == []

@@ -1,6 +1,8 @@
 """The repository keeps its promises: CI runs the README's test command; committed policies are current."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from sidecar.config import Settings
@@ -23,3 +25,11 @@ def test_committed_policies_match_the_default_settings():
     rendered = render(Settings())
     committed = {p.stem: p.read_text() for p in (ROOT / "policies").glob("*.hcl")}
     assert committed == rendered
+
+
+def test_the_code_passes_the_lint_security_rules_included():
+    """ruff with the bandit (S) rules: a finding fails the tests, so CI runs the lint too."""
+    lint = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr

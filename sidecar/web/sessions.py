@@ -26,7 +26,8 @@ from ..store import Store, Versioned
 
 log = logging.getLogger(__name__)
 COOKIE = "oauth_sidecar_session"
-# The idle clock is written back at most this often: a page view must not cost a Vault write.
+# The idle clock is written back at most this often (or every half idle timeout, if that is
+# shorter): a page view must not cost a Vault write.
 TOUCH_EVERY = timedelta(seconds=60)
 # Paths that use the session; anything else (the API, health, metrics) never reads it from Vault.
 SESSION_PATHS = ("/settings", "/callback")
@@ -90,19 +91,19 @@ class VaultSessions(SessionInterface):
         try:
             stored = self._store.read("sessions", record_key(sid))
         except (NotFound, Invalid):
-            return ServerSession()
+            return ServerSession(sid=sid)  # ended elsewhere: saving it drops the browser's cookie
         except VaultUnavailable:
             session = ServerSession()
             session.unavailable = True
             return session
         now = datetime.now(UTC)
         if now >= self._ends(stored.data):
-            self._forget(sid)
-            return ServerSession()
+            return ServerSession(sid=sid)  # ended: saving it deletes the record and the cookie
         session = ServerSession(dict(stored.data.get("data") or {}), sid, stored)
         last_seen = parse_rfc3339(stored.data.get("last_seen"))
-        if last_seen is None or now - last_seen >= TOUCH_EVERY:
-            session.modified = True  # written back below, which moves the idle end on
+        touch_every = min(TOUCH_EVERY, timedelta(seconds=self._settings.session_idle) / 2)
+        if last_seen is None or now - last_seen >= touch_every:
+            session.modified = True  # written back on save, which moves the idle end on
         return session
 
     def _ends(self, record: dict[str, Any]) -> datetime:
