@@ -312,8 +312,10 @@ def providers_put(name: str, **opts: Any) -> None:
         "max_token_lifetime": opts["max_token_lifetime"],
         "authorization_response_iss_parameter_supported": opts["iss_parameter_supported"],
     }
+    store = operator_store()  # first: it sets the allow-list that building (discovery) obeys
     provider = build_provider(name, {k: v for k, v in body.items() if v not in (None, "", {})})
-    created = operator_store().put_provider(provider) == 1
+    grants.may_repoint(store, store, provider)  # your token reads the provider and its users
+    created = store.put_provider(provider) == 1
     click.echo(f"{'created' if created else 'replaced'} provider {name}", err=True)
     print_json(provider.public())
 

@@ -13,6 +13,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
+from sidecar import egress
 from sidecar.cli import main
 from sidecar.devvault import bao_binary, free_port
 
@@ -105,6 +106,38 @@ def test_bad_put_input_is_refused_and_writes_nothing(run, root):
     bad_param = put_google(run, "--param", "noequals", OAUTH_CLIENT_SECRET=CLIENT_SECRET)
     assert bad_param.exit_code == 1 and "KEY=VALUE" in bad_param.stderr
     assert vault_tree(root) == {}
+
+
+def test_put_obeys_the_egress_allow_list_and_writes_nothing_outside_it(run, root):
+    try:
+        refused = put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET, SIDECAR_EGRESS_ALLOW="accounts.example.com")
+        assert refused.exit_code == 1 and "token_url: the host is not in SIDECAR_EGRESS_ALLOW" in refused.stderr
+        assert vault_tree(root) == {}
+        allowed = put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET, SIDECAR_EGRESS_ALLOW="*.example.com")
+        assert allowed.exit_code == 0, allowed.output
+    finally:
+        egress.configure(())  # the CLI ran in this process
+
+
+def test_put_cannot_repoint_a_provider_whose_secrets_are_not_yours(run, api, root, vault, oauth, tmp_path):
+    assert requests.Session().get(start(api), timeout=30).status_code == 200  # sheets uses mock
+    root.sys.create_or_update_policy(
+        name="providers-only",
+        policy='path "secret/data/oauth-sidecar/providers/*" { capabilities = ["create", "read", "update"] }\n'
+        'path "secret/metadata/oauth-sidecar/*" { capabilities = ["list", "read"] }\n'
+        'path "secret/data/oauth-sidecar/grants/*" { capabilities = ["read"] }\n',
+    )
+    token = root.auth.token.create(policies=["providers-only"], ttl="10m")["auth"]["client_token"]
+    moved = run(
+        "providers", "put", "mock", "--client-id", oauth.registration()["client_id"],
+        "--authorization-url", f"{oauth.issuer}/authorize", "--token-url", "http://127.0.0.1:9/steal",
+        "--scopes", "openid", VAULT_TOKEN=token, OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+    )  # fmt: skip
+    assert moved.exit_code == 1 and "1 of 1 are not yours" in moved.stderr
+    stored = root.secrets.kv.v2.read_secret_version(
+        path="oauth-sidecar/providers/mock", mount_point="secret", raise_on_deleted_version=True
+    )
+    assert stored["data"]["data"]["token_url"] == f"{oauth.issuer}/token"
 
 
 def test_token_problems_are_clear(run):
