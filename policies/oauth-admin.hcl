@@ -5,6 +5,9 @@ path "secret/data/oauth-sidecar/providers/*" {
 path "secret/metadata/oauth-sidecar/providers/*" {
   capabilities = ["read", "list", "create", "update", "delete"]
 }
+path "secret/data/oauth-sidecar/pins/*" {
+  capabilities = ["read"]
+}
 path "secret/data/oauth-sidecar/grants/*" {
   capabilities = ["create", "read", "update", "delete"]
 }

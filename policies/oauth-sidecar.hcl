@@ -2,6 +2,12 @@
 path "secret/data/oauth-sidecar/providers/*" {
   capabilities = ["read"]
 }
+path "secret/data/oauth-sidecar/pins/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/oauth-sidecar/pins/*" {
+  capabilities = ["delete"]
+}
 path "secret/data/oauth-sidecar/grants/*" {
   capabilities = ["create", "read", "update"]
 }

@@ -21,11 +21,10 @@ import requests
 from . import egress, grants, presets
 from .config import Settings
 from .errors import ConfigError, Invalid, SidecarError, VaultUnavailable
-from .models import TOKEN_AUTH_METHODS, key_values, parse_rfc3339
+from .models import TOKEN_AUTH_METHODS, check_name, key_values, parse_rfc3339
 from .oauth import DeviceAuthorization
 from .policies import render as render_policies
 from .policies import render_reader
-from .providers import build as build_provider
 from .store import Store
 
 
@@ -207,6 +206,11 @@ def operator_store() -> Store:
     return store
 
 
+# Saving a provider and starting a browser login are done by the running sidecar: only its own
+# token may approve where a provider sends tokens, or record a login in flight.
+SIDECAR_OPTION = click.option("--sidecar", help="The running sidecar's URL (default: SIDECAR_PUBLIC_URL).")
+
+
 def print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -285,6 +289,7 @@ def providers_presets(as_json: bool) -> None:
     default=None,
     help="The provider always sends iss with its answers; refuse answers without it.",
 )
+@SIDECAR_OPTION
 def providers_put(name: str, **opts: Any) -> None:
     """Create or replace a provider: from a preset, from its issuer's metadata, or from its URLs."""
     if opts["scopes"] is not None and opts["scopes_file"] is not None:
@@ -312,12 +317,14 @@ def providers_put(name: str, **opts: Any) -> None:
         "max_token_lifetime": opts["max_token_lifetime"],
         "authorization_response_iss_parameter_supported": opts["iss_parameter_supported"],
     }
-    store = operator_store()  # first: it sets the allow-list that building (discovery) obeys
-    provider = build_provider(name, {k: v for k, v in body.items() if v not in (None, "", {})})
-    grants.may_repoint(store, store, provider)  # your token reads the provider and its users
-    created = store.put_provider(provider) == 1
-    click.echo(f"{'created' if created else 'replaced'} provider {name}", err=True)
-    print_json(provider.public())
+    # Saved by the running sidecar, which alone may approve where a provider sends tokens.
+    settings = Settings.from_env()
+    filled = {k: v for k, v in body.items() if v not in (None, "", {})}
+    status, shown = _sidecar_call(
+        opts["sidecar"] or settings.public_url, settings, "PUT", f"/v1/providers/{check_name(name, 'provider')}", filled
+    )
+    click.echo(f"{'created' if status == 201 else 'replaced'} provider {name}", err=True)
+    print_json(shown)
 
 
 def _read(source: Any) -> str | None:
@@ -336,9 +343,11 @@ def _client_secret(source: Any) -> str:
 
 @providers.command("delete")
 @click.argument("name")
-def providers_delete(name: str) -> None:
-    """Delete a provider and every stored version of its client secret."""
-    operator_store().delete_provider(name)
+@SIDECAR_OPTION
+def providers_delete(name: str, sidecar: str | None) -> None:
+    """Delete a provider and every stored version of its client secret (through the running sidecar)."""
+    settings = Settings.from_env()
+    _sidecar_call(sidecar or settings.public_url, settings, "DELETE", f"/v1/providers/{check_name(name, 'provider')}")
     click.echo(f"deleted provider {name}", err=True)
 
 
@@ -363,7 +372,7 @@ def secrets_group() -> None:
     type=click.File("r"),
     help="Import a refresh token obtained elsewhere ('-' for standard input); it is redeemed at once.",
 )
-@click.option("--sidecar", help="The running sidecar's URL, for a browser login (default: SIDECAR_PUBLIC_URL).")
+@SIDECAR_OPTION
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between checks.", hidden=True)
 def secrets_connect(
     name: str, provider_name: str, environments: tuple[str, ...], scopes: str | None, **opts: Any
@@ -375,7 +384,9 @@ def secrets_connect(
         raise Invalid("choose at most one of --device, --client-credentials and --refresh-token-file")
     settings, store, envs = Settings.from_env(), operator_store(), list(environments) or None
     if opts["device"]:
-        grant = grants.device_login(store, settings, name, provider_name, envs, scopes, show=_show_device_code)
+        grant = grants.device_login(
+            store, settings, name, provider_name, envs, scopes, show=_show_device_code, pins=store
+        )
         click.echo("login completed", err=True)
         print_json(grant.public())
         return
@@ -385,13 +396,15 @@ def secrets_connect(
             body["grant_type"] = "client_credentials"
         else:
             body.update(grant_type="refresh_token", refresh_token=opts["refresh_token_file"].read().strip())
-        print_json(grants.create(store, settings, {k: v for k, v in body.items() if v is not None}).public())
+        print_json(grants.create(store, settings, {k: v for k, v in body.items() if v is not None}, store).public())
         return
     # A browser login is started by the sidecar itself: only its own token may write logins in
     # flight, and its /callback finishes them.
     sidecar = opts["sidecar"] or settings.public_url
     body = {"name": name, "provider": provider_name, "environments": envs, "scopes": scopes}
-    started = _sidecar_call(sidecar, settings, "POST", "/v1/secrets", {k: v for k, v in body.items() if v is not None})
+    _, started = _sidecar_call(
+        sidecar, settings, "POST", "/v1/secrets", {k: v for k, v in body.items() if v is not None}
+    )
     url = started["authorization_url"]
     click.echo(url)
     if opts["open_browser"]:
@@ -415,14 +428,17 @@ def _show_device_code(authorization: DeviceAuthorization) -> None:
 
 def _sidecar_call(
     sidecar: str, settings: Settings, method: str, path: str, body: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """A call to the running sidecar's API with your own VAULT_TOKEN; its errors become CLI errors."""
+) -> tuple[int, dict[str, Any]]:
+    """A call to the running sidecar's API with your own VAULT_TOKEN: (status, JSON answer); its
+    errors become CLI errors."""
     try:
         resp = requests.request(
-            method, f"{sidecar}{path}", json=body, headers={"X-Vault-Token": settings.vault_token or ""}, timeout=30
+            method, f"{sidecar}{path}", json=body, headers={"X-Vault-Token": settings.vault_token or ""}, timeout=60
         )
     except requests.RequestException:
         fail(f"the sidecar at {sidecar} could not be reached; start it, or name it with --sidecar")
+    if resp.status_code == 204:
+        return 204, {}
     try:
         answer = resp.json()
     except ValueError:
@@ -431,14 +447,14 @@ def _sidecar_call(
         fail(f"the sidecar at {sidecar} answered HTTP {resp.status_code} without a JSON body")
     if resp.status_code >= 400:
         fail(str((answer.get("error") or {}).get("message") or f"HTTP {resp.status_code}"))
-    return answer
+    return resp.status_code, answer
 
 
 def _wait_for_login(sidecar: str, settings: Settings, name: str, lid: str, expires_at: datetime, poll: float) -> str:
     """Poll the sidecar until the callback stored this login's tokens; show the time left meanwhile."""
     interactive, reported = sys.stderr.isatty(), -1
     while (left := int((expires_at - datetime.now(UTC)).total_seconds())) > 0:
-        state = _sidecar_call(sidecar, settings, "GET", f"/v1/secrets/{name}/logins/{lid}")["state"]
+        state = _sidecar_call(sidecar, settings, "GET", f"/v1/secrets/{name}/logins/{lid}")[1]["state"]
         if state == "connected":
             click.echo("\nlogin completed" if interactive else "login completed", err=True)
             return "connected"
@@ -482,7 +498,8 @@ def secrets_get(name: str) -> None:
 @click.option("--force", is_flag=True, help="Delete even if the provider cannot revoke the token.")
 def secrets_delete(name: str, force: bool) -> None:
     """Revoke the token at the provider, then delete the secret from every environment."""
-    revoked = grants.delete(operator_store(), Settings.from_env(), name, force=force)
+    store = operator_store()
+    revoked = grants.delete(store, Settings.from_env(), name, store, force=force)
     click.echo(f"deleted secret {name}" + (" (revoked at the provider)" if revoked else ""), err=True)
 
 

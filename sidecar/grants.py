@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from . import oauth, providers
+from . import approvals, oauth, providers
 from .config import Settings
-from .errors import Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
+from .errors import Conflict, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .models import Grant, Provider, TokenSet, check_environments, check_name, parse_scopes
 from .store import Store, retrying
 
@@ -30,12 +30,17 @@ class TokenRefused(SidecarError):
     status = 502
 
 
-def provider_for(store: Store, settings: Settings, name: object) -> Provider:
-    """A registered provider, as it stands now (its discovered endpoints re-read when due)."""
+def provider_for(store: Store, settings: Settings, name: object, pins: Store) -> Provider:
+    """A registered provider, as it stands now (its discovered endpoints re-read when due), once its
+    stored endpoints are known to be the ones approved through the sidecar (`pins` reads that)."""
     try:
         provider = store.get_provider(check_name(name, "provider"))
     except NotFound:
         raise Invalid(f"unknown provider {name!r}", {"provider": "unknown provider"}) from None
+    try:
+        approvals.check(pins, provider)
+    except OAuthPermanent as exc:
+        raise Conflict(exc.message) from None
     return providers.current(provider, settings.discovery_interval)
 
 
@@ -47,9 +52,20 @@ def may_store(store: Store, name: object, envs: tuple[str, ...]) -> str:
     checked = check_name(name, "name")
     paths = [store.api_path(store.path("grants", checked))]
     paths += [store.api_path(store.view_path(env, checked)) for env in envs]
-    if store.lacking(paths, "create", "update"):
+    dropped = [store.api_path(store.view_path(env, checked), metadata=True) for env in _dropped(store, checked, envs)]
+    if store.lacking(paths, "create", "update") or store.lacking(dropped, "delete"):
         raise Forbidden(f"permission denied on secret {checked!r} or one of its environments")
     return checked
+
+
+def _dropped(store: Store, name: str, envs: tuple[str, ...]) -> list[str]:
+    """The environments whose views storing `name` for `envs` will delete: those the grant has now
+    and `envs` leaves out. Storing needs `read` on the grant too, to tell which those are."""
+    try:
+        had: tuple[str, ...] = store.get_grant(name).environments
+    except NotFound:
+        return []
+    return [env for env in had if env not in envs]
 
 
 def may_delete(store: Store, settings: Settings, grant: Grant) -> None:
@@ -61,36 +77,6 @@ def may_delete(store: Store, settings: Settings, grant: Grant) -> None:
         raise Forbidden(f"permission denied on secret {grant.name!r} or one of its environments")
 
 
-# Provider fields that decide where a grant's tokens and credentials are sent.
-REPOINTING_FIELDS = (
-    "client_id",
-    "authorization_url",
-    "token_url",
-    "revocation_url",
-    "device_authorization_url",
-    "issuer",
-)
-
-
-def may_repoint(caller: Store, own: Store, provider: Provider) -> None:
-    """Changing where a provider sends tokens redirects every grant that uses it (the refresher posts
-    their refresh tokens there with the sidecar's rights), so it needs update on each such grant."""
-    try:
-        before = own.read("providers", provider.name).data
-    except NotFound:
-        return
-    after = provider.to_record()
-    if all((before.get(f) or None) == (after.get(f) or None) for f in REPOINTING_FIELDS):
-        return
-    users = own.grants_of(provider.name)
-    denied = caller.lacking([caller.api_path(caller.path("grants", g)) for g in users], "update")
-    if denied:
-        raise Forbidden(
-            f"changing where provider {provider.name!r} sends tokens needs update rights on every secret that "
-            f"uses it; {len(denied)} of {len(users)} are not yours"
-        )
-
-
 def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
     wanted = provider.scopes if scopes is None else parse_scopes(scopes)
     if not wanted:
@@ -98,7 +84,7 @@ def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
     return wanted
 
 
-def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
+def create(store: Store, settings: Settings, body: dict[str, Any], pins: Store) -> Grant:
     """A secret with no browser: client credentials, or a refresh token obtained elsewhere
     (redeemed at once, to prove it). Everything is checked before the provider is asked."""
     grant_type = body.get("grant_type")
@@ -115,7 +101,7 @@ def create(store: Store, settings: Settings, body: dict[str, Any]) -> Grant:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
     envs = check_environments(body.get("environments"), settings.environments)
     name = may_store(store, body.get("name"), envs)
-    provider = provider_for(store, settings, body.get("provider"))
+    provider = provider_for(store, settings, body.get("provider"), pins)
     scopes = wanted_scopes(provider, body.get("scopes"))
     try:
         if grant_type == "client_credentials":
@@ -144,11 +130,12 @@ def device_login(
     environments: object,
     scopes: object,
     show: Callable[[oauth.DeviceAuthorization], None],
+    pins: Store,
 ) -> Grant:
     """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
     envs = check_environments(environments, settings.environments)
     name = may_store(store, name, envs)
-    provider = provider_for(store, settings, provider_name)
+    provider = provider_for(store, settings, provider_name, pins)
     wanted = wanted_scopes(provider, scopes)
     try:
         authorization = oauth.device_authorization(provider, wanted)
@@ -219,7 +206,7 @@ def access_token(store: Store, settings: Settings, name: str, environment: str |
     return {"name": name, "environment": env, **view}
 
 
-def delete(store: Store, settings: Settings, name: str, force: bool = False) -> bool:
+def delete(store: Store, settings: Settings, name: str, pins: Store, force: bool = False) -> bool:
     """Revoke at the provider where it can (unless `force` and that fails), then delete everything.
 
     Returns whether the provider confirmed a revocation.
@@ -228,7 +215,9 @@ def delete(store: Store, settings: Settings, name: str, force: bool = False) -> 
     may_delete(store, settings, grant)
     revoked = False
     try:
-        provider = providers.current(store.get_provider(grant.provider), settings.discovery_interval)
+        stored = store.get_provider(grant.provider)
+        approvals.check(pins, stored)
+        provider = providers.current(stored, settings.discovery_interval)
         token, hint = (
             (grant.tokens.refresh_token, "refresh_token")
             if grant.tokens.refresh_token

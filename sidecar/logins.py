@@ -80,7 +80,7 @@ def start(
     in flight) and return the sidecar's link."""
     envs = check_environments(environments, settings.environments)
     name = may_store(caller, name, envs)
-    provider = provider_for(caller, settings, provider_name)
+    provider = provider_for(caller, settings, provider_name, own)
     wanted = wanted_scopes(provider, scopes)
     request = oauth.authorization_request(provider, settings.redirect_uri, wanted)
     lid, expires_at = login_id(request.state), datetime.now(UTC) + LOGIN_TTL
@@ -213,7 +213,7 @@ def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> 
     try:
         check_name(data.get("name"), "name")
         check_environments(data.get("environments"), settings.environments)
-        provider = provider_for(store, settings, data.get("provider"))
+        provider = provider_for(store, settings, data.get("provider"), store)
     except Invalid:
         raise LoginRefused("This login is not valid. Start the connection again.") from None
     target, endpoint = urlsplit(str(data.get("redirect_to", ""))), urlsplit(provider.authorization_url)
@@ -249,9 +249,11 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Map
     if not code or len(code) > MAX_CODE_LENGTH or not (code.isascii() and code.isprintable()):
         raise LoginRefused("The provider's answer carries no valid authorization code.")
     try:
-        provider = provider_for(store, settings, data["provider"])
+        provider = provider_for(store, settings, data["provider"], store)
     except Invalid:
         raise LoginRefused("The provider of this login was deleted meanwhile.") from None
+    except Conflict as exc:  # changed outside the sidecar: the code goes nowhere
+        raise LoginRefused(exc.message) from None
     try:
         tokens = oauth.exchange_code(
             provider, code, str(data["code_verifier"]) or None, settings.redirect_uri, tuple(data["scopes"])

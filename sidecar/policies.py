@@ -21,6 +21,9 @@ def render(settings: Settings) -> dict[str, str]:
         [
             "# The sidecar itself: read providers; keep grants, logins in flight, UI sessions and views.\n",
             _rule(f"{data}/{state}/providers/*", '["read"]'),
+            # Where each provider may send tokens, as approved through the sidecar (approvals.py).
+            _rule(f"{data}/{state}/pins/*", '["create", "read", "update"]'),
+            _rule(f"{meta}/{state}/pins/*", '["delete"]'),
             _rule(f"{data}/{state}/grants/*", '["create", "read", "update"]'),
             # list for the resync; create/update only to cap a new grant's version history.
             _rule(f"{meta}/{state}/grants/*", '["list", "create", "update"]'),
@@ -38,6 +41,8 @@ def render(settings: Settings) -> dict[str, str]:
             "# Operators: manage providers and secrets through the sidecar's API.\n",
             _rule(f"{data}/{state}/providers/*", _CRUD),
             _rule(f"{meta}/{state}/providers/*", '["read", "list", "create", "update", "delete"]'),
+            # read: the CLI checks a provider's pin before it sends a token; only the sidecar writes pins.
+            _rule(f"{data}/{state}/pins/*", '["read"]'),
             _rule(f"{data}/{state}/grants/*", _CRUD),
             # create/update on metadata only to cap a new record's version history.
             _rule(f"{meta}/{state}/grants/*", '["read", "list", "create", "update", "delete"]'),

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import schedule
 
-from . import oauth, providers
+from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
@@ -99,6 +99,7 @@ class Refresher:
         self._due: dict[str, datetime] = {}  # the live entry per name; older heap entries are skipped
         self._status: dict[str, str] = {}
         self._in_flight: dict[str, Future[Outcome]] = {}
+        # name -> (monotonic time read, the provider now), for providers whose endpoints are approved
         self._providers: dict[str, tuple[float, Provider]] = {}
         self._scan: deque[str] = deque()
         # name -> ((version, owner, until) of a claim elsewhere, monotonic time we first saw it)
@@ -156,12 +157,23 @@ class Refresher:
         return self._refresh_time(grant, provider)
 
     def _provider(self, name: str) -> Provider:
+        return self._provider_and_refusal(name)[0]
+
+    def _provider_and_refusal(self, name: str) -> tuple[Provider, str]:
+        """The provider as it stands now, and why no token may be sent for it, if so: it no longer
+        matches where it was approved to send tokens (checked on the stored record, before discovery
+        fills it in). A refused provider is not cached: a save through the sidecar mends it at once."""
         cached = self._providers.get(name)
         if cached and time.monotonic() - cached[0] < PROVIDER_TTL:
-            return cached[1]
-        provider = providers.current(self.store.get_provider(name), self.settings.discovery_interval)
+            return cached[1], ""
+        stored = self.store.get_provider(name)
+        provider = providers.current(stored, self.settings.discovery_interval)
+        try:
+            approvals.check_or_approve(self.store, stored)
+        except OAuthPermanent as exc:
+            return provider, exc.message
         self._providers[name] = (time.monotonic(), provider)
-        return provider
+        return provider, ""
 
     def _learn(self, name: str) -> None:
         """Read one grant and put it in the queue at its due time."""
@@ -360,6 +372,9 @@ class Refresher:
 
     def _renew(self, grant: Grant, provider: Provider) -> TokenSet:
         """New tokens: with the client's own credentials, else by redeeming the refresh token."""
+        refusal = self._provider_and_refusal(provider.name)[1]
+        if refusal:  # the provider was changed outside the sidecar: send it nothing
+            raise OAuthPermanent(refusal, error=approvals.CHANGED)
         if grant.grant_type == "client_credentials":
             return oauth.client_credentials(provider, grant.tokens.scopes)
         if not grant.tokens.refresh_token:  # `renewable` says there is one; never send an empty one

@@ -24,8 +24,14 @@ from .models import Grant, Identity, Provider, check_name
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Tree = Literal["providers", "grants", "pending", "sessions"]
-_LABEL: dict[Tree, str] = {"providers": "provider", "grants": "secret", "pending": "login", "sessions": "session"}
+Tree = Literal["providers", "pins", "grants", "pending", "sessions"]
+_LABEL: dict[Tree, str] = {
+    "providers": "provider",
+    "pins": "provider pin",
+    "grants": "secret",
+    "pending": "login",
+    "sessions": "session",
+}
 CAPABILITY_BATCH = 500  # paths asked about in one capabilities-self call
 VAULT_TIMEOUT = 10.0
 MAX_VERSIONS = 1

@@ -31,7 +31,7 @@ def test_provider_lifecycle(client, admin, root):
     gone = client.get("/v1/providers/google", headers=admin)
     assert gone.status_code == 404 and gone.json["error"]["code"] == "not_found"
     assert client.delete("/v1/providers/google", headers=admin).status_code == 404
-    assert list(vault_tree(root)) == ["oauth-sidecar/providers/slack"]
+    assert list(vault_tree(root)) == ["oauth-sidecar/pins/slack", "oauth-sidecar/providers/slack"]
 
 
 def test_stored_where_the_contract_says(client, admin, vault, tokens):

@@ -13,7 +13,6 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from sidecar import egress
 from sidecar.cli import main
 from sidecar.devvault import bao_binary, free_port
 
@@ -23,9 +22,16 @@ PASTED_SCOPES = "openid\nemail\n\nhttps://www.googleapis.com/auth/spreadsheets\n
 
 
 @pytest.fixture
-def run(vault, tokens, root, tmp_path):
-    """Invoke the CLI in-process, as an operator holding the oauth-admin token."""
-    env = {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": tokens.admin, "HOME": str(tmp_path), "OAUTH_CLIENT_SECRET": ""}
+def run(vault, tokens, root, live, tmp_path):
+    """Invoke the CLI in-process, as an operator holding the oauth-admin token, beside a running
+    sidecar (which saves providers and starts browser logins)."""
+    env = {
+        "VAULT_ADDR": vault.addr,
+        "VAULT_TOKEN": tokens.admin,
+        "HOME": str(tmp_path),
+        "OAUTH_CLIENT_SECRET": "",
+        "SIDECAR_PUBLIC_URL": live.url,
+    }
 
     def invoke(*args: str, input: str | None = None, **extra_env: str):
         return CliRunner().invoke(main, list(args), input=input, env={**env, **extra_env}, catch_exceptions=False)
@@ -108,15 +114,11 @@ def test_bad_put_input_is_refused_and_writes_nothing(run, root):
     assert vault_tree(root) == {}
 
 
-def test_put_obeys_the_egress_allow_list_and_writes_nothing_outside_it(run, root):
-    try:
-        refused = put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET, SIDECAR_EGRESS_ALLOW="accounts.example.com")
-        assert refused.exit_code == 1 and "token_url: the host is not in SIDECAR_EGRESS_ALLOW" in refused.stderr
-        assert vault_tree(root) == {}
-        allowed = put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET, SIDECAR_EGRESS_ALLOW="*.example.com")
-        assert allowed.exit_code == 0, allowed.output
-    finally:
-        egress.configure(())  # the CLI ran in this process
+def test_put_without_a_running_sidecar_says_so_and_writes_nothing(run, root):
+    """Only the sidecar may approve where a provider sends tokens, so the CLI saves through it."""
+    result = put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET, SIDECAR_PUBLIC_URL="http://127.0.0.1:9")
+    assert result.exit_code == 1 and "the sidecar at http://127.0.0.1:9 could not be reached" in result.stderr
+    assert vault_tree(root) == {}
 
 
 def test_put_cannot_repoint_a_provider_whose_secrets_are_not_yours(run, api, root, vault, oauth, tmp_path):
@@ -326,7 +328,7 @@ def test_secrets_list_get_delete(api, run, oauth, root):
     deleted = run("secrets", "delete", "sheets")
     assert deleted.exit_code == 0 and "revoked at the provider" in deleted.stderr
     assert oauth.log()["revoke"][0]["token_type_hint"] == "refresh_token"
-    assert list(vault_tree(root)) == ["oauth-sidecar/providers/mock"]
+    assert list(vault_tree(root)) == ["oauth-sidecar/pins/mock", "oauth-sidecar/providers/mock"]
     assert run("secrets", "get", "sheets").exit_code == 1
 
 
@@ -502,7 +504,7 @@ def test_secrets_connect_takes_one_mode_at_most(api, run, oauth, root):
     result = run("secrets", "connect", "robot", "--provider", "mock", "--device", "--client-credentials")
     assert result.exit_code != 0 and "at most one of --device, --client-credentials" in result.stderr
     assert oauth.log()["tokenRequests"] == 0 and oauth.log()["device"] == []
-    assert list(vault_tree(root)) == ["oauth-sidecar/providers/mock"]
+    assert list(vault_tree(root)) == ["oauth-sidecar/pins/mock", "oauth-sidecar/providers/mock"]
 
 
 # -- providers from a preset, or from the issuer's metadata ---------------------------------------
@@ -519,7 +521,7 @@ def test_put_from_a_preset(run, vault, tokens, root):
     assert stored["client_secret"] == CLIENT_SECRET and CLIENT_SECRET not in result.output
     missing = run("providers", "put", "okta2", "--preset", "okta", "--client-id", "x", OAUTH_CLIENT_SECRET="s")
     assert missing.exit_code == 1 and "preset_params" in missing.stderr and "domain" in missing.stderr
-    assert list(vault_tree(root)) == ["oauth-sidecar/providers/okta"]
+    assert list(vault_tree(root)) == ["oauth-sidecar/pins/okta", "oauth-sidecar/providers/okta"]
 
 
 def test_put_from_the_issuer_metadata(run, oauth, root):

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
-from .. import grants, logins, presets, providers
+from .. import approvals, grants, logins, presets, providers
 from ..audit import Action
 from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from ..models import check_name, rfc3339
@@ -93,8 +93,7 @@ def put_provider(name: str):
         if not store().may("providers", check_name(name, "provider"), "create", "update"):
             raise Forbidden(f"permission denied on provider {name!r}")
         provider = providers.build(name, json_object())
-        grants.may_repoint(store(), runtime(current_app).own_store, provider)
-        version = store().put_provider(provider)
+        version = approvals.save(store(), runtime(current_app).own_store, provider)
     return provider.public(), 201 if version == 1 else 200
 
 
@@ -106,7 +105,7 @@ def list_presets():
 @bp.delete("/providers/<name>")
 def delete_provider(name: str):
     with audited(Action.PROVIDER_DELETE, name):
-        store().delete_provider(name)
+        approvals.delete(store(), runtime(current_app).own_store, name)
     return "", 204
 
 
@@ -116,7 +115,7 @@ def create_secret():
     rt, target = runtime(current_app), str(body.get("name"))[:64]
     if body.get("grant_type", "authorization_code") != "authorization_code":
         with audited(Action.CREATED, target):
-            return grants.create(store(), rt.settings, body).public(), 201
+            return grants.create(store(), rt.settings, body, rt.own_store).public(), 201
     unknown = sorted(set(body) - {"name", "provider", "environments", "scopes", "grant_type"})
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
@@ -148,7 +147,8 @@ def get_token(name: str):
 def delete_secret(name: str):
     force = request.args.get("force", "").lower() in ("1", "true", "yes")
     with audited(Action.DELETED, name):
-        revoked = grants.delete(store(), runtime(current_app).settings, name, force=force)
+        rt = runtime(current_app)
+        revoked = grants.delete(store(), rt.settings, name, rt.own_store, force=force)
     return {"name": name, "deleted": True, "revoked": revoked}
 
 

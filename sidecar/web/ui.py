@@ -29,7 +29,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from .. import grants, logins, presets
+from .. import approvals, grants, logins, presets
 from ..audit import Action, Result
 from ..errors import Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
 from ..models import TOKEN_AUTH_METHODS, Provider, check_name, key_values
@@ -297,8 +297,7 @@ def create_provider():
         with audited(Action.PROVIDER_PUT, name[:64]):
             may_write_provider(user_store(), name)
             provider = provider_from_form(name, None)
-            grants.may_repoint(user_store(), runtime(current_app).own_store, provider)
-            user_store().put_provider(provider)
+            approvals.save(user_store(), runtime(current_app).own_store, provider)
     except Invalid as exc:
         errors = field_errors(exc)
         if "provider" in errors:
@@ -321,8 +320,7 @@ def update_provider(name: str):
     try:
         with audited(Action.PROVIDER_PUT, name):
             provider = provider_from_form(name, current)
-            grants.may_repoint(store, runtime(current_app).own_store, provider)
-            store.put_provider(provider)
+            approvals.save(store, runtime(current_app).own_store, provider)
     except Invalid as exc:
         return provider_form(editing=current, errors=field_errors(exc), status=400)
     flash(f"Provider {name} saved.", "success")
@@ -336,7 +334,7 @@ def delete_provider(name: str):
     if request.method == "GET":
         return render_template("ui/confirm.html", kind="provider", name=name, revocable=False)
     with audited(Action.PROVIDER_DELETE, name):
-        store.delete_provider(name)
+        approvals.delete(store, runtime(current_app).own_store, name)
     flash(f"Provider {name} deleted.", "success")
     return redirect(url_for("ui.settings", _anchor="providers"), code=303)
 
@@ -419,7 +417,8 @@ def delete_secret(name: str):
         return render_template("ui/confirm.html", kind="secret", name=name, revocable=True)
     try:
         with audited(Action.DELETED, name):
-            revoked = grants.delete(store, runtime(current_app).settings, name, force=request.form.get("force") == "on")
+            rt, force = runtime(current_app), request.form.get("force") == "on"
+            revoked = grants.delete(store, rt.settings, name, rt.own_store, force=force)
     except grants.RevocationFailed as exc:
         flash(exc.message, "error")
         return redirect(url_for("ui.delete_secret", name=name), code=303)
