@@ -21,7 +21,7 @@ from . import oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .grants import connected, may_store, provider_for, wanted_scopes
-from .models import Grant, Identity, check_environments, check_name, parse_rfc3339, rfc3339
+from .models import Grant, Identity, Provider, check_environments, check_name, parse_rfc3339, rfc3339
 from .store import Store, Versioned
 
 log = logging.getLogger(__name__)
@@ -198,28 +198,32 @@ def finish(
     cookie = cookie_for(cookie_name(lid)) or ""
     if not data.get("binding") or not _same(_digest(cookie), str(data["binding"])):
         raise LoginRefused("This login was started in another browser. Finish it in the browser that opened the link.")
-    _check_record(store, settings, data)
+    provider = _check_record(store, settings, data)
     _check_issuer(data, args.get("iss"))
     _consume(store, lid, pending.version, data)
     try:
-        return _redeem(store, settings, data, args, lid)
+        return _redeem(store, settings, provider, data, args, lid)
     finally:
         store.delete("pending", lid)
 
 
-def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> None:
+def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> Provider:
     """What was written in Vault is checked again before it is acted on: only the sidecar may write
-    logins in flight, but a record that does not hold up is refused, never followed."""
+    logins in flight, but a record that does not hold up is refused, never followed. Returns the
+    login's provider, as it stands now."""
     try:
         check_name(data.get("name"), "name")
         check_environments(data.get("environments"), settings.environments)
         provider = provider_for(store, settings, data.get("provider"), store)
     except Invalid:
         raise LoginRefused("This login is not valid. Start the connection again.") from None
+    except Conflict as exc:  # the provider was changed outside the sidecar: nothing goes there
+        raise LoginRefused(exc.message) from None
     target, endpoint = urlsplit(str(data.get("redirect_to", ""))), urlsplit(provider.authorization_url)
     if (target.scheme, target.netloc, target.path) != (endpoint.scheme, endpoint.netloc, endpoint.path):
         log.warning("a login in flight would send the browser somewhere other than its provider; refused")
         raise LoginRefused("This login is not valid. Start the connection again.")
+    return provider
 
 
 def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:
@@ -240,7 +244,9 @@ def _consume(store: Store, lid: str, version: int, data: Mapping[str, Any]) -> N
         raise LoginRefused("This login was already finished. Start the connection again.") from None
 
 
-def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Mapping[str, str], lid: str) -> Grant:
+def _redeem(
+    store: Store, settings: Settings, provider: Provider, data: Mapping[str, Any], args: Mapping[str, str], lid: str
+) -> Grant:
     if "error" in args:
         detail = _printable(args.get("error_description", ""))
         error = _printable(args["error"]) or "an error"
@@ -248,12 +254,6 @@ def _redeem(store: Store, settings: Settings, data: Mapping[str, Any], args: Map
     code = args.get("code")
     if not code or len(code) > MAX_CODE_LENGTH or not (code.isascii() and code.isprintable()):
         raise LoginRefused("The provider's answer carries no valid authorization code.")
-    try:
-        provider = provider_for(store, settings, data["provider"], store)
-    except Invalid:
-        raise LoginRefused("The provider of this login was deleted meanwhile.") from None
-    except Conflict as exc:  # changed outside the sidecar: the code goes nowhere
-        raise LoginRefused(exc.message) from None
     try:
         tokens = oauth.exchange_code(
             provider, code, str(data["code_verifier"]) or None, settings.redirect_uri, tuple(data["scopes"])
