@@ -91,22 +91,6 @@ def _matches(url: str, patterns: tuple[tuple[str, int | None], ...]) -> bool:
     return any(fnmatchcase(host, glob) and want in (None, port) for glob, want in patterns)
 
 
-def get(url: str, what: str, *, headers: Mapping[str, str] | None = None, timeout: float = TIMEOUT) -> Answer:
-    return request("GET", url, what, headers=headers, timeout=timeout)
-
-
-def post(
-    url: str,
-    what: str,
-    *,
-    data: Any = None,
-    auth: tuple[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float = TIMEOUT,
-) -> Answer:
-    return request("POST", url, what, data=data, auth=auth, headers=headers, timeout=timeout)
-
-
 def request(
     method: str,
     url: str,

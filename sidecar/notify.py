@@ -77,7 +77,7 @@ class Notifier:
                 "webhook-signature": "v1," + base64.b64encode(mac).decode(),
             }
             try:
-                answer = egress.post(self.url, "webhook", data=body, headers=headers, timeout=TIMEOUT)
+                answer = egress.request("POST", self.url, "webhook", data=body, headers=headers, timeout=TIMEOUT)
                 outcome = f"HTTP {answer.status}"
                 if 200 <= answer.status < 300:
                     NOTIFICATIONS.labels(event, "delivered").inc()

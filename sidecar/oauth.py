@@ -61,7 +61,7 @@ def discover(issuer: str) -> dict[str, Any]:
         f"{origin}{path}/.well-known/openid-configuration",
     ):
         try:
-            answer = egress.get(url, "discovery", headers={"Accept": "application/json"}, timeout=TIMEOUT)
+            answer = egress.request("GET", url, "discovery", headers={"Accept": "application/json"}, timeout=TIMEOUT)
         except OAuthTransient:
             raise OAuthTransient(NO_METADATA) from None  # egress logged the detail
         if answer.status in (400, 404, 405, 410):
@@ -272,7 +272,9 @@ def _send(provider: Provider, url: str, form: dict[str, str], secret: str, what:
     else:
         # RFC 6749 section 2.3.1: form-encode both parts before Basic encoding.
         auth = (quote_plus(provider.client_id), quote_plus(secret))
-    return egress.post(url, what, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=TIMEOUT)
+    return egress.request(
+        "POST", url, what, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=TIMEOUT
+    )
 
 
 def _assertion(provider: Provider, audience: str) -> str:

@@ -360,6 +360,23 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/secrets/{secret}/logins/{login}": {
+                "parameters": [secret_name, {"name": "login", "in": "path", "required": True, "schema": NAME}],
+                "get": {
+                    "summary": "How a browser login started by POST /v1/secrets stands (needs read on the secret)",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["state"],
+                                "properties": {"state": {"enum": ["waiting", "connected", "ended"]}},
+                            },
+                            "waiting, connected, or ended without tokens",
+                        ),
+                        **_errors(400, 401, 403, 503),
+                    },
+                },
+            },
             "/v1/policies/reader": {
                 "get": {
                     "summary": "The Vault policy oauth-reader-<environment>-<secret>: read on that one secret's view "
