@@ -1,12 +1,14 @@
-"""Where a provider may send its secrets' tokens, as approved through the sidecar.
+"""Where a provider may send its secrets' tokens, and how its logins are protected, as approved
+through the sidecar.
 
 Changing a provider's client id, issuer or endpoint URLs redirects every grant that uses it:
-the sidecar posts their refresh tokens (and the client secret) there with its own rights. So
-such a change needs `update` on every grant of the provider (`may_repoint`), and once a save
-through the sidecar passes that check, the sidecar records a digest of those fields in
-`pins/<provider>`, a tree only its own token writes. A provider record changed any other way
-(written into Vault directly) no longer matches its pin, and no token is sent for it until it
-is saved again through the sidecar.
+the sidecar posts their refresh tokens (and the client secret) there with its own rights; turning
+off PKCE or the `iss` check weakens every login. So such a change needs `update` on every grant of
+the provider (`may_repoint`), and once a save through the sidecar passes that check, the sidecar
+records a digest of those fields in `pins/<provider>`, a tree only its own token writes. A
+provider record changed any other way (written into Vault directly, deleted and made again) no
+longer matches its pin: no token is sent for it until it is saved again through the sidecar,
+and that save is measured against the pin, not against the record as it now stands.
 """
 
 from __future__ import annotations
@@ -17,45 +19,47 @@ import logging
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from .errors import Forbidden, NotFound, OAuthPermanent
+from .errors import Forbidden, Invalid, NotFound, OAuthPermanent
 from .models import Provider, rfc3339
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-# Provider fields that decide where a grant's tokens and the client's credentials are sent.
-REPOINTING_FIELDS = (
+# Provider fields that decide where a grant's tokens and the client's credentials are sent, and
+# how logins are protected; `discovered_at` counts only as whether the endpoints follow the issuer.
+PINNED_FIELDS = (
     "client_id",
     "authorization_url",
     "token_url",
     "revocation_url",
     "device_authorization_url",
     "issuer",
+    "pkce",
+    "authorization_response_iss_parameter_supported",
 )
 CHANGED = "provider_changed"  # the OAuth-style error code of a provider that no longer matches its pin
 
 
 def pin(provider: Provider) -> str:
-    """A digest of the fields that decide where tokens go, as stored (before discovery fills in)."""
+    """A digest of the pinned fields, as stored (before discovery fills in)."""
     record = provider.to_record()
-    return hashlib.sha256(json.dumps([record.get(f) or None for f in REPOINTING_FIELDS]).encode()).hexdigest()
+    pinned = [record.get(f) or None for f in PINNED_FIELDS] + [bool(record.get("discovered_at"))]
+    return hashlib.sha256(json.dumps(pinned).encode()).hexdigest()
 
 
 def may_repoint(caller: Store, own: Store, provider: Provider) -> None:
-    """Before a provider is saved: a change of where it sends tokens needs update on each of its grants."""
-    try:
-        before = own.read("providers", provider.name).data
-    except NotFound:
-        return
-    after = provider.to_record()
-    if all((before.get(f) or None) == (after.get(f) or None) for f in REPOINTING_FIELDS):
+    """Before a provider is saved: a change of the pinned fields needs update on each of its grants.
+    Measured against the approved pin (else, for a provider never pinned, the stored record)."""
+    approved = _approved(own, provider.name)
+    unchanged = pin(provider) == approved if approved is not None else _same_as_stored(own, provider)
+    if unchanged:
         return
     users = own.grants_of(provider.name)
     denied = caller.lacking([caller.api_path(caller.path("grants", g)) for g in users], "update")
     if denied:
         raise Forbidden(
-            f"changing where provider {provider.name!r} sends tokens needs update rights on every secret that "
-            f"uses it; {len(denied)} of {len(users)} are not yours"
+            f"changing where provider {provider.name!r} sends tokens, or how it protects logins, needs update "
+            f"rights on every secret that uses it; {len(denied)} of {len(users)} are not yours"
         )
 
 
@@ -95,6 +99,17 @@ def check_or_approve(own: Store, provider: Provider) -> None:
         approve(own, provider)
     elif approved != pin(provider):
         _refuse(provider)
+
+
+def _same_as_stored(own: Store, provider: Provider) -> bool:
+    """No pinned field differs from the stored record (True for a provider not stored yet)."""
+    try:
+        before = own.get_provider(provider.name)
+    except NotFound:
+        return True
+    except Invalid:  # a record that no longer validates: treat any save as a change
+        return False
+    return pin(before) == pin(provider)
 
 
 def _approved(pins: Store, name: str) -> str | None:

@@ -173,7 +173,7 @@ def _public_url(raw: str) -> str:
 
 def _bind(raw: str) -> str:
     host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdecimal() or not 0 < int(port) < 65536:
         raise ValueError("must be HOST:PORT, like 127.0.0.1:8080 or [::1]:8080")
     return raw
 
@@ -263,12 +263,12 @@ def _positive_float(raw: str) -> float:
 
 
 def _non_negative_int(raw: str) -> int:
-    if not raw.isdigit():
+    if not raw.isdecimal():
         raise ValueError("must be a whole number of seconds, 0 or more")
     return int(raw)
 
 
 def _positive_int(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
+    if not raw.isdecimal() or int(raw) < 1:
         raise ValueError("must be a whole number, 1 or more")
     return int(raw)

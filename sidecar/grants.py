@@ -44,28 +44,30 @@ def provider_for(store: Store, settings: Settings, name: object, pins: Store) ->
     return providers.current(provider, settings.discovery_interval)
 
 
-def may_store(store: Store, name: object, envs: tuple[str, ...]) -> str:
+def may_store(store: Store, name: object, envs: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
     """The secret's name, once the caller is known to be allowed to store it: create or update on
     the grant and on each chosen environment's view, however it is stored (a browser login, a
     device login, client credentials, an import). Checked before a provider is asked or anything
-    is written, so that no token (least of all a spent refresh token) is got for nothing."""
+    is written, so that no token (least of all a spent refresh token) is got for nothing.
+    Returns the name, and the environments whose views storing it will drop (checked for delete)."""
     checked = check_name(name, "name")
     paths = [store.api_path(store.path("grants", checked))]
     paths += [store.api_path(store.view_path(env, checked)) for env in envs]
-    dropped = [store.api_path(store.view_path(env, checked), metadata=True) for env in _dropped(store, checked, envs)]
+    drops = _dropped(store, checked, envs)
+    dropped = [store.api_path(store.view_path(env, checked), metadata=True) for env in drops]
     if store.lacking(paths, "create", "update") or store.lacking(dropped, "delete"):
         raise Forbidden(f"permission denied on secret {checked!r} or one of its environments")
-    return checked
+    return checked, drops
 
 
-def _dropped(store: Store, name: str, envs: tuple[str, ...]) -> list[str]:
+def _dropped(store: Store, name: str, envs: tuple[str, ...]) -> tuple[str, ...]:
     """The environments whose views storing `name` for `envs` will delete: those the grant has now
     and `envs` leaves out. Storing needs `read` on the grant too, to tell which those are."""
     try:
         had: tuple[str, ...] = store.get_grant(name).environments
     except NotFound:
-        return []
-    return [env for env in had if env not in envs]
+        return ()
+    return tuple(env for env in had if env not in envs)
 
 
 def may_delete(store: Store, settings: Settings, grant: Grant) -> None:
@@ -100,7 +102,7 @@ def create(store: Store, settings: Settings, body: dict[str, Any], pins: Store) 
     if unknown:
         raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
     envs = check_environments(body.get("environments"), settings.environments)
-    name = may_store(store, body.get("name"), envs)
+    name, _ = may_store(store, body.get("name"), envs)  # the caller's own token drops views here
     provider = provider_for(store, settings, body.get("provider"), pins)
     scopes = wanted_scopes(provider, body.get("scopes"))
     try:
@@ -134,7 +136,7 @@ def device_login(
 ) -> Grant:
     """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
     envs = check_environments(environments, settings.environments)
-    name = may_store(store, name, envs)
+    name, _ = may_store(store, name, envs)
     provider = provider_for(store, settings, provider_name, pins)
     wanted = wanted_scopes(provider, scopes)
     try:

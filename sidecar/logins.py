@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import oauth
+from . import approvals, oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .grants import connected, may_store, provider_for, wanted_scopes
@@ -79,7 +79,7 @@ def start(
     then record the login in Vault with the sidecar's own token (no other policy may write a login
     in flight) and return the sidecar's link."""
     envs = check_environments(environments, settings.environments)
-    name = may_store(caller, name, envs)
+    name, drops = may_store(caller, name, envs)
     provider = provider_for(caller, settings, provider_name, own)
     wanted = wanted_scopes(provider, scopes)
     request = oauth.authorization_request(provider, settings.redirect_uri, wanted)
@@ -101,6 +101,9 @@ def start(
             "binding": "",
             "return_to_settings": return_to_settings,
             "started_by": started_by.public() if started_by else {},
+            # What the caller was checked for: the provider as it was, and the views it may drop.
+            "provider_pin": approvals.pin(provider),
+            "may_drop": list(drops),
             "expires_at": rfc3339(expires_at),
         },
         cas=0,
@@ -212,8 +215,8 @@ def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> 
     logins in flight, but a record that does not hold up is refused, never followed. Returns the
     login's provider, as it stands now."""
     try:
-        check_name(data.get("name"), "name")
-        check_environments(data.get("environments"), settings.environments)
+        name = check_name(data.get("name"), "name")
+        envs = check_environments(data.get("environments"), settings.environments)
         provider = provider_for(store, settings, data.get("provider"), store)
     except Invalid:
         raise LoginRefused("This login is not valid. Start the connection again.") from None
@@ -223,7 +226,20 @@ def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> 
     if (target.scheme, target.netloc, target.path) != (endpoint.scheme, endpoint.netloc, endpoint.path):
         log.warning("a login in flight would send the browser somewhere other than its provider; refused")
         raise LoginRefused("This login is not valid. Start the connection again.")
+    # What the starter was checked for must still be what happens: the same provider, and no view
+    # dropped that they were not allowed to drop (the secret may have been reconnected meanwhile).
+    if data.get("provider_pin") != approvals.pin(provider):
+        raise LoginRefused("The provider was changed since this login started. Start the connection again.")
+    if any(env not in envs and env not in data.get("may_drop", ()) for env in _environments_now(store, name)):
+        raise LoginRefused("The secret was changed since this login started. Start the connection again.")
     return provider
+
+
+def _environments_now(store: Store, name: str) -> tuple[str, ...]:
+    try:
+        return store.get_grant(name).environments
+    except NotFound:
+        return ()
 
 
 def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:

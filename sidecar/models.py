@@ -428,7 +428,7 @@ def parse_rfc3339(value: object) -> datetime | None:
 
 def expiry_from(expires_in: object, now: datetime) -> datetime | None:
     """`now + expires_in`, or None when it is missing, not a number, not positive, or absurd."""
-    if isinstance(expires_in, str) and expires_in.strip().isdigit():
+    if isinstance(expires_in, str) and expires_in.strip().isdecimal():
         expires_in = int(expires_in)
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         return None

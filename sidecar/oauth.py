@@ -363,7 +363,7 @@ def _clean(value: object, limit: int = 200) -> str:
 
 def _retry_after(resp: egress.Answer) -> float | None:
     value = resp.headers.get("Retry-After", "").strip()
-    if value.isdigit():
+    if value.isdecimal():
         return float(value)
     try:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())

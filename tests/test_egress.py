@@ -4,9 +4,11 @@ TLS-less bytes or nothing at all, the real OAuth server, OpenBao, the sidecar's 
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -23,7 +25,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import CLIENT_SECRET, fast_settings, grant_record, provider_body, seed_grants, vault_tree
+from .conftest import CLIENT_SECRET, fast_settings, grant_record, provider_body, seed_grants, vault_tree, wait_for
 
 NO_METADATA = "issuer: discovery: no usable OAuth metadata at the issuer"
 WEBHOOK_SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZg=="  # base64 of 16 bytes
@@ -364,3 +366,43 @@ def test_a_webhook_url_outside_the_allow_list_is_a_config_error():
     with pytest.raises(ConfigError, match=r"SIDECAR_WEBHOOK_URL.*SIDECAR_EGRESS_ALLOW"):
         Settings.from_env({**env, "SIDECAR_WEBHOOK_URL": "https://hooks.example.net/x"})
     assert Settings.from_env({**env, "SIDECAR_WEBHOOK_URL": "https://hooks.example.com/x"}).webhook_url
+
+
+def test_an_answer_trickled_a_byte_at_a_time_is_given_up_at_the_deadline(serve):
+    """Each byte arrives well within the read timeout, so only a deadline for the whole body frees
+    the worker; the server sees the connection closed long before it has sent its answer."""
+    sent: list[int] = []
+
+    def trickle(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        for count in range(1000):
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+            sent.append(count)
+            time.sleep(0.1)
+
+    slow = serve(trickle)
+    with pytest.raises(OAuthTransient) as refused:
+        egress.request("POST", f"{slow.url}/token", "refresh", timeout=1.0)
+    assert refused.value.message == f"refresh: {egress.UNREACHABLE}"
+    wait_for(lambda: sent and len(sent) < 100 and slow.connections == 1)  # given up after ~10 of 1000 bytes
+
+
+def gzipped(payload: bytes) -> bytes:
+    head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nConnection: close\r\n"
+    body = gzip.compress(payload)
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_a_gzipped_answer_is_read_and_a_gzip_bomb_refused(serve):
+    small = serve(gzipped(b'{"access_token": "a", "token_type": "Bearer"}'))
+    assert egress.request("POST", f"{small.url}/token", "refresh").json() == {
+        "access_token": "a",
+        "token_type": "Bearer",
+    }
+    bomb = serve(gzipped(b"0" * TEN_MB))  # about 10 kB on the wire
+    with pytest.raises(OAuthPermanent) as refused:
+        egress.request("POST", f"{bomb.url}/token", "refresh")
+    assert refused.value.message == f"refresh: {egress.TOO_LARGE}"

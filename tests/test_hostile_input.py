@@ -443,6 +443,9 @@ def provider_form(oauth, **fields) -> dict[str, str]:
 UI_FORMS = {
     # POST /settings/providers (a new provider), /settings/providers/mock (an update), /settings/secrets
     "add provider: name CRLF": ("/settings/providers", lambda o: provider_form(o, name="other" + INJECT_TEXT)),
+    # digits to str.isdigit() that int() refuses (superscript two, circled one): once a 500
+    "add provider: refresh margin ²": ("/settings/providers", lambda o: provider_form(o, refresh_margin="\u00b2")),
+    "add provider: lifetime ①": ("/settings/providers", lambda o: provider_form(o, max_token_lifetime="\u2460")),
     "add provider: name 10 kB": ("/settings/providers", lambda o: provider_form(o, name=BIG_TEXT)),
     "add provider: name script": ("/settings/providers", lambda o: provider_form(o, name=SCRIPT.decode())),
     "add provider: client_id CRLF": ("/settings/providers", lambda o: provider_form(o, client_id="i" + INJECT_TEXT)),
@@ -606,7 +609,7 @@ DOORS = {
     "UI add secret": Door("POST", "/settings/secrets", 303, session="admin", writes=("oauth-sidecar/pending/",),
                           form=lambda t, o: {"name": "sheets", "provider": "mock", "environments": "production"}),
     "UI add provider": Door("POST", "/settings/providers", 303, form=lambda t, o: provider_form(o), session="admin",
-                            writes=("oauth-sidecar/providers/other",)),
+                            writes=("oauth-sidecar/providers/other", "oauth-sidecar/pins/other")),
     "UI add provider, refused": Door("POST", "/settings/providers", 400, session="admin",
                                      form=lambda t, o: provider_form(o, token_url="http://x.example/t")),
     "UI refresh, unknown secret": Door("POST", "/settings/secrets/nope/refresh", 303, form=lambda t, o: {},

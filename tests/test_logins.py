@@ -68,6 +68,8 @@ def test_only_the_chosen_environments(api, root):
         ({"omit": ["expires_in"]}, {"scope": "openid profile email", "expires": False, "refresh": True}),
         ({"set": {"expires_in": -30}}, {"scope": "openid profile email", "expires": False, "refresh": True}),
         ({"set": {"expires_in": "soon"}}, {"scope": "openid profile email", "expires": False, "refresh": True}),
+        # a digit to str.isdigit() that int() refuses: once a 500
+        ({"set": {"expires_in": "\u00b2"}}, {"scope": "openid profile email", "expires": False, "refresh": True}),
         ({"set": {"expires_in": 10**13}}, {"scope": "openid profile email", "expires": False, "refresh": True}),
         (
             {"omit": ["refresh_token", "id_token", "scope"]},

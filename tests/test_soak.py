@@ -113,7 +113,7 @@ def test_soak(vault, tokens, root, oauth, fault_proxies, tmp_path):
     }
     print(json.dumps(summary, default=dict))
     assert summary["refreshes"] >= GRANTS * SECONDS / TTL  # every grant refreshed through the faults
-    assert len(vault_tree(root)) == 1 + 3 * GRANTS
+    assert len(vault_tree(root)) == 2 + 3 * GRANTS  # the provider and its pin; each grant and its 2 views
 
 
 def _statuses(root, names) -> dict[str, int]:

@@ -232,7 +232,7 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
                     body[url] = None
     for key in ("refresh_margin", "max_token_lifetime"):
         raw = form.get(key, "").strip()
-        if raw and not raw.isdigit():
+        if raw and not raw.isdecimal():
             raise Invalid(f"{key} must be a whole number of seconds", {key: "a whole number of seconds"})
         body[key] = int(raw) if raw else None
     return build_provider(name, {k: v for k, v in body.items() if v is not None})
