@@ -26,4 +26,6 @@ def loggable_path(target: str) -> str:
     path = target.partition("?")[0]
     # Routing decodes %XX first, so /%6Cogin/<id> opens the same login: match on the decoded path.
     found = _LOGIN.fullmatch(unquote(path))
-    return f"{found[1]}#{login_hash(found[2])}" if found else path
+    shown = f"{found[1]}#{login_hash(found[2])}" if found else path
+    # A decoded %0A would start a line of its own: one that could pass for an audit line.
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in shown)

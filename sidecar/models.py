@@ -144,7 +144,7 @@ def _authorize_params(data: Mapping[str, Any]) -> dict[str, str]:
     for k, v in value.items():
         if not k or len(k) > 128 or len(v) > MAX_TEXT_LENGTH or any(ord(c) < 0x20 for c in k + v):
             raise Invalid(f"{key}: {k[:80]!r} is not a valid parameter", {key: "invalid parameter"})
-        if k in RESERVED_AUTHORIZE_PARAMS:
+        if k.lower() in RESERVED_AUTHORIZE_PARAMS:  # a provider may read names without regard to case
             raise Invalid(f"{key}: {k!r} is set by the sidecar and cannot be overridden", {key: "reserved"})
     return dict(value)
 

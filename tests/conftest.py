@@ -243,6 +243,13 @@ def callback_url(browser: requests.Session, link: str) -> str:
     return back.headers["Location"]
 
 
+def narrow_token(root, policy: str, rules: dict[str, list[str]]) -> dict[str, str]:
+    """Headers with a fresh token that holds only `policy`, made of `rules` ({path: capabilities})."""
+    hcl = "".join(f'path "{path}" {{\n  capabilities = {json.dumps(caps)}\n}}\n' for path, caps in rules.items())
+    root.sys.create_or_update_policy(name=policy, policy=hcl)
+    return {"X-Vault-Token": root.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]}
+
+
 def grant_record(root, name="sheets") -> dict:
     return root.secrets.kv.v2.read_secret_version(
         path=f"oauth-sidecar/grants/{name}", mount_point="secret", raise_on_deleted_version=True

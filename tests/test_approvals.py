@@ -11,7 +11,7 @@ import requests
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import callback_url, fast_settings, grant_record, start, vault_tree
+from .conftest import callback_url, fast_settings, grant_record, narrow_token, start, vault_tree
 
 
 @pytest.fixture
@@ -132,3 +132,44 @@ def test_starting_a_login_or_an_import_for_a_changed_provider_is_a_409(api, root
     for answer in (login, imported):
         assert answer.status_code == 409 and "changed outside the sidecar" in answer.json()["error"]["message"]
     assert stolen == []
+
+
+# A token that may write providers in Vault, and nothing else: what the review's attacker held.
+PROVIDER_WRITER = {
+    "secret/data/oauth-sidecar/providers/*": ["create", "read", "update"],
+    "secret/metadata/oauth-sidecar/providers/*": ["read", "list", "create", "update", "delete"],
+}
+
+
+def test_a_change_made_in_vault_cannot_be_approved_by_saving_it_again(api, vault, tokens, root, oauth, thief):
+    """Written into Vault first, then saved through the sidecar as it now stands: the save is
+    measured against the pin, not against the record, so it still needs rights on the secret."""
+    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
+    thief_url, stolen = thief
+    write_provider(root, token_url=thief_url)
+    resaved = api("PUT", "/v1/providers/mock", json=oauth.registration(token_url=thief_url), headers=writer)
+    assert resaved.status_code == 403 and "1 of 1 are not yours" in resaved.json()["error"]["message"]
+    assert refresh(vault, tokens) == "retrying" and stolen == []
+
+
+def test_a_provider_deleted_in_vault_and_made_again_is_held_to_its_pin(api, vault, tokens, root, oauth, thief):
+    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
+    thief_url, stolen = thief
+    root.secrets.kv.v2.delete_metadata_and_all_versions(path="oauth-sidecar/providers/mock", mount_point="secret")
+    again = api("PUT", "/v1/providers/mock", json=oauth.registration(token_url=thief_url), headers=writer)
+    assert again.status_code == 403 and "1 of 1 are not yours" in again.json()["error"]["message"]
+    assert stolen == []
+
+
+def test_a_login_in_flight_is_refused_when_its_provider_changed_meanwhile(api, root, oauth, thief):
+    """No secret uses the provider yet, so saving it anew needs no rights on secrets; but the login
+    started before it is finished only with the provider it started with."""
+    browser = requests.Session()
+    back = callback_url(browser, start(api))
+    thief_url, stolen = thief
+    assert api.register(token_url=thief_url).status_code == 200
+    page = browser.get(back, timeout=30)
+    assert page.status_code == 400 and "provider was changed since this login started" in page.text
+    assert stolen == [] and oauth.log()["tokenRequests"] == 0

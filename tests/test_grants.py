@@ -18,6 +18,7 @@ from .conftest import (
     bao_kv_get,
     fast_settings,
     grant_record,
+    narrow_token,
     sidecar_log,
     start,
     vault_tree,
@@ -259,13 +260,6 @@ def test_no_token_is_got_for_a_caller_who_may_not_store_it(api, tokens, oauth, r
 
 
 # -- who may revoke, repoint, refresh and import (security review, findings 4 and 5) ----------------
-
-
-def narrow_token(root, policy: str, rules: dict[str, list[str]]) -> dict[str, str]:
-    """Headers with a fresh token that holds only `policy`, made of `rules` ({path: capabilities})."""
-    hcl = "".join(f'path "{path}" {{\n  capabilities = {json.dumps(caps)}\n}}\n' for path, caps in rules.items())
-    root.sys.create_or_update_policy(name=policy, policy=hcl)
-    return {"X-Vault-Token": root.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]}
 
 
 READ_ONLY = {

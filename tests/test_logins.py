@@ -11,7 +11,17 @@ import requests
 
 from sidecar.web import create_app
 
-from .conftest import CLIENT_SECRET, bao_kv_get, callback_url, grant_record, sidecar_log, start, vault_tree, views
+from .conftest import (
+    CLIENT_SECRET,
+    bao_kv_get,
+    callback_url,
+    grant_record,
+    narrow_token,
+    sidecar_log,
+    start,
+    vault_tree,
+    views,
+)
 
 
 def test_connect_end_to_end(api, live, oauth, root, vault, tokens, caplog):
@@ -262,13 +272,6 @@ def test_any_replica_can_finish_a_login(api, live, root):
 # -- who may start a login, and what a login in flight may say (security review, findings 3) --------
 
 
-def narrow_token(root, policy: str, rules: dict[str, list[str]]) -> dict[str, str]:
-    """Headers with a fresh token that holds only `policy`, made of `rules` ({path: capabilities})."""
-    hcl = "".join(f'path "{path}" {{\n  capabilities = {json.dumps(caps)}\n}}\n' for path, caps in rules.items())
-    root.sys.create_or_update_policy(name=policy, policy=hcl)
-    return {"X-Vault-Token": root.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]}
-
-
 # What the old operator policy let a token do with logins in flight, and reading providers.
 LOGINS_AND_PROVIDERS = {
     "secret/data/oauth-sidecar/pending/*": ["create", "read", "update"],
@@ -428,3 +431,27 @@ def test_a_login_cannot_delete_a_view_its_starter_has_no_rights_on(api, oauth, r
     started = api("POST", "/v1/secrets", json=body, headers=caller)
     assert started.status_code == 403 and "one of its environments" in started.json()["error"]["message"]
     assert views(root).get("development") == development
+
+
+def test_a_login_cannot_drop_a_view_added_after_it_started(api, oauth, root):
+    """Its starter was checked against the environments the secret had at the start: if an operator
+    reconnects it for more meanwhile, finishing the older login would drop those new views."""
+    assert requests.Session().get(start(api, environments=["development"]), timeout=30).status_code == 200
+    caller = narrow_token(
+        root,
+        "test-sheets-in-development",
+        {
+            **LOGINS_AND_PROVIDERS,
+            "secret/data/oauth-sidecar/grants/sheets": ["create", "read", "update"],
+            "secret/data/oauth/development/sheets": ["create", "update"],
+        },
+    )
+    started = api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock", "environments": ["development"]},
+                  headers=caller)  # fmt: skip
+    assert started.status_code == 201, started.text
+    browser = requests.Session()
+    back = callback_url(browser, started.json()["authorization_url"])
+    assert requests.Session().get(start(api), timeout=30).status_code == 200  # the operator: both environments
+    page = browser.get(back, timeout=30)
+    assert page.status_code == 400 and "secret was changed since this login started" in page.text
+    assert sorted(views(root)) == ["development", "production"]

@@ -136,6 +136,7 @@ def test_provider_record_round_trip():
         ({"scope_separator": ";"}, "scope_separator"),
         ({"device_authorization_url": "http://evil.example/device"}, "device_authorization_url"),
         ({"extra_authorize_params": {"redirect_uri": "https://evil.example"}}, "extra_authorize_params"),
+        ({"extra_authorize_params": {"Redirect_Uri": "https://evil.example"}}, "extra_authorize_params"),
         ({"extra_authorize_params": {"prompt": 1}}, "extra_authorize_params"),
         ({"extra_authorize_params": ["a"]}, "extra_authorize_params"),
         ({"revocation_url": "http://example.com/revoke"}, "revocation_url"),

@@ -38,6 +38,9 @@ def short(lid: str) -> str:
         ("/settings/login", "/settings/login"),
         ("/v1/secrets/login", "/v1/secrets/login"),
         ("/loginx/abc", "/loginx/abc"),
+        # gunicorn hands the decoded path over: a %0A must not start a forged line (an audit line, say)
+        ('/v1/x\n{"action": "secret.deleted"}', '/v1/x\\x0a{"action": "secret.deleted"}'),
+        ("/login/abc\r\nx", f"/login/#{short('abc' + chr(13) + chr(10) + 'x')}"),
     ],
 )
 def test_loggable_path(target, shown):
