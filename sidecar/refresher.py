@@ -193,7 +193,8 @@ class Refresher:
     # -- resync ------------------------------------------------------------------------------
 
     def resync_step(self, budget: int) -> None:
-        """List the grants once per resync interval, then read at most `budget` of them per step."""
+        """List the grants once per resync interval (sweeping expired logins and sessions with it, once
+        per SWEEP_INTERVAL), then read at most `budget` of them per step."""
         listing = not self._scan and time.monotonic() >= self._next_resync
         if listing:
             listed = self.store.names("grants")
@@ -203,6 +204,7 @@ class Refresher:
                     self._due.pop(gone, None)
                     self._status.pop(gone, None)
             self._scan.extend(listed)
+            self._sweep_when_due()  # with the listing, so an idle tick still sends nothing
         scanned = min(budget, len(self._scan))
         for _ in range(scanned):
             self._learn(self._scan.popleft())
@@ -223,7 +225,6 @@ class Refresher:
             self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
-        self._sweep_when_due()
         return [self.submit(name) for name in self._pop_due(self._clock())]
 
     def _sweep_when_due(self) -> None:
