@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -423,6 +424,36 @@ def seed_grants(
 
 
 # -- a real browser: Debian's Chromium driven by Playwright ----------------------------------------
+
+
+@pytest.fixture
+def token_thief() -> Iterator[tuple[str, list[str]]]:
+    """A token endpoint on loopback that records every body posted to it and answers with a token:
+    (its URL, the bodies it received)."""
+    received: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
+            body = b'{"access_token": "stolen", "token_type": "Bearer", "expires_in": 3600}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/token", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
 
 CHROMIUM = "/usr/bin/chromium"
 

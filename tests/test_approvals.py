@@ -1,40 +1,12 @@
 """Where a provider may send tokens is approved through the sidecar (pins), and checked before any
 token, code or client secret leaves: real OpenBao, the real OAuth server, a loopback thief."""
 
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
 import requests
 
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
 from .conftest import callback_url, fast_settings, grant_record, narrow_token, start, vault_tree
-
-
-@pytest.fixture
-def thief() -> Iterator[tuple[str, list[str]]]:
-    """An endpoint on loopback that records every body posted to it: (its URL, the bodies)."""
-    received: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"access_token": "stolen", "token_type": "Bearer", "expires_in": 3600}')
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/token", received
-    server.shutdown()
-    server.server_close()
 
 
 def provider(root) -> dict:
@@ -68,9 +40,11 @@ def test_a_provider_saved_through_the_sidecar_is_pinned(api, root):
     assert not any("/pins/" in path for path in vault_tree(root))  # the pin goes with its provider
 
 
-def test_a_token_url_changed_in_vault_directly_gets_nothing_until_saved_again(api, vault, tokens, root, oauth, thief):
+def test_a_token_url_changed_in_vault_directly_gets_nothing_until_saved_again(
+    api, vault, tokens, root, oauth, token_thief
+):
     assert requests.Session().get(start(api), timeout=30).status_code == 200
-    thief_url, stolen = thief
+    thief_url, stolen = token_thief
     write_provider(root, token_url=thief_url)
     assert refresh(vault, tokens) == "retrying"
     assert stolen == []
@@ -87,20 +61,22 @@ def test_an_edit_that_changes_no_destination_keeps_refreshing(api, vault, tokens
     assert refresh(vault, tokens) == "refreshed"
 
 
-def test_a_provider_without_a_pin_is_pinned_when_the_refresher_first_loads_it(api, vault, tokens, root, oauth, thief):
+def test_a_provider_without_a_pin_is_pinned_when_the_refresher_first_loads_it(
+    api, vault, tokens, root, oauth, token_thief
+):
     """Providers from before pins, or made by hand, are trusted as they stand at first sight, then held."""
     assert requests.Session().get(start(api), timeout=30).status_code == 200
     root.secrets.kv.v2.delete_metadata_and_all_versions(path="oauth-sidecar/pins/mock", mount_point="secret")
     assert refresh(vault, tokens) == "refreshed"
     assert "oauth-sidecar/pins/mock" in vault_tree(root)
-    thief_url, stolen = thief
+    thief_url, stolen = token_thief
     write_provider(root, token_url=thief_url)
     assert refresh(vault, tokens) == "retrying" and stolen == []
 
 
-def test_a_revocation_is_not_sent_to_a_changed_provider(api, root, oauth, thief):
+def test_a_revocation_is_not_sent_to_a_changed_provider(api, root, oauth, token_thief):
     assert requests.Session().get(start(api), timeout=30).status_code == 200
-    thief_url, stolen = thief
+    thief_url, stolen = token_thief
     write_provider(root, revocation_url=thief_url)
     refused = api("DELETE", "/v1/secrets/sheets")
     assert refused.status_code == 502 and "changed outside the sidecar" in refused.json()["error"]["message"]
@@ -109,10 +85,10 @@ def test_a_revocation_is_not_sent_to_a_changed_provider(api, root, oauth, thief)
     assert forced.status_code == 200 and forced.json()["revoked"] is False and stolen == []
 
 
-def test_a_login_code_is_not_sent_to_a_provider_changed_meanwhile(api, root, oauth, thief):
+def test_a_login_code_is_not_sent_to_a_provider_changed_meanwhile(api, root, oauth, token_thief):
     browser = requests.Session()
     back = callback_url(browser, start(api))  # the person logged in at the provider
-    thief_url, stolen = thief
+    thief_url, stolen = token_thief
     write_provider(root, token_url=thief_url)
     page = browser.get(back, timeout=30)
     assert page.status_code == 400 and "changed outside the sidecar" in page.text
@@ -120,8 +96,8 @@ def test_a_login_code_is_not_sent_to_a_provider_changed_meanwhile(api, root, oau
     assert not any(path.startswith(("oauth-sidecar/grants/", "oauth/")) for path in vault_tree(root))
 
 
-def test_starting_a_login_or_an_import_for_a_changed_provider_is_a_409(api, root, oauth, thief):
-    thief_url, stolen = thief
+def test_starting_a_login_or_an_import_for_a_changed_provider_is_a_409(api, root, oauth, token_thief):
+    thief_url, stolen = token_thief
     write_provider(root, token_url=thief_url)
     login = api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock"})
     imported = api(
@@ -141,34 +117,34 @@ PROVIDER_WRITER = {
 }
 
 
-def test_a_change_made_in_vault_cannot_be_approved_by_saving_it_again(api, vault, tokens, root, oauth, thief):
+def test_a_change_made_in_vault_cannot_be_approved_by_saving_it_again(api, vault, tokens, root, oauth, token_thief):
     """Written into Vault first, then saved through the sidecar as it now stands: the save is
     measured against the pin, not against the record, so it still needs rights on the secret."""
     assert requests.Session().get(start(api), timeout=30).status_code == 200
     writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
-    thief_url, stolen = thief
+    thief_url, stolen = token_thief
     write_provider(root, token_url=thief_url)
     resaved = api("PUT", "/v1/providers/mock", json=oauth.registration(token_url=thief_url), headers=writer)
     assert resaved.status_code == 403 and "1 of 1 are not yours" in resaved.json()["error"]["message"]
     assert refresh(vault, tokens) == "retrying" and stolen == []
 
 
-def test_a_provider_deleted_in_vault_and_made_again_is_held_to_its_pin(api, vault, tokens, root, oauth, thief):
+def test_a_provider_deleted_in_vault_and_made_again_is_held_to_its_pin(api, vault, tokens, root, oauth, token_thief):
     assert requests.Session().get(start(api), timeout=30).status_code == 200
     writer = narrow_token(root, "test-provider-writer", PROVIDER_WRITER)
-    thief_url, stolen = thief
+    thief_url, stolen = token_thief
     root.secrets.kv.v2.delete_metadata_and_all_versions(path="oauth-sidecar/providers/mock", mount_point="secret")
     again = api("PUT", "/v1/providers/mock", json=oauth.registration(token_url=thief_url), headers=writer)
     assert again.status_code == 403 and "1 of 1 are not yours" in again.json()["error"]["message"]
     assert stolen == []
 
 
-def test_a_login_in_flight_is_refused_when_its_provider_changed_meanwhile(api, root, oauth, thief):
+def test_a_login_in_flight_is_refused_when_its_provider_changed_meanwhile(api, root, oauth, token_thief):
     """No secret uses the provider yet, so saving it anew needs no rights on secrets; but the login
     started before it is finished only with the provider it started with."""
     browser = requests.Session()
     back = callback_url(browser, start(api))
-    thief_url, stolen = thief
+    thief_url, stolen = token_thief
     assert api.register(token_url=thief_url).status_code == 200
     page = browser.get(back, timeout=30)
     assert page.status_code == 400 and "provider was changed since this login started" in page.text

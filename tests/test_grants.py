@@ -422,37 +422,6 @@ def test_only_whoever_may_update_every_secret_of_a_provider_may_repoint_it(api, 
     assert provider_record(root)["token_url"] == "https://tokens.example.com/token"
 
 
-@pytest.fixture
-def token_thief():
-    """A token endpoint on loopback that records every body posted to it and answers with a token:
-    (its URL, the bodies it received)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    received: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
-            body = b'{"access_token": "stolen", "token_type": "Bearer", "expires_in": 3600}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/token", received
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_after_a_refused_repoint_refresh_tokens_still_go_to_the_real_token_url(
     api, oauth, root, connected, token_thief
 ):
