@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from .errors import Forbidden, Invalid, NotFound, OAuthPermanent
-from .models import Provider, rfc3339
+from .models import Provider, check_name, rfc3339
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ def pin(provider: Provider) -> str:
     record = provider.to_record()
     pinned = [record.get(f) or None for f in PINNED_FIELDS] + [bool(record.get("discovered_at"))]
     return hashlib.sha256(json.dumps(pinned).encode()).hexdigest()
+
+
+def may_write(caller: Store, name: str) -> None:
+    """Asked before a provider is even built: building may fetch its issuer's metadata, which only
+    whoever may write the provider may make the sidecar do."""
+    if not caller.may("providers", check_name(name, "provider"), "create", "update"):
+        raise Forbidden(f"permission denied on provider {name!r}")
 
 
 def may_repoint(caller: Store, own: Store, provider: Provider) -> None:

@@ -10,6 +10,7 @@ from ..audit import Action
 from ..errors import SidecarError
 from ..models import Grant, rfc3339
 from . import runtime
+from .sessions import secure
 
 bp = Blueprint("auth", __name__)
 
@@ -43,7 +44,7 @@ def login(lid: str) -> BaseResponse:
         path="/callback",
         httponly=True,
         samesite="Lax",
-        secure=settings.public_url.startswith("https://"),
+        secure=secure(settings),
     )
     return response
 

@@ -32,7 +32,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from .. import approvals, grants, logins, presets
 from ..audit import Action, Result
 from ..errors import Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
-from ..models import TOKEN_AUTH_METHODS, Provider, check_name, key_values
+from ..models import TOKEN_AUTH_METHODS, Provider, key_values
 from ..providers import build as build_provider
 from ..store import Store
 from . import plausible_token, runtime
@@ -238,12 +238,6 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
     return build_provider(name, {k: v for k, v in body.items() if v is not None})
 
 
-def may_write_provider(store: Store, name: str) -> None:
-    """Checked before a provider is built: building may fetch its issuer's metadata."""
-    if not store.may("providers", check_name(name, "provider"), "create", "update"):
-        raise Forbidden(f"permission denied on provider {name!r}")
-
-
 def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
     """The add/edit form: typed values kept on error, the client secret never sent back."""
     values: dict[str, Any]
@@ -295,7 +289,7 @@ def create_provider():
     name = request.form.get("name", "")
     try:
         with audited(Action.PROVIDER_PUT, name[:64]):
-            may_write_provider(user_store(), name)
+            approvals.may_write(user_store(), name)
             provider = provider_from_form(name, None)
             approvals.save(user_store(), runtime(current_app).own_store, provider)
     except Invalid as exc:
@@ -316,7 +310,7 @@ def edit_provider(name: str):
 def update_provider(name: str):
     store = user_store()
     current = store.get_provider(name)
-    may_write_provider(store, name)
+    approvals.may_write(store, name)
     try:
         with audited(Action.PROVIDER_PUT, name):
             provider = provider_from_form(name, current)
