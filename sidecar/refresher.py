@@ -24,8 +24,6 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TypeVar
 
-import schedule
-
 from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
@@ -95,8 +93,14 @@ class Refresher:
         self._clock = clock
         self._pool = ThreadPoolExecutor(settings.refresh_concurrency, thread_name_prefix="refresh")
         self._lock = threading.Lock()
-        self._heap: list[tuple[datetime, str]] = []
-        self._due: dict[str, datetime] = {}  # the live entry per name; older heap entries are skipped
+        # The queue waits on monotonic deadlines: a wall clock stepped back (an NTP correction) would
+        # otherwise hold every grant back by the step. Due times stay wall times in Vault, for the siblings.
+        self._heap: list[tuple[float, str]] = []
+        self._due: dict[str, float] = {}  # the live deadline per name; older heap entries are skipped
+        # name -> (the wall due time last scheduled, the earliest deadline found for it), kept after the
+        # pop: a resync that finds the same due time after a step back must not move the deadline later.
+        self._deadlines: dict[str, tuple[datetime, float]] = {}
+        self._tick_skew = self._skew()  # wall minus monotonic seconds, as the last tick read it
         self._status: dict[str, str] = {}
         self._in_flight: dict[str, Future[Outcome]] = {}
         # name -> (monotonic time read, the provider now), for providers whose endpoints are approved
@@ -115,20 +119,41 @@ class Refresher:
             self._status[grant.name] = grant.status
             if at is None:
                 self._due.pop(grant.name, None)
+                self._deadlines.pop(grant.name, None)
                 return
-            self._due[grant.name] = at
-            heapq.heappush(self._heap, (at, grant.name))
+            # A due time dated before a step and queued after it (a refresh writing to Vault meanwhile)
+            # must not move by the step: of this skew and the last tick's, the earlier deadline.
+            deadline = at.timestamp() - max(self._skew(), self._tick_skew)
+            known = self._deadlines.get(grant.name)
+            if known and known[0] == at:  # the earlier: late is an expired token, early one extra refresh
+                deadline = min(deadline, known[1])
+            self._deadlines[grant.name] = (at, deadline)
+            self._due[grant.name] = deadline
+            heapq.heappush(self._heap, (deadline, grant.name))
+
+    def _skew(self) -> float:
+        return self._clock().timestamp() - time.monotonic()
+
+    def _is_due(self, name: str, due: datetime, now: datetime) -> bool:
+        """Whether a grant due at `due` is due: by the wall clock, or by the deadline it was queued at."""
+        if due <= now:
+            return True
+        with self._lock:
+            known = self._deadlines.get(name)
+        return known is not None and known[0] == due and time.monotonic() >= known[1]
 
     def _forget(self, name: str) -> None:
         with self._lock:
             self._due.pop(name, None)
+            self._deadlines.pop(name, None)
             self._status.pop(name, None)
         self._claims_seen.pop(name, None)
 
-    def _pop_due(self, now: datetime) -> list[str]:
+    def _pop_due(self, deadline: float) -> list[str]:
+        """The names due by `deadline` (monotonic) that are not in flight."""
         names = []
         with self._lock:
-            while self._heap and self._heap[0][0] <= now:
+            while self._heap and self._heap[0][0] <= deadline:
                 at, name = heapq.heappop(self._heap)
                 if self._due.get(name) == at and name not in self._in_flight:
                     del self._due[name]
@@ -136,8 +161,10 @@ class Refresher:
         return names
 
     def next_due(self) -> datetime | None:
+        """When the first queued grant is due, as a wall time by the clock as it reads now."""
         with self._lock:
-            return min(self._due.values(), default=None)
+            first = min(self._due.values(), default=None)
+        return None if first is None else self._clock() + timedelta(seconds=first - time.monotonic())
 
     def _margin(self, provider: Provider) -> int:
         """The provider's refresh margin, else SIDECAR_REFRESH_MARGIN."""
@@ -202,6 +229,7 @@ class Refresher:
             with self._lock:
                 for gone in set(self._status) - set(listed):
                     self._due.pop(gone, None)
+                    self._deadlines.pop(gone, None)
                     self._status.pop(gone, None)
             self._scan.extend(listed)
             self._sweep_when_due()  # with the listing, so an idle tick still sends nothing
@@ -221,11 +249,12 @@ class Refresher:
 
     def tick(self) -> list[Future[Outcome]]:
         """One scheduler tick: a resync step, then every due grant handed to the worker pool."""
+        self._tick_skew = self._skew()
         try:
             self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
-        return [self.submit(name) for name in self._pop_due(self._clock())]
+        return [self.submit(name) for name in self._pop_due(time.monotonic())]
 
     def _sweep_when_due(self) -> None:
         if time.monotonic() < self._next_sweep:
@@ -271,9 +300,9 @@ class Refresher:
         with self._lock:
             if name in self._due:
                 return
-            at = self._clock() + timedelta(seconds=seconds)
-            self._due[name] = at
-            heapq.heappush(self._heap, (at, name))
+            deadline = time.monotonic() + seconds
+            self._due[name] = deadline
+            heapq.heappush(self._heap, (deadline, name))
 
     def refresh_for(self, caller: Store, name: str) -> Outcome:
         """Refresh now on behalf of a caller whose own token may update the grant ("Refresh now").
@@ -287,7 +316,8 @@ class Refresher:
         self._scan.clear()
         self._next_resync = 0.0
         self.resync_step(budget=10**9)
-        futures = [self.submit(name) for name in self._pop_due(now or self._clock())]
+        ahead = (now - self._clock()).total_seconds() if now else 0.0
+        futures = [self.submit(name) for name in self._pop_due(time.monotonic() + ahead)]
         return [f.result() for f in futures]
 
     # -- one grant ---------------------------------------------------------------------------
@@ -307,7 +337,7 @@ class Refresher:
         if held:
             self._schedule(grant, max(due or now, now + timedelta(seconds=held)))
             return Outcome(name, "claimed_elsewhere")
-        refresh_now = force or (due is not None and due <= now)
+        refresh_now = force or (due is not None and self._is_due(name, due, now))
         if not refresh_now and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a refresh announces on success
             return self._announce(grant, current.version, provider)
         if grant.status == "reauthorization_required":
@@ -574,15 +604,16 @@ class Refresher:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Tick every SIDECAR_REFRESH_INTERVAL seconds until `stop` is set, then finish in-flight work."""
-        scheduler = schedule.Scheduler()
-        # schedule is typed for whole seconds but computes with timedelta, so fractions work.
-        scheduler.every(self.settings.refresh_interval).seconds.do(self.tick)  # type: ignore[arg-type]
+        """Tick at once, then every SIDECAR_REFRESH_INTERVAL seconds until `stop` is set; then finish
+        in-flight work. Timed by the monotonic clock (as is `Event.wait`): a stepped wall clock neither
+        stalls the ticks nor bunches them up."""
         log.info("refresher %s started", self.owner)
-        self.tick()
-        while not stop.is_set():
-            scheduler.run_pending()
-            stop.wait(max(0.05, min(scheduler.idle_seconds or 0.0, self.settings.refresh_interval)))
+        next_tick = time.monotonic()
+        while True:
+            self.tick()
+            next_tick = max(next_tick + self.settings.refresh_interval, time.monotonic())  # an overrun skips
+            if stop.wait(next_tick - time.monotonic()):
+                break
         self.shutdown()
 
     def shutdown(self) -> None:

@@ -1,19 +1,20 @@
 """The refresher against a real OpenBao and a real OAuth server whose tokens live seconds."""
 
+import glob
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
 import requests
 
 from sidecar import oauth as oauth_module
-from sidecar.models import Grant, parse_rfc3339
+from sidecar.models import Grant, TokenSet, parse_rfc3339
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
@@ -358,3 +359,75 @@ def test_an_approle_sidecar_keeps_refreshing_across_its_token_ttls(connect, vaul
     refresher.shutdown()
     assert store._login.logins >= 2
     assert oauth.accepts(grant_record(root, "sheets")["access_token"])
+
+
+def libfaketime() -> str:
+    """Debian's libfaketime; its absence fails the run (CI installs it), never skips it."""
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        pytest.fail("libfaketime is missing: apt-get install faketime")
+    return found[0]
+
+
+@pytest.mark.parametrize("step", [-3600, 3600], ids=["back-1h", "forward-1h"])
+def test_a_wall_clock_step_neither_stalls_nor_storms_the_refreshes(step, connect, oauth, root, vault, tokens, tmp_path):
+    """A refresher process whose wall clock libfaketime steps by an hour mid-run, its monotonic clock
+    untouched (an NTP step). Back: a loop or queue that waits on wall time lets the 3 s tokens expire.
+    Forward: old due times all look past at once; at most one extra refresh, never a storm."""
+    offset = tmp_path / "faketime"  # read at every clock call (FAKETIME_NO_CACHE), so rewriting it steps the clock
+    offset.write_text("+0\n")
+    before = connect(ttl=3)
+    replica = refresher_process(
+        vault, tokens.sidecar, tmp_path, LD_PRELOAD=libfaketime(), FAKETIME_TIMESTAMP_FILE=str(offset),
+        FAKETIME_NO_CACHE="1", FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )  # fmt: skip
+    window = 9.0  # three token lifetimes
+    try:
+        first = wait_for(refreshed_since(root, "sheets", before["last_refreshed_at"]), timeout=15)
+        wait_for(lambda: views(root)["production"]["access_token"] == first["access_token"])
+        time.sleep(0.3)  # step between refreshes (~1.5 s apart), not amid one: that one is rescheduled by now
+        offset.write_text(f"{step:+d}\n")
+        stepped_ms, served = time.time() * 1000, set()
+        deadline = time.monotonic() + window
+        while time.monotonic() < deadline:
+            token = views(root)["production"]["access_token"]
+            assert grant_record(root, "sheets")["status"] == "active"
+            assert oauth.accepts(token), f"an expired token is served {len(served)} tokens after the step"
+            served.add(token)
+            time.sleep(0.2)
+    finally:
+        replica.send_signal(signal.SIGTERM)
+        output = replica.communicate(timeout=30)[0]
+    assert replica.returncode == 0 and "Traceback" not in output, output
+    record, current = grant_record(root, "sheets"), views(root)
+    # The step took: what the replica wrote last it dated by the stepped clock.
+    skew = (parse_rfc3339(record["last_refreshed_at"]) - datetime.now(UTC)).total_seconds()
+    assert abs(skew - step) < 60, skew
+    assert current["production"]["access_token"] == current["development"]["access_token"] == record["access_token"]
+    assert oauth.accepts(record["access_token"])
+    refreshes = [t["at"] for t in oauth.log()["token"] if t["grant_type"] == "refresh_token"]
+    assert len(served) >= window / 3 and sum(t > stepped_ms for t in refreshes) >= window / 3  # each lifetime
+    # Refreshed at about half the lifetime: gaps of ~1.5 s; only the forward step may add one early refresh.
+    assert sum(b - a < 1000 for a, b in pairwise(refreshes)) <= (1 if step > 0 else 0), refreshes
+
+
+def test_a_due_time_dated_before_a_step_back_and_queued_after_it_is_not_held_back(vault, tokens, root):
+    """A refresh dates its new tokens, the wall clock steps back an hour while it writes them to Vault,
+    then it queues their due time: that waits two seconds, not an hour and two. Past the next tick,
+    due times are read by the stepped clock alone (not an hour early: no storm)."""
+    settings = fast_settings(vault, tokens.sidecar)
+    step = timedelta(0)
+    refresher = Refresher(settings, Store(settings, tokens.sidecar), clock=lambda: datetime.now(UTC) + step)
+    grant = Grant("sheets", "mock", ("production",), TokenSet("at", "Bearer", None, (), "rt"))
+    try:
+        dated = refresher._clock() + timedelta(seconds=2)
+        step = timedelta(hours=-1)
+        refresher._schedule(grant, dated)
+        waits = refresher.next_due() - refresher._clock()
+        assert timedelta(seconds=1) < waits <= timedelta(seconds=2)
+        refresher.tick()
+        refresher._schedule(grant, refresher._clock() + timedelta(seconds=60))
+        waits = refresher.next_due() - refresher._clock()
+        assert timedelta(seconds=59) < waits <= timedelta(seconds=60)
+    finally:
+        refresher.shutdown()
