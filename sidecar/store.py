@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +37,10 @@ _LABEL: dict[Tree, str] = {
 }
 CAPABILITY_BATCH = 500  # paths asked about in one capabilities-self call
 VAULT_TIMEOUT = 10.0
+# Seconds a Vault call keeps retrying while Vault is unavailable: longer than an election of a Raft
+# cluster (8-15 s measured with OpenBao's defaults), short enough for a person waiting on a page.
+PATIENCE = 30.0
+RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 MAX_VERSIONS = 1
 _UNAVAILABLE = (
     vault_errors.VaultDown,
@@ -103,6 +110,39 @@ def _client(settings: Settings, token: str | None, session: requests.Session | N
     )
 
 
+_CLUSTERS: dict[str, str] = {}  # Vault address -> the id of the cluster behind it, learnt once per process
+UNREACHED_INDEX = str(2**63 - 1)
+
+
+def _follow_active(client: hvac.Client, addr: str) -> None:
+    """Make every request of this client see the active node's latest state.
+
+    OpenBao's standbys answer reads from their own copy of the Raft log, which trails the active
+    node's: a pending login, a session or a claim written a moment ago through another node may not
+    be there yet. OpenBao forwards a request to the active node when the node it reaches has not
+    applied the `X-Vault-Index` the request asks for and `X-Vault-Inconsistent` says
+    `forward-active-node`. The sidecar reads what other replicas wrote, whose index it cannot know,
+    so it asks for an index no node has reached: a standby always forwards, and the active node
+    answers from its own, latest state. (A single node, or Vault without read-serving standbys,
+    answers every request itself: the headers change nothing there.)"""
+    session = client.session
+    if "X-Vault-Index" in session.headers:
+        return
+    cluster = _CLUSTERS.get(addr)
+    if cluster is None:
+        try:
+            with _vault("Vault health"):
+                health = client.sys.read_health_status(method="GET", standby_ok=True)
+        except SidecarError:
+            return  # unreachable now: the next call asks again
+        if not isinstance(health, dict) or not health.get("cluster_id"):
+            return
+        cluster = _CLUSTERS.setdefault(addr, str(health["cluster_id"]))
+    index = json.dumps({"cluster": cluster, "value": UNREACHED_INDEX}).encode()
+    session.headers["X-Vault-Index"] = base64.b64encode(index).decode()
+    session.headers["X-Vault-Inconsistent"] = "forward-active-node"
+
+
 class Login:
     """The sidecar's own Vault identity, by SIDECAR_VAULT_AUTH: a token (or a token file that an agent
     keeps fresh), AppRole, or Kubernetes. It renews its token once two thirds of the TTL have passed,
@@ -140,32 +180,41 @@ class Login:
         return self._token
 
     def _login(self) -> None:
-        s, method = self._settings, self._settings.vault_auth
-        with _vault(f"the sidecar's {method} login"):
-            if method == "approle":
-                auth = self._client.auth.approle.login(
-                    role_id=_secret(s.approle_role_id, s.approle_role_id_file),
-                    secret_id=_secret(s.approle_secret_id, s.approle_secret_id_file),
-                    mount_point=s.approle_mount,
-                    use_token=False,
-                )["auth"]
-            elif method == "kubernetes":
-                auth = self._client.auth.kubernetes.login(
-                    role=s.kubernetes_role,
-                    jwt=_secret(None, s.kubernetes_token_file),
-                    mount_point=s.kubernetes_mount,
-                    use_token=False,
-                )["auth"]
-            else:
-                # An explicit token file (kept fresh by an agent) wins over VAULT_TOKEN and ~/.vault-token.
-                token = _secret(None, s.vault_token_file) if s.vault_token_file else _secret(s.vault_token, None)
-                self._client.token = token
-                data = self._client.auth.token.lookup_self()["data"]
-                auth = {"client_token": token, "lease_duration": data.get("ttl") or 0}
+        method = self._settings.vault_auth
+        _follow_active(self._client, self._settings.vault_addr)
+        try:
+            with _vault(f"the sidecar's {method} login"):
+                auth = self._authenticate()
+        except Forbidden:
+            # Vault answers 403 when it refuses the credential itself (a service-account JWT that Kubernetes
+            # rejects, a revoked token): the sidecar is not authenticated; no policy denied it a right.
+            raise Unauthorized(f"Vault refused the sidecar's {method} login; check its role and credential") from None
         self._token = auth["client_token"]
         self._schedule(auth["lease_duration"])
         self.logins += 1
         log.info("logged in to Vault by %s (token TTL %ss)", method, auth["lease_duration"] or "unlimited")
+
+    def _authenticate(self) -> dict[str, Any]:
+        s = self._settings
+        if s.vault_auth == "approle":
+            return self._client.auth.approle.login(
+                role_id=_secret(s.approle_role_id, s.approle_role_id_file),
+                secret_id=_secret(s.approle_secret_id, s.approle_secret_id_file),
+                mount_point=s.approle_mount,
+                use_token=False,
+            )["auth"]
+        if s.vault_auth == "kubernetes":
+            return self._client.auth.kubernetes.login(
+                role=s.kubernetes_role,
+                jwt=_secret(None, s.kubernetes_token_file),
+                mount_point=s.kubernetes_mount,
+                use_token=False,
+            )["auth"]
+        # An explicit token file (kept fresh by an agent) wins over VAULT_TOKEN and ~/.vault-token.
+        token = _secret(None, s.vault_token_file) if s.vault_token_file else _secret(s.vault_token, None)
+        self._client.token = token
+        data = self._client.auth.token.lookup_self()["data"]
+        return {"client_token": token, "lease_duration": data.get("ttl") or 0}
 
     def _schedule(self, ttl: int) -> None:
         """Renew (or, if it cannot be renewed, log in again) after two thirds of the TTL."""
@@ -207,11 +256,13 @@ class Store:
         token: str | None,
         session: requests.Session | None = None,
         login: Login | None = None,
+        patience: float = PATIENCE,
     ) -> None:
         self._settings = settings
         self._client = _client(settings, token, session)
         self._kv = self._client.secrets.kv.v2
         self._login = login
+        self._patience = patience
 
     @classmethod
     def own(cls, settings: Settings, session: requests.Session | None = None) -> Store:
@@ -222,8 +273,23 @@ class Store:
         return f"Store(vault_addr={self._settings.vault_addr!r})"
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
-        """One Vault call. With the sidecar's own identity, a token Vault no longer accepts is
-        replaced by a new login and the call made once more."""
+        """One Vault call, retried with backoff while Vault is unavailable (down, sealed, electing a
+        leader) for up to `patience` seconds; then `VaultUnavailable`."""
+        deadline = time.monotonic() + self._patience
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return self._once(what, call)
+            except VaultUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - spreads retries; nothing secret
+            delay = min(delay * 2, RETRY_MAX)
+
+    def _once(self, what: str, call: Callable[[], T]) -> T:
+        """One attempt. With the sidecar's own identity, a token Vault no longer accepts is replaced by
+        a new login (a new leader may not know it) and the call made once more."""
+        _follow_active(self._client, self._settings.vault_addr)
         if self._login is None:
             try:
                 with _vault(what):
@@ -311,14 +377,36 @@ class Store:
         )
         return Versioned(data=resp["data"]["data"] or {}, version=resp["data"]["metadata"]["version"])
 
-    def _write(self, path: str, what: str, data: dict[str, Any], cas: int | None) -> int:
-        resp = self._call(
-            what,
-            lambda: self._kv.create_or_update_secret(
+    def _write(self, path: str, what: str, data: dict[str, Any], cas: int | None, capped: bool = False) -> int:
+        """Write `data`; `capped`: a record whose history is cut to MAX_VERSIONS when it is created."""
+        attempts = 0
+
+        def send() -> dict[str, Any]:
+            nonlocal attempts
+            attempts += 1
+            return self._kv.create_or_update_secret(
                 path=path, secret=data, cas=cas, mount_point=self._settings.kv_mount
-            ),
-        )
-        return int(resp["data"]["version"])
+            )
+
+        try:
+            version = int(self._call(what, send)["data"]["version"])
+        except Conflict:
+            # A retry after a lost answer meets the version its own first attempt wrote: that is ours.
+            mine = self._holding(path, what, data) if attempts > 1 else None
+            if mine is None:
+                raise
+            version = mine
+        if capped and (version == 1 or (attempts > 1 and version == 2)):
+            self._cap_history(path)
+        return version
+
+    def _holding(self, path: str, what: str, data: dict[str, Any]) -> int | None:
+        """The version at `path` if it holds exactly `data` (as JSON sees it), else None."""
+        try:
+            current = self._read(path, what)
+        except NotFound:
+            return None
+        return current.version if current.data == json.loads(json.dumps(data)) else None
 
     def _delete(self, path: str, what: str) -> None:
         self._call(
@@ -331,9 +419,8 @@ class Store:
         return self._read(self.view_path(environment, name), f"secret {name!r} in {environment!r}").data
 
     def write_view(self, environment: str, grant: Grant) -> None:
-        path = self.view_path(environment, grant.name)
-        if self._write(path, f"secret {grant.name!r} in {environment!r}", grant.view(), None) == 1:
-            self._cap_history(path)
+        self._write(self.view_path(environment, grant.name), f"secret {grant.name!r} in {environment!r}",
+                    grant.view(), None, capped=True)  # fmt: skip
 
     def delete_view(self, environment: str, name: str) -> None:
         self._delete(self.view_path(environment, name), f"secret {name!r} in {environment!r}")
@@ -344,10 +431,9 @@ class Store:
         return Grant.from_record(name, self.read("grants", name).data)
 
     def put_grant(self, grant: Grant, cas: int | None = None) -> int:
-        version = self.write("grants", grant.name, grant.to_record(), cas)
-        if version == 1:
-            self._cap_history(self.path("grants", grant.name))
-        return version
+        return self._write(
+            self.path("grants", grant.name), f"secret {grant.name!r}", grant.to_record(), cas, capped=True
+        )
 
     def _cap_history(self, path: str) -> None:
         """Keep one version: an old refresh token, access token or client secret must not linger
@@ -373,10 +459,8 @@ class Store:
 
     def put_provider(self, provider: Provider) -> int:
         """Create or replace; returns the new version (1 when created)."""
-        version = self.write("providers", provider.name, provider.to_record())
-        if version == 1:
-            self._cap_history(self.path("providers", provider.name))
-        return version
+        path = self.path("providers", provider.name)
+        return self._write(path, f"provider {provider.name!r}", provider.to_record(), None, capped=True)
 
     def delete_provider(self, name: str) -> None:
         self.read("providers", name)  # 404 for a provider that does not exist
@@ -418,8 +502,8 @@ class Store:
         if self._login is None:  # a caller's token: one lookup tells
             self.whoami()
             return
-        try:  # the sidecar's own: `_call` logs in again if Vault no longer accepts it
-            self._call("the token", self._client.auth.token.lookup_self)
+        try:  # the sidecar's own: `_once` logs in again if Vault no longer accepts it
+            self._once("the token", self._client.auth.token.lookup_self)
         except Forbidden:
             raise Unauthorized("the Vault token is missing or not valid") from None
 

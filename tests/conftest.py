@@ -30,7 +30,9 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 
+from .cluster import Cluster
 from .faults import DurableVault, FaultProxy
+from .kubernetes import TokenReviewAPI
 
 CLIENT_SECRET = "cs-7f3a9c1e-never-show-me"
 
@@ -116,6 +118,22 @@ def bao_kv_get(vault: DevVault, token: str, path: str) -> subprocess.CompletedPr
     )
 
 
+@pytest.fixture
+def kubernetes_api(vault: DevVault, tokens: DevTokens, root: hvac.Client) -> Iterator[TokenReviewAPI]:
+    """A TokenReview stand-in (tests/kubernetes.py) behind OpenBao's built-in `kubernetes` auth method,
+    enabled and pointed at it, with the sidecar's policies loaded (`tokens`) for its roles to grant.
+    If OpenBao lacks the method, enabling it fails the test (never skips it)."""
+    with TokenReviewAPI() as api:
+        if "kubernetes/" not in root.sys.list_auth_methods():
+            root.sys.enable_auth_method("kubernetes")
+        # Outside a pod there is no local CA or reviewer JWT to fall back on, so disable_local_ca_jwt; OpenBao
+        # then insists on a CA, which plain HTTP never uses (it logs that the placeholder holds no certificate).
+        root.write(
+            "auth/kubernetes/config", kubernetes_host=api.url, disable_local_ca_jwt=True, kubernetes_ca_cert="unused"
+        )
+        yield api
+
+
 # -- the OAuth provider: oauth2-mock-server, made strict (tests/oauth-provider/server.js) -----------
 
 PROVIDER_DIR = Path(__file__).parent / "oauth-provider"
@@ -192,17 +210,26 @@ class LiveSidecar:
     settings: Settings
 
 
+@contextmanager
+def serving(settings: Settings, port: int) -> Iterator[str]:
+    """The sidecar's web app on a loopback port for the duration of the block; yields its URL."""
+    server = make_server("127.0.0.1", port, create_app(settings), threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+
+
 @pytest.fixture(scope="session")
 def live(vault: DevVault, tokens: DevTokens) -> Iterator[LiveSidecar]:
     port = free_port()
     settings = Settings.from_env(
         {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": tokens.sidecar, "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     )
-    server = make_server("127.0.0.1", port, create_app(settings), threaded=True, request_handler=QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield LiveSidecar(settings.public_url, settings)
-    server.shutdown()
+    with serving(settings, port):
+        yield LiveSidecar(settings.public_url, settings)
 
 
 def sidecar_log(caplog: pytest.LogCaptureFixture) -> str:
@@ -384,6 +411,40 @@ def durable(durable_server: DurableVault, durable_tokens: DevTokens) -> Iterator
     client = hvac.Client(url=durable_server.addr, token=durable_server.root_token)
     for path in vault_tree(client):
         client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+
+
+@pytest.fixture(scope="session")
+def cluster_server() -> Iterator[Cluster]:
+    """Three OpenBao nodes with Raft storage behind a load balancer (tests/cluster.py)."""
+    server = Cluster().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_tokens(cluster_server: Cluster) -> DevTokens:
+    return bootstrap(cluster_server, Settings())  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def cluster(cluster_server: Cluster, cluster_tokens: DevTokens) -> Iterator[Cluster]:
+    """The cluster, every node running, unsealed and reachable at the start of the test; its KV mount
+    wiped after."""
+    _heal(cluster_server)
+    yield cluster_server
+    _heal(cluster_server)
+    client = hvac.Client(url=cluster_server.addr, token=cluster_server.root_token)
+    for path in vault_tree(client):
+        client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
+
+
+def _heal(cluster: Cluster) -> None:
+    for node in cluster.nodes:
+        cluster.balancer.rejoin(node)
+        if not node.running:
+            cluster.revive(node)
+        cluster.unseal(node)
+    cluster.wait_healthy()
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+import threading
 import time
 
 import pytest
@@ -6,9 +7,11 @@ from sidecar.config import Settings
 from sidecar.devvault import free_port
 from sidecar.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized, VaultUnavailable
 from sidecar.models import Provider
+from sidecar.refresher import Refresher
 from sidecar.store import Store, retrying
 
-from .conftest import provider_body, vault_tree
+from .conftest import fast_settings, grant_record, provider_body, running, vault_tree, wait_for
+from .kubernetes import AUDIENCE, Review, ServiceAccount, TokenReviewAPI, fingerprint, service_account_jwt
 
 
 def test_check_and_set_writes(store, root):
@@ -64,9 +67,44 @@ def test_vault_errors_map_to_our_own(settings, tokens, root):
         Store(settings, None).check_token()
     down = Settings.from_env({"VAULT_ADDR": f"http://127.0.0.1:{free_port()}", "VAULT_TOKEN": "x"})
     with pytest.raises(VaultUnavailable):
-        Store(down, "x").read("providers", "google")
+        Store(down, "x", patience=0.5).read("providers", "google")
     with pytest.raises(VaultUnavailable):
         Store(down, "x").check_ready()
+
+
+def test_a_call_rides_out_unavailability_for_its_patience(vault, tokens, store, fault_proxies):
+    """An election or a restart: the call waits and succeeds; past its patience it says so."""
+    store.write("grants", "sheets", {"n": 1})
+    proxy = fault_proxies(vault.addr)
+    via = Settings.from_env({"VAULT_ADDR": proxy.addr})
+    proxy.refuse()
+    threading.Timer(2.0, proxy.restore).start()
+    started = time.monotonic()
+    assert Store(via, tokens.sidecar).read("grants", "sheets").data == {"n": 1}
+    assert time.monotonic() - started >= 1.5
+    proxy.add("answer", times=None, status=503, body=b'{"errors":["Vault is sealed"]}')
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailable):
+        Store(via, tokens.sidecar, patience=1.0).read("grants", "sheets")
+    assert 0.5 <= time.monotonic() - started < 5
+    assert len(proxy.faults_seen("answer")) >= 3  # retried with backoff, not once
+
+
+def test_a_write_whose_answer_was_lost_is_recognised_as_our_own(vault, settings, tokens, fault_proxies):
+    """Vault applied the write, the answer never came: the retry meets our own version, not a rival's."""
+    store = Store(settings, tokens.sidecar)
+    proxy = fault_proxies(vault.addr)
+    mine = Store(Settings.from_env({"VAULT_ADDR": proxy.addr}), tokens.sidecar)
+    proxy.add("drop", method="POST", path="pending/created")
+    assert mine.write("pending", "created", {"n": 1}, cas=0) == 1
+    proxy.add("drop", method="POST", path="pending/created")
+    assert mine.write("pending", "created", {"n": 2}, cas=1) == 2
+    assert len(proxy.faults_seen("drop")) == 2
+    assert store.read("pending", "created").data == {"n": 2}
+    # A conflict with someone else's write is still a conflict.
+    store.write("pending", "created", {"n": 3})
+    with pytest.raises(Conflict):
+        mine.write("pending", "created", {"n": 4}, cas=2)
 
 
 def test_repr_shows_no_token(settings, tokens):
@@ -143,3 +181,87 @@ def test_missing_login_credentials_are_a_clear_error(vault, tmp_path):
     store = own_store(vault, VAULT_TOKEN_FILE=str(tmp_path / "absent"))
     with pytest.raises(Unauthorized, match="cannot read the credential file"):
         store.names("grants")
+
+
+# -- the sidecar's Kubernetes login, against OpenBao's kubernetes auth and a TokenReview stand-in ---------
+
+SIDECAR_ACCOUNT = ServiceAccount(namespace="oauth", name="oauth-sidecar")
+
+
+def kubernetes_role(root, api: TokenReviewAPI, tmp_path, **token: str) -> dict[str, str]:
+    """The sidecar's role, bound to its service account, and its projected token file: the sidecar's env."""
+    root.write(
+        "auth/kubernetes/role/oauth-sidecar",
+        bound_service_account_names=SIDECAR_ACCOUNT.name,
+        bound_service_account_namespaces=SIDECAR_ACCOUNT.namespace,
+        audience=AUDIENCE,
+        token_policies="oauth-sidecar",
+        **token,
+    )
+    token_file = tmp_path / "token"
+    token_file.write_text(api.issue(SIDECAR_ACCOUNT))
+    return {
+        "SIDECAR_VAULT_AUTH": "kubernetes",
+        "SIDECAR_KUBERNETES_ROLE": "oauth-sidecar",
+        "SIDECAR_KUBERNETES_TOKEN_FILE": str(token_file),
+    }
+
+
+def test_a_kubernetes_sidecar_logs_in_with_its_service_account_token(vault, root, kubernetes_api, tmp_path):
+    env = kubernetes_role(root, kubernetes_api, tmp_path)
+    store = own_store(vault, **env)
+    assert store.write("grants", "sheets", {"n": 1}) == 1
+    assert store.read("grants", "sheets").data == {"n": 1}
+    with pytest.raises(Forbidden):
+        store.write("providers", "nope", {"x": 1})  # the sidecar's policy, not root's
+    jwt = (tmp_path / "token").read_text()
+    assert kubernetes_api.reviews == [Review(fingerprint(jwt), (AUDIENCE,), True)]
+    meta = root.auth.token.lookup(store._client.token)["data"]["meta"]
+    assert (meta["service_account_namespace"], meta["service_account_name"]) == ("oauth", "oauth-sidecar")
+
+
+def test_a_service_account_token_kubernetes_rejects_is_unauthorized(vault, root, kubernetes_api, tmp_path, caplog):
+    env = kubernetes_role(root, kubernetes_api, tmp_path)
+    forged = service_account_jwt(SIDECAR_ACCOUNT)  # well formed, but Kubernetes never issued it
+    (tmp_path / "token").write_text(forged)
+    with pytest.raises(Unauthorized, match="kubernetes login") as refused:
+        own_store(vault, **env).names("grants")
+    assert kubernetes_api.reviews == [Review(fingerprint(forged), (AUDIENCE,), False)]
+    assert forged not in str(refused.value) and forged not in caplog.text
+
+
+def test_a_kubernetes_sidecar_keeps_refreshing_across_its_token_ttls(
+    connect, vault, root, oauth, kubernetes_api, tmp_path
+):
+    env = kubernetes_role(root, kubernetes_api, tmp_path, token_ttl="2s", token_max_ttl="4s")
+    settings = fast_settings(vault, "", **env)
+    store = Store.own(settings)
+    refresher = Refresher(settings, store)
+    seen = [connect(ttl=3)["last_refreshed_at"]]
+
+    def refreshed() -> str | None:
+        record = grant_record(root, "sheets")
+        return record["last_refreshed_at"] if record["last_refreshed_at"] != seen[-1] else None
+
+    with running(refresher):
+        for _ in range(4):  # four refreshes: about six seconds, several of the sidecar's token TTLs
+            seen.append(wait_for(refreshed, timeout=15))
+    refresher.shutdown()
+    assert store._login.logins >= 2
+    # Every login and every renewal (OpenBao reviews the JWT again then) showed the projected token, accepted.
+    assert set(kubernetes_api.reviews) == {Review(fingerprint((tmp_path / "token").read_text()), (AUDIENCE,), True)}
+    assert oauth.accepts(grant_record(root, "sheets")["access_token"])
+
+
+def test_a_rotated_service_account_token_is_used_at_the_next_login(vault, root, kubernetes_api, tmp_path):
+    env = kubernetes_role(root, kubernetes_api, tmp_path, token_ttl="2s", token_max_ttl="1h")
+    store = own_store(vault, **env)
+    store.check_token()
+    token_file = tmp_path / "token"
+    old = token_file.read_text()
+    token_file.write_text(new := kubernetes_api.issue(SIDECAR_ACCOUNT))  # the kubelet rotates the projected token
+    kubernetes_api.revoke(old)
+    # OpenBao reviews the JWT again when the sidecar renews its token: refused, so the sidecar logs in again.
+    wait_for(lambda: store.names("grants") == [] and store._login.logins == 2, timeout=10)
+    old_review, new_review = Review(fingerprint(old), (AUDIENCE,), False), Review(fingerprint(new), (AUDIENCE,), True)
+    assert kubernetes_api.reviews[-2:] == [old_review, new_review]
