@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .models import Grant, Provider, TokenSet, check_environments, check_name, parse_scopes
-from .store import Store, retrying
+from .store import Store
 
 # How a secret is obtained; "authorization_code" goes through a browser login (see logins.py).
 GRANT_TYPES = ("authorization_code", "client_credentials", "refresh_token", "device_code")
@@ -159,7 +158,8 @@ def connected(
     login_id: str = "",
 ) -> Grant:
     """Store tokens just obtained as a fresh, active grant. If it replaces a grant whose failure was
-    announced, the refresher announces the recovery (a callback never waits for a webhook)."""
+    announced, the refresher announces the recovery (a callback never waits for a webhook). Each
+    Vault call rides out unavailability for the store's patience (`Store.within`)."""
     try:
         before: Grant | None = store.get_grant(name)
     except NotFound:
@@ -178,9 +178,9 @@ def connected(
         notified=announced,
         failing_since=before.failing_since if before and announced else None,
     )
-    retrying(partial(store.put_grant, grant))
+    store.put_grant(grant)
     for env in grant.environments:
-        retrying(partial(store.write_view, env, grant))
+        store.write_view(env, grant)
     for env in before.environments if before else ():
         if env not in grant.environments:
             store.delete_view(env, grant.name)

@@ -1,7 +1,8 @@
 """Connecting a secret: start a login, bind it to one browser, finish it at the callback.
 
 Everything about a login in flight lives in Vault (`pending/<id>`), so any replica can
-finish a login that another one started.
+finish a login that another one started. Only a login's tokens, once redeemed, live in the
+memory of the replica that redeemed them, until they are stored (`save_meanwhile`).
 """
 
 from __future__ import annotations
@@ -9,11 +10,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
+import threading
+import time
 from collections.abc import Callable, Mapping
+from concurrent import futures
+from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,13 +29,19 @@ from . import approvals, oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .grants import connected, may_store, provider_for, wanted_scopes
-from .models import Grant, Identity, Provider, check_environments, check_name, parse_rfc3339, rfc3339
+from .models import Grant, Identity, Provider, TokenSet, check_environments, check_name, parse_rfc3339, rfc3339
 from .store import Store, Versioned
 
 log = logging.getLogger(__name__)
 LOGIN_TTL = timedelta(minutes=10)
 MAX_STATE_LENGTH = 512
 MAX_CODE_LENGTH = 4096  # real codes are far shorter; anything longer is not sent on to the provider
+# Redeemed tokens cannot be got again: from the callback's consumption of the login, they are kept
+# (in memory) and their save retried through Vault unavailability this long, longer than an election.
+LOGIN_KEEP = 120.0
+LOGIN_WAIT = 5.0  # seconds the callback waits for the save before it answers "being saved"
+_LOGIN_ID = re.compile(r"[0-9a-f]{32}")  # what `login_id` makes
+Audited = Callable[[], AbstractContextManager[None]]  # a block whose outcome goes to the audit trail
 
 
 class LoginRefused(SidecarError):
@@ -138,19 +152,56 @@ class LoginState(StrEnum):
 
 
 def state(store: Store, name: str, lid: str) -> LoginState:
-    """How the login `lid` of secret `name` stands, read with the sidecar's own token."""
-    try:
-        pending: Versioned | None = store.read("pending", lid)
-    except (NotFound, Invalid):
-        pending = None
-    if pending and pending.data.get("name") == name:
-        return LoginState.WAITING  # or consumed: its code is being redeemed
+    """How the login `lid` of secret `name` stands, read with the sidecar's own token. A login whose
+    tokens are being stored is still WAITING: `secrets connect` takes any other state for an end."""
+    pending = _pending(store, lid)
+    if pending and pending.data.get("name") == name and not pending.data.get("consumed_at"):
+        return LoginState.WAITING  # for its callback
+    if _being_saved(pending, name):
+        return LoginState.WAITING  # its code is being redeemed, or its tokens stored
     try:
         if store.get_grant(name).login_id == lid:
             return LoginState.CONNECTED
     except NotFound:
         pass
     return LoginState.ENDED
+
+
+def saving(store: Store, name: str, lid: str) -> Grant | None:
+    """How the save of login `lid` for `name` stands, for the page that waits on it: None while its
+    consumed record is there (the save is still going on), then the grant, once stored with this
+    login's tokens. `NotFound` if neither: unknown, or ended without storing them. It reads only
+    Vault, so any replica can answer; `VaultUnavailable` when Vault cannot tell now."""
+    try:
+        check_name(name, "name")  # the page shows it: only a real name, never arbitrary text
+    except Invalid:
+        raise NotFound("unknown login") from None
+    if not _LOGIN_ID.fullmatch(lid):
+        raise NotFound("unknown login")
+    if _being_saved(_pending(store, lid), name):
+        return None
+    try:
+        grant = store.get_grant(name)
+    except NotFound:
+        grant = None
+    if grant is None or grant.login_id != lid:
+        raise NotFound("unknown login")
+    return grant
+
+
+def _pending(store: Store, lid: str) -> Versioned | None:
+    try:
+        return store.read("pending", lid)
+    except (NotFound, Invalid):
+        return None
+
+
+def _being_saved(pending: Versioned | None, name: str) -> bool:
+    """The login was consumed and its tokens may still be being stored: the record stays until the
+    save ends, and expires LOGIN_KEEP after the consumption (a replica may die while saving)."""
+    if pending is None or pending.data.get("name") != name or not pending.data.get("consumed_at"):
+        return False
+    return _seconds_left(pending.data) > 0
 
 
 @dataclass(frozen=True)
@@ -184,14 +235,28 @@ def match(store: Store, args: Mapping[str, str]) -> Callback:
         raise LoginRefused("This login is unknown, expired or already finished. Start the connection again.") from None
 
 
+@dataclass(frozen=True)
+class Redeemed:
+    """A login whose code the provider has redeemed: its tokens, in memory only (never in a repr, a
+    log or a page) until `save` stores them, trying until `keep_until` (time.monotonic)."""
+
+    lid: str
+    name: str
+    environments: tuple[str, ...]
+    provider: Provider = field(repr=False)
+    tokens: TokenSet = field(repr=False)
+    keep_until: float
+
+
 def finish(
     store: Store,
     settings: Settings,
     callback: Callback,
     args: Mapping[str, str],
     cookie_for: Callable[[str], str | None],
-) -> Grant:
-    """The callback: refuse anything doubtful before a token request, redeem the code once, store the tokens."""
+) -> Redeemed:
+    """The callback: refuse anything doubtful before a token request, redeem the code once. The
+    tokens are stored by `save` (through a `Saver`), which deletes the login in flight after."""
     lid, state, pending = callback.lid, callback.state, callback.pending
     data = pending.data
     if data.get("consumed_at") or not _same(str(data.get("state", "")), state):
@@ -203,11 +268,69 @@ def finish(
         raise LoginRefused("This login was started in another browser. Finish it in the browser that opened the link.")
     provider = _check_record(store, settings, data)
     _check_issuer(data, args.get("iss"))
-    _consume(store, lid, pending.version, data)
+    keep_until = _consume(store, lid, pending.version, data)
     try:
-        return _redeem(store, settings, provider, data, args, lid)
+        tokens = _redeem(settings, provider, data, args)
+    except BaseException:
+        _forget(store.within(0), lid)  # no tokens: the login ends here, and its page should not wait on Vault
+        raise
+    envs = tuple(data["environments"])
+    return Redeemed(lid, str(data["name"]), envs, provider, tokens, keep_until)
+
+
+def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
+    """Store a redeemed login's grant and views, retrying while Vault is only unavailable, until
+    `keep_until`; any other error (a denial, a conflict) ends it at once. Then the login in flight
+    is deleted: while it is there, the waiting page says "being saved"."""
+    patient = store.within(max(0.0, redeemed.keep_until - time.monotonic()))
+    try:
+        return connected(
+            patient, settings, redeemed.name, redeemed.provider, redeemed.environments, redeemed.tokens,
+            "authorization_code", login_id=redeemed.lid,
+        )  # fmt: skip
     finally:
+        _forget(patient, redeemed.lid)
+
+
+def _forget(store: Store, lid: str) -> None:
+    """Delete a finished login in flight. One Vault will not delete now is left to the sweep: it
+    expires LOGIN_KEEP after its consumption, and an error here must not hide the login's outcome."""
+    try:
         store.delete("pending", lid)
+    except SidecarError as exc:
+        log.warning("a finished login in flight was left for the sweep to delete: %s", exc.message)
+
+
+def save_meanwhile(store: Store, settings: Settings, redeemed: Redeemed, wait: float, audited: Audited) -> Grant | None:
+    """`save` in a daemon thread of its own, so that a callback need not hold the browser through a
+    Vault outage: the grant if stored within `wait` seconds (its error, if it failed by then), else
+    None while the save goes on. The save runs inside `audited`, so its outcome is recorded once,
+    when it ends. The tokens are only in that thread's memory: a process that stops loses them."""
+    done: Future[Grant] = Future()
+
+    def run() -> None:
+        try:
+            with audited():
+                done.set_result(save(store, settings, redeemed))
+        except Exception as exc:  # to the waiting callback, or to `_report` once it has answered
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="login-save", daemon=True).start()
+    if not futures.wait([done], timeout=wait).done:
+        done.add_done_callback(partial(_report, redeemed.name))
+        return None
+    return done.result()
+
+
+def _report(name: str, done: Future[Grant]) -> None:
+    """How a save that outlived its callback ended: nobody else is there to say so."""
+    exc = done.exception()
+    if exc is None:
+        log.info("stored the tokens of a login for %s after its callback had answered", name)
+    elif isinstance(exc, SidecarError):
+        log.error("the tokens of a login for %s were not stored: %s", name, exc.message)
+    else:
+        log.error("the tokens of a login for %s were not stored", name, exc_info=exc)
 
 
 def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> Provider:
@@ -250,19 +373,21 @@ def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:
         raise LoginRefused("The provider always identifies itself (iss), but this answer does not.")
 
 
-def _consume(store: Store, lid: str, version: int, data: Mapping[str, Any]) -> None:
+def _consume(store: Store, lid: str, version: int, data: Mapping[str, Any]) -> float:
     """Single use: of any number of concurrent callbacks, exactly one wins this check-and-set.
-    The name and expiry stay, for `state` and the sweep."""
-    kept = {"consumed_at": rfc3339(datetime.now(UTC)), "name": data["name"], "expires_at": data["expires_at"]}
+    The name stays, for `state` and `saving`, and a new expiry, LOGIN_KEEP on, for the sweep: the
+    record marks a save in progress until then. Returns that end as time.monotonic."""
+    now, keep_until = datetime.now(UTC), time.monotonic() + LOGIN_KEEP
+    expires_at = rfc3339(now + timedelta(seconds=LOGIN_KEEP))
+    kept = {"consumed_at": rfc3339(now), "name": data["name"], "expires_at": expires_at}
     try:
         store.write("pending", lid, kept, cas=version)
     except Conflict:
         raise LoginRefused("This login was already finished. Start the connection again.") from None
+    return keep_until
 
 
-def _redeem(
-    store: Store, settings: Settings, provider: Provider, data: Mapping[str, Any], args: Mapping[str, str], lid: str
-) -> Grant:
+def _redeem(settings: Settings, provider: Provider, data: Mapping[str, Any], args: Mapping[str, str]) -> TokenSet:
     if "error" in args:
         detail = _printable(args.get("error_description", ""))
         error = _printable(args["error"]) or "an error"
@@ -271,15 +396,13 @@ def _redeem(
     if not code or len(code) > MAX_CODE_LENGTH or not (code.isascii() and code.isprintable()):
         raise LoginRefused("The provider's answer carries no valid authorization code.")
     try:
-        tokens = oauth.exchange_code(
+        return oauth.exchange_code(
             provider, code, str(data["code_verifier"]) or None, settings.redirect_uri, tuple(data["scopes"])
         )
     except OAuthPermanent as exc:  # the code (the browser's input) is refused: a 400, like other bad input
         raise LoginRefused(f"The provider did not issue tokens: {exc.message}") from None
     except OAuthTransient as exc:
         raise LoginFailed(f"The provider did not issue tokens: {exc.message}") from None
-    envs = tuple(data["environments"])
-    return connected(store, settings, str(data["name"]), provider, envs, tokens, "authorization_code", login_id=lid)
 
 
 def _same(a: str, b: str) -> bool:

@@ -30,7 +30,7 @@ from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransien
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
 from .models import STATUSES, Grant, Provider, TokenSet, due_at, rfc3339
 from .notify import Notifier
-from .store import Store, retrying
+from .store import Store
 from .sweep import sweep
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ BACKOFF_MAX = 600.0
 ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault down, say) is looked at again
 RETRY_WRITE_MAX_DELAY = 5.0
 NOT_EXTENDED_WAIT = 30.0  # seconds between refreshes that keep answering an expiry already past
+# Seconds a failure's status keeps trying to reach the views: the claim is released after it.
+BRIEF_PATIENCE = 3.0
 SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
 SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and UI sessions
 # Answers that mean the refresh token itself is dead: a person must log in again.
@@ -88,6 +90,7 @@ class Refresher:
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = now_utc) -> None:
         self.settings = settings
         self.store = store
+        self._brief = store.within(BRIEF_PATIENCE)
         self.notifier = Notifier(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._clock = clock
@@ -506,20 +509,21 @@ class Refresher:
         the next environment's) is made only while the grant still holds these tokens: a newer
         refresh may have replaced them meanwhile, its own writer writes the views, and a late write
         of ours would put older tokens back. `patient`: retry as long as Vault is only unavailable
-        (new tokens); else a few times (a failure's status)."""
+        (new tokens); else for BRIEF_PATIENCE (a failure's status, written under the claim)."""
+        store = self.store if patient else self._brief
         delayed = False
         for env in grant.environments:
             if not delayed:
                 try:
-                    self.store.write_view(env, grant)
+                    store.write_view(env, grant)
                     continue
                 except VaultUnavailable:
                     delayed = True
-            again = partial(self._write_view_if_current, env, grant)
+            again = partial(self._write_view_if_current, store, env, grant)
             if patient:
                 self._until_stored(again, grant.name)
             else:
-                retrying(again)
+                again()
 
     def _views_while_claimed(self, grant: Grant) -> None:
         """A failure's status into the views, written before the grant write that releases the claim:
@@ -529,13 +533,13 @@ class Refresher:
         except VaultUnavailable as exc:
             log.warning("could not show the status of %s in its views: %s", grant.name, exc.message)
 
-    def _write_view_if_current(self, env: str, grant: Grant) -> None:
+    def _write_view_if_current(self, store: Store, env: str, grant: Grant) -> None:
         try:
-            current = self.store.get_grant(grant.name)
+            current = store.get_grant(grant.name)
         except NotFound:
             return
         if current.tokens == grant.tokens:
-            self.store.write_view(env, grant)
+            store.write_view(env, grant)
         else:
             log.info("view of %s in %s left to the newer refresh that replaced its tokens", grant.name, env)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import logging
 import random
@@ -61,19 +62,6 @@ class Versioned:
     version: int
 
 
-def retrying(call: Callable[[], T], attempts: int = 5, delay: float = 0.2) -> T:
-    """Retry a Vault call through brief unavailability: for writes that must not be lost,
-    such as tokens the provider has just issued and will not issue again."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except VaultUnavailable:
-            if attempt == attempts:
-                raise
-            time.sleep(delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
-
-
 @contextmanager
 def _vault(what: str) -> Iterator[None]:
     """Translate hvac and transport errors into the project's own, once."""
@@ -114,7 +102,7 @@ _CLUSTERS: dict[str, str] = {}  # Vault address -> the id of the cluster behind 
 UNREACHED_INDEX = str(2**63 - 1)
 
 
-def _follow_active(client: hvac.Client, addr: str) -> None:
+def follow_active(client: hvac.Client, addr: str) -> None:
     """Make every request of this client see the active node's latest state.
 
     OpenBao's standbys answer reads from their own copy of the Raft log, which trails the active
@@ -181,7 +169,7 @@ class Login:
 
     def _login(self) -> None:
         method = self._settings.vault_auth
-        _follow_active(self._client, self._settings.vault_addr)
+        follow_active(self._client, self._settings.vault_addr)
         try:
             with _vault(f"the sidecar's {method} login"):
                 auth = self._authenticate()
@@ -269,6 +257,13 @@ class Store:
         """The sidecar's own store: its token comes from SIDECAR_VAULT_AUTH and is kept alive."""
         return cls(settings, None, session, Login(settings))
 
+    def within(self, patience: float) -> Store:
+        """This store (same connection and identity), giving up after `patience` seconds of
+        unavailability: for writes that must not hold a claim or a page for long."""
+        brief = copy.copy(self)
+        brief._patience = patience
+        return brief
+
     def __repr__(self) -> str:
         return f"Store(vault_addr={self._settings.vault_addr!r})"
 
@@ -281,15 +276,16 @@ class Store:
             try:
                 return self._once(what, call)
             except VaultUnavailable:
-                if time.monotonic() + delay > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise
-            time.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - spreads retries; nothing secret
+            time.sleep(min(delay * random.uniform(0.5, 1.0), left))  # noqa: S311 - spreads retries; nothing secret
             delay = min(delay * 2, RETRY_MAX)
 
     def _once(self, what: str, call: Callable[[], T]) -> T:
         """One attempt. With the sidecar's own identity, a token Vault no longer accepts is replaced by
         a new login (a new leader may not know it) and the call made once more."""
-        _follow_active(self._client, self._settings.vault_addr)
+        follow_active(self._client, self._settings.vault_addr)
         if self._login is None:
             try:
                 with _vault(what):

@@ -5,7 +5,6 @@ connection to a live node, as a load balancer or a Kubernetes Service would."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import tempfile
@@ -19,7 +18,7 @@ import requests
 
 from sidecar.devvault import bao_binary, free_port
 
-from .faults import _reset
+from .faults import _reset, stop_process
 
 
 class Node:
@@ -62,15 +61,7 @@ class Node:
         self.wait(lambda health: health is not None)
 
     def stop(self, kill: bool = False) -> None:
-        if not self.running:
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, kill)
 
     def health(self) -> dict[str, Any] | None:
         """`sys/health` as the node sees itself (None: not answering)."""

@@ -3,8 +3,10 @@ if the `bao` binary is missing, they fail (they do not skip)."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -269,6 +271,22 @@ def callback_url(browser: requests.Session, link: str) -> str:
     back = browser.get(to_provider.headers["Location"], allow_redirects=False)
     assert back.status_code == 302
     return back.headers["Location"]
+
+
+def refresh_target(page: str) -> str:
+    """Where a page's meta refresh leads (the "being saved" page of a login)."""
+    found = re.search(r'<meta http-equiv="refresh" content="\d+; url=([^"]+)">', page)
+    assert found, page
+    return html.unescape(found[1])
+
+
+def finish_saving(browser: requests.Session, base: str, page: requests.Response, timeout: float) -> requests.Response:
+    """Follow a login's "being saved" page (202) as a browser would, until it answers otherwise."""
+    deadline = time.monotonic() + timeout
+    while page.status_code == 202 and time.monotonic() < deadline:
+        time.sleep(2)
+        page = browser.get(base + refresh_target(page.text), timeout=60)
+    return page
 
 
 def narrow_token(root, policy: str, rules: dict[str, list[str]]) -> dict[str, str]:

@@ -299,14 +299,7 @@ class DurableVault:
         self.start()
 
     def stop(self, kill: bool = False) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, kill)
 
     def _sys(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         headers = {"X-Vault-Token": self.root_token} if self.root_token else {}
@@ -322,3 +315,15 @@ class DurableVault:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"OpenBao did not become ready in {timeout:.0f}s; its log: {self.log_path}")
+
+
+def stop_process(process: subprocess.Popen | None, kill: bool = False) -> None:
+    """SIGTERM (SIGKILL if `kill`) a server process if it runs, and wait for it; SIGKILL after 15 s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

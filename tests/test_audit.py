@@ -3,20 +3,17 @@ a sidecar over real HTTP writing its audit lines to a file."""
 
 import json
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import hvac
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from sidecar.config import Settings
 from sidecar.devvault import free_port
-from sidecar.web import QuietHandler, create_app
 
-from .conftest import CLIENT_SECRET, grant_record
+from .conftest import CLIENT_SECRET, grant_record, serving
 
 
 @pytest.fixture
@@ -31,10 +28,8 @@ def audited(vault, tokens, oauth, root, tmp_path) -> Iterator[tuple[str, Path]]:
             "SIDECAR_AUDIT_LOG": str(trail),
         }
     )
-    server = make_server("127.0.0.1", port, create_app(settings), threaded=True, request_handler=QuietHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield settings.public_url, trail
-    server.shutdown()
+    with serving(settings, port) as url:
+        yield url, trail
 
 
 def lines(trail: Path) -> list[dict]:

@@ -1,24 +1,49 @@
-"""Vault misbehaving under the refresher, for real: sealed, restarted, slow, answers lost after it
-acted, and the sidecar's own token revoked. Each test checks what a user would notice: the grant,
-the views apps read, what the provider saw (no refresh token redeemed twice), readiness, the log."""
+"""Vault misbehaving under the refresher and under a login, for real: sealed, restarted, slow,
+answers lost after it acted, and the sidecar's own token revoked. Each test checks what a user
+would notice: the grant, the views apps read, what the provider saw (no refresh token redeemed
+twice), readiness, the pages a browser got, the log."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import hvac
 import pytest
+import requests
+from playwright.sync_api import Page, expect
 
 from sidecar import providers
+from sidecar.config import Settings
+from sidecar.devvault import free_port
 from sidecar.models import parse_rfc3339
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import fast_settings, grant_record, refresher_process, running, seed_grants, sidecar_log, views, wait_for
+from .conftest import (
+    CLIENT_SECRET,
+    callback_url,
+    fast_settings,
+    grant_record,
+    refresh_target,
+    refresher_process,
+    running,
+    seed_grants,
+    serving,
+    sidecar_log,
+    vault_tree,
+    views,
+    wait_for,
+)
+from .faults import FaultProxy
 
 GRANT_PATH = r"^/v1/secret/data/oauth-sidecar/grants/sheets$"  # hvac writes KV v2 with a POST here
 
@@ -177,9 +202,7 @@ def test_a_claim_confirmed_too_late_is_not_used_and_a_sibling_takes_over(
 # -- 4 and 5. Vault acted, but its answer was lost ------------------------------------------------------
 
 
-def test_a_lost_answer_to_the_claim_costs_one_attempt_and_nothing_else(
-    vault, tokens, store, root, oauth, fault_proxies
-):
+def test_a_lost_answer_to_the_claim_is_recognised_as_our_own(vault, tokens, store, root, oauth, fault_proxies):
     register_provider(store, oauth)
     oauth.configure(rotate=True)
     (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3600)
@@ -188,11 +211,10 @@ def test_a_lost_answer_to_the_claim_costs_one_attempt_and_nothing_else(
     settings = fast_settings(vault, tokens.sidecar, VAULT_ADDR=proxy.addr)
     refresher = Refresher(settings, Store(settings, tokens.sidecar))
     with closing(refresher):
-        assert refresher.submit("sheets", force=True).result(timeout=30).result == "error"
-        assert proxy.faults_seen() == [("POST", "/v1/secret/data/oauth-sidecar/grants/sheets", "drop")]
-        assert redemptions(oauth) == []  # not redeemed without a confirmed claim
-        assert grant_record(root, "sheets")["claim_owner"] == refresher.owner  # Vault did apply it
-        assert refresher.refresh_one("sheets", force=True).result == "refreshed"  # its own claim: no wait
+        # The store sends the claim again, meets the version its first attempt wrote, reads it
+        # back, finds its own claim, and the refresh goes ahead: one redemption, no wait.
+        assert refresher.submit("sheets", force=True).result(timeout=30).result == "refreshed"
+    assert proxy.faults_seen() == [("POST", "/v1/secret/data/oauth-sidecar/grants/sheets", "drop")]
     record = served(root, oauth)
     assert record is not None and record["claim_owner"] == ""
     assert [e["status"] for e in redemptions(oauth)] == [200]
@@ -331,3 +353,170 @@ def test_a_late_retry_never_puts_older_tokens_back_into_a_view(vault, tokens, st
         assert failing.result(timeout=15).result == "retrying"
     record = served(root, oauth)
     assert record is not None and record["access_token"] != seeded.tokens.access_token
+
+
+# -- 10. Vault unavailable while a login's tokens are being stored ------------------------------------
+
+SEALED = {"status": 503, "headers": {"Content-Type": "application/json"}, "body": b'{"errors":["Vault is sealed"]}'}
+EXCHANGE_MS = 2000  # the provider holds its answer to the code exchange this long: the outage begins meanwhile
+
+
+@dataclass
+class ProxiedSidecar:
+    url: str
+    proxy: FaultProxy
+    trail: Path  # its audit lines
+
+
+@pytest.fixture
+def proxied(vault, tokens, api, fault_proxies, tmp_path) -> Iterator[ProxiedSidecar]:
+    """A sidecar over HTTP whose Vault is behind a FaultProxy; the test provider is registered (`api`)."""
+    proxy = fault_proxies(vault.addr)
+    port, trail = free_port(), tmp_path / "audit.jsonl"
+    settings = Settings.from_env(
+        {
+            "VAULT_ADDR": proxy.addr,
+            "VAULT_TOKEN": tokens.sidecar,
+            "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "SIDECAR_AUDIT_LOG": str(trail),
+        }
+    )
+    with serving(settings, port) as url:
+        yield ProxiedSidecar(url, proxy, trail)
+
+
+def consumed_login(client: hvac.Client) -> str | None:
+    """The id of a login in flight whose callback has consumed it (its code is then at the provider)."""
+    try:
+        keys = client.secrets.kv.v2.list_secrets(path="oauth-sidecar/pending", mount_point="secret")["data"]["keys"]
+    except hvac.exceptions.InvalidPath:
+        return None
+    for key in keys:
+        try:
+            record = client.secrets.kv.v2.read_secret_version(
+                path=f"oauth-sidecar/pending/{key}", mount_point="secret", raise_on_deleted_version=True
+            )
+        except hvac.exceptions.InvalidPath:
+            continue
+        if record["data"]["data"].get("consumed_at"):
+            return key
+    return None
+
+
+def seal_when_consumed(vault, proxy: FaultProxy) -> float:
+    """Vault behind `proxy` answers 503 "sealed" to everything from the moment a login is consumed:
+    after every check of the callback, while the provider redeems the code (EXCHANGE_MS), before the
+    grant is written. Returns when (time.monotonic)."""
+    client = hvac.Client(url=vault.addr, token=vault.root_token)  # a thread's own, not the fixture's
+    wait_for(lambda: consumed_login(client), timeout=60, every=0.02)
+    proxy.add("answer", times=None, **SEALED)
+    return time.monotonic()
+
+
+def audit_lines(trail: Path, action: str) -> list[dict]:
+    return [line for line in map(json.loads, trail.read_text().splitlines()) if line["action"] == action]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_login_keeps_its_tokens_through_a_minute_of_vault_unavailability(
+    proxied, api, tokens, oauth, root, vault, caplog
+):
+    """An election or a seal right after the provider redeemed the code: Vault is out for 65 s (503
+    "sealed", then no connection at all). The browser is answered within seconds with a page saying
+    the secret is being saved, which it keeps saying while Vault is out and which then shows the
+    secret connected: the provider's tokens, stored with their views, the code redeemed once."""
+    caplog.set_level(logging.DEBUG)
+    body, admin = {"name": "sheets", "provider": "mock"}, {"X-Vault-Token": tokens.admin}
+    started = requests.post(f"{proxied.url}/v1/secrets", json=body, headers=admin, timeout=30)
+    assert started.status_code == 201, started.text
+    link = started.json()["authorization_url"]
+    lid = link.rsplit("/", 1)[1]
+    browser = requests.Session()
+    back = callback_url(browser, link)
+    oauth.next(token={"delayMs": EXCHANGE_MS})
+    with ThreadPoolExecutor(1) as pool:
+        sealing = pool.submit(seal_when_consumed, vault, proxied.proxy)
+        asked = time.monotonic()
+        answer = browser.get(back, timeout=60)
+        answered_in = time.monotonic() - asked
+        out_since = sealing.result(timeout=10)
+    pages = [answer.text]
+    assert answer.status_code == 202, answer.text
+    assert "Saving sheets" in answer.text and "is being saved" in answer.text
+    assert answered_in < 20  # a few seconds past the exchange, not the outage
+    again = refresh_target(answer.text)
+    assert again.startswith("/callback/saved?") and lid in again
+
+    while time.monotonic() - out_since < 60:  # every poll ends before Vault is back
+        if time.monotonic() - out_since > 30:
+            proxied.proxy.refuse()  # the second half: no connection at all, as while no node leads
+        waiting = browser.get(proxied.url + again, timeout=60)
+        pages.append(waiting.text)
+        assert waiting.status_code == 202 and "is being saved" in waiting.text, waiting.text
+        assert api("GET", f"/v1/secrets/sheets/logins/{lid}").json() == {"state": "waiting"}  # another replica
+        time.sleep(2)
+    time.sleep(max(0.0, out_since + 65 - time.monotonic()))
+    assert "oauth-sidecar/grants/sheets" not in vault_tree(root)  # the outage covered the grant write
+    proxied.proxy.calm()
+    proxied.proxy.restore()
+    back_at = datetime.now(UTC)
+
+    def connected_page() -> requests.Response | None:
+        page = browser.get(proxied.url + again, timeout=60)
+        pages.append(page.text)
+        assert page.status_code in (200, 202), page.text
+        return page if page.status_code == 200 else None
+
+    done = wait_for(connected_page, timeout=60, every=2)
+    assert "sheets is connected to mock" in done.text and "secret/oauth/production/sheets" in done.text
+    record = grant_record(root)
+    assert record["login_id"] == lid and record["status"] == "active" and record["refresh_token"]
+    shown = views(root)
+    assert set(shown) == {"development", "production"}
+    assert all(view["access_token"] == record["access_token"] for view in shown.values())
+    assert oauth.accepts(record["access_token"])
+    seen = oauth.log()
+    assert seen["tokenRequests"] == 1
+    assert api("GET", f"/v1/secrets/sheets/logins/{lid}").json() == {"state": "connected"}
+    assert not any(k.startswith("oauth-sidecar/pending/") for k in vault_tree(root))
+    # One audit line, a success, written when the save ended, after Vault came back.
+    (line,) = audit_lines(proxied.trail, "secret.connected")
+    assert (line["target"], line["outcome"]) == ("sheets", "success")
+    assert parse_rfc3339(line["time"]) >= back_at
+    assert not any("Start the connection again" in page or "log in again" in page for page in pages)
+    code = seen["token"][0]["code"]
+    secrets = [record["access_token"], record["refresh_token"], record["id_token"], code, CLIENT_SECRET]
+    for text in (*pages, sidecar_log(caplog), proxied.trail.read_text()):
+        assert not any(secret in text for secret in secrets)
+
+
+def test_a_login_from_the_settings_page_waits_on_the_saving_page_and_ends_with_its_banner(
+    proxied, tokens, oauth, root, vault, page: Page
+):
+    """The settings UI's "Continue", in a real browser, with Vault out for 10 s from just after the
+    code exchange: the saving page, which refreshes itself, then the settings page with its banner."""
+    statuses: list[int] = []
+    page.on("response", lambda response: statuses.append(response.status) if "/callback" in response.url else None)
+    page.goto(f"{proxied.url}/settings")
+    page.get_by_label("Vault token").fill(tokens.admin)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Add OAuth 2.0 provider secret").click()
+    page.get_by_label("Provider").select_option("mock")
+    page.get_by_label("Name").fill("sheets")
+    oauth.next(token={"delayMs": EXCHANGE_MS})
+    with ThreadPoolExecutor(1) as pool:
+        sealing = pool.submit(seal_when_consumed, vault, proxied.proxy)
+        page.get_by_role("button", name="Continue").click()
+        saving = page.get_by_role("heading", name="Saving sheets…")
+        expect(saving).to_be_visible(timeout=30_000)
+        out_since = sealing.result(timeout=30)
+    time.sleep(max(0.0, out_since + 10 - time.monotonic()))
+    assert "oauth-sidecar/grants/sheets" not in vault_tree(root)
+    proxied.proxy.calm()
+    expect(page).to_have_url(f"{proxied.url}/settings", timeout=60_000)
+    expect(page.get_by_role("status")).to_have_text("sheets is connected to mock.")
+    assert statuses[0] == 202 and 303 in statuses  # the saving page, then the way back to the settings
+    record = grant_record(root)
+    assert oauth.accepts(record["access_token"]) and oauth.log()["tokenRequests"] == 1
+    assert views(root)["production"]["access_token"] == record["access_token"]

@@ -8,7 +8,7 @@ from sidecar.devvault import free_port
 from sidecar.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized, VaultUnavailable
 from sidecar.models import Provider
 from sidecar.refresher import Refresher
-from sidecar.store import Store, retrying
+from sidecar.store import Store
 
 from .conftest import fast_settings, grant_record, provider_body, running, vault_tree, wait_for
 from .kubernetes import AUDIENCE, Review, ServiceAccount, TokenReviewAPI, fingerprint, service_account_jwt
@@ -110,20 +110,6 @@ def test_a_write_whose_answer_was_lost_is_recognised_as_our_own(vault, settings,
 def test_repr_shows_no_token(settings, tokens):
     assert tokens.admin not in repr(Store(settings, tokens.admin))
     assert tokens.admin not in repr(tokens)
-
-
-def test_retrying_rides_out_brief_unavailability():
-    calls = []
-
-    def flaky() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise VaultUnavailable("down")
-        return "written"
-
-    assert retrying(flaky, attempts=5, delay=0) == "written" and len(calls) == 3
-    with pytest.raises(VaultUnavailable):
-        retrying(lambda: (_ for _ in ()).throw(VaultUnavailable("still down")), attempts=2, delay=0)
 
 
 @pytest.fixture

@@ -1,21 +1,27 @@
-"""The public login routes: `/login/<id>` binds a browser, `/callback` finishes the login."""
+"""The public login routes: `/login/<id>` binds a browser, `/callback` finishes the login, and
+`/callback/saved` is where the "being saved" page refreshes to while a login's tokens are stored."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
 
 from flask import Blueprint, Response, current_app, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response as BaseResponse
 
 from .. import logins
 from ..audit import Action
-from ..errors import SidecarError
+from ..errors import NotFound, SidecarError, VaultUnavailable
 from ..models import Grant, rfc3339
 from . import runtime
 from .sessions import secure
 
 bp = Blueprint("auth", __name__)
+SAVING_REFRESH = 2  # seconds between two looks of the "being saved" page
 
 
-def _page(status: int, title: str, message: str, grant: Grant | None = None) -> Response:
+def _page(status: int, title: str, message: str, grant: Grant | None = None, refresh: str = "") -> Response:
+    """A login page; with `refresh`, one that reloads itself at that URL every SAVING_REFRESH seconds."""
     settings = runtime(current_app).settings
     paths = [f"{settings.kv_mount}/{settings.prefix}/{env}/{grant.name}" for env in grant.environments] if grant else []
     html = render_template(
@@ -25,6 +31,8 @@ def _page(status: int, title: str, message: str, grant: Grant | None = None) -> 
         grant=grant,
         paths=paths,
         expires_at=rfc3339(grant.tokens.expires_at) if grant else "",
+        refresh=refresh,
+        every=SAVING_REFRESH,
     )
     return Response(html, status=status, mimetype="text/html")
 
@@ -59,19 +67,67 @@ def callback() -> BaseResponse:
         matched = logins.match(rt.own_store, args)
     except logins.LoginRefused as exc:
         return _page(exc.status, "Login refused", exc.message)
+    name = str(matched.pending.data.get("name", ""))
+    audited = partial(rt.audit.audited, Action.CONNECTED, name, matched.started_by)
     try:
-        with rt.audit.audited(Action.CONNECTED, str(matched.pending.data.get("name", "")), matched.started_by):
-            grant = logins.finish(rt.own_store, rt.settings, matched, args, request.cookies.get)
+        grant = _finish(matched, args, audited)
     except SidecarError as exc:
         if matched.to_settings:
             flash(exc.message, "error")
             return redirect(url_for("ui.settings"), code=303)
         title = "Login refused" if isinstance(exc, logins.LoginRefused) else "Login not completed"
         return _page(exc.status, title, exc.message)
-    if matched.to_settings:
-        flash(f"{grant.name} is connected to {grant.provider}.", "success")
-        response = redirect(url_for("ui.settings"), code=303)
-    else:
-        response = _page(200, "Connected", f"{grant.name} is connected to {grant.provider}.", grant)
-    response.delete_cookie(logins.cookie_name(grant.login_id), path="/callback")
+    # The login is used up and its tokens are in hand: the binding cookie has served its purpose.
+    response = _connected(grant, matched.to_settings) if grant else _saving(name, matched.lid, matched.to_settings)
+    response.delete_cookie(logins.cookie_name(matched.lid), path="/callback")
     return response
+
+
+def _finish(matched: logins.Callback, args: Mapping[str, str], audited: logins.Audited) -> Grant | None:
+    """Redeem the code, then store the tokens: the grant if stored within LOGIN_WAIT, None while
+    that goes on. A login that ends without tokens is audited here; one with tokens, by the saver,
+    when its save ends (so a save that outlives this request is recorded once, with its outcome)."""
+    rt = runtime(current_app)
+    try:
+        redeemed = logins.finish(rt.own_store, rt.settings, matched, args, request.cookies.get)
+    except Exception:
+        with audited():
+            raise  # recorded as the login's outcome, and on to the page
+    return logins.save_meanwhile(rt.own_store, rt.settings, redeemed, logins.LOGIN_WAIT, audited)
+
+
+@bp.get("/callback/saved")
+def saved() -> BaseResponse:
+    """Where the "being saved" page refreshes to. It reads only Vault, so any replica answers. Under
+    /callback so that a login started in the settings UI ends there with its banner (the UI session
+    is read for /callback paths); its id and name ride in the query string, which no log shows."""
+    lid, name = request.args.get("login", ""), request.args.get("name", "")
+    to_settings = request.args.get("settings") == "1"
+    try:
+        grant = logins.saving(runtime(current_app).own_store, name, lid)
+    except VaultUnavailable:
+        grant = None  # Vault cannot tell now; the save, if any, goes on meanwhile
+    except NotFound:
+        message = "This login is unknown, or it ended without storing its tokens. Start the connection again."
+        if to_settings:
+            flash(message, "error")
+            return redirect(url_for("ui.settings"), code=303)
+        return _page(404, "Login not found", message)
+    return _connected(grant, to_settings) if grant else _saving(name, lid, to_settings)
+
+
+def _connected(grant: Grant, to_settings: bool) -> BaseResponse:
+    if to_settings:
+        flash(f"{grant.name} is connected to {grant.provider}.", "success")
+        return redirect(url_for("ui.settings"), code=303)
+    return _page(200, "Connected", f"{grant.name} is connected to {grant.provider}.", grant)
+
+
+def _saving(name: str, lid: str, to_settings: bool) -> Response:
+    """202: the tokens are in hand and being stored (Vault may be unavailable for a while)."""
+    again = url_for("auth.saved", login=lid, name=name, settings="1" if to_settings else None)  # None: left out
+    message = (
+        f"The provider has issued the tokens of {name}; the secret is being saved to Vault and will "
+        "appear shortly. This page refreshes until it has."
+    )
+    return _page(202, f"Saving {name}…", message, refresh=again)
