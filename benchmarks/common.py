@@ -1,10 +1,13 @@
-"""What the benchmarks share: a fast local token endpoint, seeded grants, JSON output, memory."""
+"""What the benchmarks share: a fast local token endpoint, an OpenBao (a dev server, or the tests'
+three-node Raft cluster), seeded grants, JSON output, memory."""
 
 from __future__ import annotations
 
 import json
 import resource
 import secrets
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,12 +15,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from sidecar.config import Settings
 from sidecar.devvault import DevVault
 from sidecar.models import Grant, Provider, TokenSet
 from sidecar.store import Store
+
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
 
 ENVIRONMENTS = ("development", "production")
 
@@ -60,11 +66,34 @@ class TokenEndpoint(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def bench_vault(concurrency: int = 8, **extra: str) -> Iterator[tuple[DevVault, Settings, Store, Provider]]:
-    """An OpenBao dev server, a fast token endpoint, and a provider registered for it."""
+def bench_cluster() -> Iterator[Cluster]:
+    """The tests' cluster (tests/cluster.py): three OpenBao nodes with Raft storage on disk, behind
+    a load balancer in this process. Its nodes are stopped however the run ends."""
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)  # after the installed packages: only `tests` is taken from here
+    from tests.cluster import Cluster
+
+    cluster = Cluster()
+    try:
+        yield cluster.start()
+    finally:
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan nodes
+        try:
+            cluster.stop()
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+
+
+@contextmanager
+def bench_vault(
+    concurrency: int = 8, cluster: bool = False, **extra: str
+) -> Iterator[tuple[DevVault | Cluster, Settings, Store, Provider]]:
+    """An OpenBao dev server (with `cluster`, the three-node cluster through its balancer), a fast
+    token endpoint, and a provider registered for it."""
     endpoint = ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    with DevVault() as vault:
+    with bench_cluster() if cluster else DevVault() as vault:
         settings = Settings.from_env(
             {
                 "VAULT_ADDR": vault.addr,

@@ -1,10 +1,14 @@
 """Refresh throughput: the sidecar's refresher against a bare loop doing the same work.
 
-Both sides run against the same OpenBao dev server and the same fast local token endpoint, at the
+Both sides run against the same OpenBao dev server (with `--cluster`, the tests' three-node Raft
+cluster, storage on disk, through its load balancer) and the same fast local token endpoint, at the
 same concurrency, on the same number of due grants, taking turns:
 
 - floor: per grant, read it, write a claim (check-and-set), POST the refresh, write the result
-  (check-and-set), write each environment view: hvac and requests, nothing else;
+  (check-and-set), write each environment view: hvac and requests, nothing else; its Vault requests
+  carry the headers the sidecar's do (`X-Vault-Index`, `X-Vault-Inconsistent: forward-active-node`,
+  set by the sidecar's own `follow_active`), so on a cluster both make standbys forward to the
+  active node and measure the same Vault work;
 - sidecar: `Refresher.tick()` over a due-queue that a resync filled beforehand (untimed); with
   `--replicas N`, N refresher processes share the same due grants through their claims.
 
@@ -12,6 +16,7 @@ Each side runs in a process of its own (spawned), apart from the token endpoint'
 
     python benchmarks/refresh.py --grants 1000 --json
     python benchmarks/refresh.py --grants 1000 --replicas 3 --json
+    python benchmarks/refresh.py --cluster --grants 300 --rounds 3 --json
 
 prints a table, and with --json one JSON object as its last line. The token endpoint counts every
 refresh token it is shown: `redeemed_twice` must be 0.
@@ -21,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import signal
 import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import hvac
 import requests
@@ -35,13 +42,18 @@ from sidecar.config import Settings
 from sidecar.devvault import DevVault
 from sidecar.models import Provider, rfc3339
 from sidecar.refresher import Refresher
-from sidecar.store import Store
+from sidecar.store import Store, follow_active
+
+if TYPE_CHECKING:
+    from tests.cluster import Cluster
 
 
 def floor(vault_addr: str, token: str, provider: Provider, names: list[str], concurrency: int, out) -> None:
     """The same Vault and provider calls, with nothing of the sidecar around them."""
-    session = requests.Session()
-    kv = hvac.Client(url=vault_addr, token=token, session=session).secrets.kv.v2
+    session = requests.Session()  # the provider's; Vault's client has its own, as the sidecar's has
+    client = hvac.Client(url=vault_addr, token=token, session=requests.Session())
+    follow_active(client, vault_addr)
+    kv = client.secrets.kv.v2
 
     def one(name: str) -> None:
         path = f"oauth-sidecar/grants/{name}"
@@ -70,12 +82,13 @@ def floor(vault_addr: str, token: str, provider: Provider, names: list[str], con
     out.put(len(names) / (time.perf_counter() - started))
 
 
-def floor_rate(vault: DevVault, provider: Provider, names: list[str], concurrency: int) -> float:
+def floor_rate(vault: DevVault | Cluster, provider: Provider, names: list[str], concurrency: int) -> float:
     """The floor in a process of its own, as the sidecar's refreshers are (the token endpoint
     is a thread server in this process, so neither side shares its interpreter with it)."""
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    proc = ctx.Process(target=floor, args=(vault.addr, vault.root_token, provider, names, concurrency, out))
+    args = (vault.addr, vault.root_token, provider, names, concurrency, out)
+    proc = ctx.Process(target=floor, args=args, daemon=True)  # daemons: ended if this process exits early
     proc.start()
     result = out.get()
     proc.join()
@@ -100,7 +113,8 @@ def sidecar(settings: Settings, names: list[str], replicas: int) -> float:
     """Refreshes per second of `replicas` refresher processes over the same due grants."""
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Barrier(replicas), ctx.Queue()
-    procs = [ctx.Process(target=replica, args=(settings, len(names) + 1, start, out)) for _ in range(replicas)]
+    args = (settings, len(names) + 1, start, out)
+    procs = [ctx.Process(target=replica, args=args, daemon=True) for _ in range(replicas)]
     for p in procs:
         p.start()
     results = [out.get() for _ in procs]
@@ -118,16 +132,19 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--replicas", type=int, default=1, help="refresher processes sharing the work")
     parser.add_argument("--rounds", type=int, default=3, help="turns each side takes; the median is reported")
+    parser.add_argument("--cluster", action="store_true", help="the three-node Raft cluster, not the dev server")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so the servers are stopped
 
     rates: dict[str, list[float]] = {"floor": [], "sidecar": []}
-    with bench_vault(args.concurrency) as (vault, settings, store, provider):
+    with bench_vault(args.concurrency, cluster=args.cluster) as (vault, settings, store, provider):
         for _ in range(args.rounds):
             rates["floor"].append(floor_rate(vault, provider, seed(store, args.grants), args.concurrency))
             rates["sidecar"].append(sidecar(settings, seed(store, args.grants), args.replicas))
     floor_median, sidecar_median = statistics.median(rates["floor"]), statistics.median(rates["sidecar"])
     result = {
+        "vault": "cluster" if args.cluster else "dev",
         "grants": args.grants,
         "concurrency": args.concurrency,
         "replicas": args.replicas,
@@ -139,6 +156,7 @@ def main() -> None:
     }
     report(
         [
+            ("vault", "3-node Raft cluster" if args.cluster else "dev server"),
             ("grants, concurrency, replicas", f"{args.grants}, {args.concurrency}, {args.replicas}"),
             ("floor refreshes/s (rounds)", f"{floor_median:.1f} ({', '.join(f'{v:.1f}' for v in rates['floor'])})"),
             (
