@@ -159,7 +159,7 @@ def connected(
 ) -> Grant:
     """Store tokens just obtained as a fresh, active grant. If it replaces a grant whose failure was
     announced, the refresher announces the recovery (a callback never waits for a webhook). Each
-    Vault call rides out unavailability for the store's patience (`Store.within`)."""
+    Vault call rides out unavailability as the store allows (`Store.until`)."""
     try:
         before: Grant | None = store.get_grant(name)
     except NotFound:

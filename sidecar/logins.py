@@ -40,6 +40,10 @@ MAX_CODE_LENGTH = 4096  # real codes are far shorter; anything longer is not sen
 # (in memory) and their save retried through Vault unavailability this long, longer than an election.
 LOGIN_KEEP = 120.0
 LOGIN_WAIT = 5.0  # seconds the callback waits for the save before it answers "being saved"
+# The consumed record says "being saved" this much longer than the save tries: its last call may
+# outlast the deadline by a request timeout, and other replicas read the expiry by their own clocks.
+SAVE_GRACE = 30.0
+FORGET_PATIENCE = 2.0  # seconds a login that ends without tokens tries to delete its record
 _LOGIN_ID = re.compile(r"[0-9a-f]{32}")  # what `login_id` makes
 Audited = Callable[[], AbstractContextManager[None]]  # a block whose outcome goes to the audit trail
 
@@ -198,7 +202,7 @@ def _pending(store: Store, lid: str) -> Versioned | None:
 
 def _being_saved(pending: Versioned | None, name: str) -> bool:
     """The login was consumed and its tokens may still be being stored: the record stays until the
-    save ends, and expires LOGIN_KEEP after the consumption (a replica may die while saving)."""
+    save ends, and expires LOGIN_KEEP + SAVE_GRACE after the consumption (a replica may die saving)."""
     if pending is None or pending.data.get("name") != name or not pending.data.get("consumed_at"):
         return False
     return _seconds_left(pending.data) > 0
@@ -259,6 +263,8 @@ def finish(
     tokens are stored by `save` (through a `Saver`), which deletes the login in flight after."""
     lid, state, pending = callback.lid, callback.state, callback.pending
     data = pending.data
+    if _being_saved(pending, str(data.get("name", ""))):  # a reload, or a second tab, while it saves
+        raise LoginRefused("This login was already received: its secret is being saved and will appear shortly.")
     if data.get("consumed_at") or not _same(str(data.get("state", "")), state):
         raise LoginRefused("This login was already finished. Start the connection again.")
     if _seconds_left(data) <= 0:
@@ -272,7 +278,8 @@ def finish(
     try:
         tokens = _redeem(settings, provider, data, args)
     except BaseException:
-        _forget(store.within(0), lid)  # no tokens: the login ends here, and its page should not wait on Vault
+        # No tokens: the login ends here, and its page should not wait long on Vault.
+        _forget(store.until(time.monotonic() + FORGET_PATIENCE), lid)
         raise
     envs = tuple(data["environments"])
     return Redeemed(lid, str(data["name"]), envs, provider, tokens, keep_until)
@@ -282,7 +289,7 @@ def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
     """Store a redeemed login's grant and views, retrying while Vault is only unavailable, until
     `keep_until`; any other error (a denial, a conflict) ends it at once. Then the login in flight
     is deleted: while it is there, the waiting page says "being saved"."""
-    patient = store.within(max(0.0, redeemed.keep_until - time.monotonic()))
+    patient = store.until(redeemed.keep_until)
     try:
         return connected(
             patient, settings, redeemed.name, redeemed.provider, redeemed.environments, redeemed.tokens,
@@ -294,7 +301,7 @@ def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
 
 def _forget(store: Store, lid: str) -> None:
     """Delete a finished login in flight. One Vault will not delete now is left to the sweep: it
-    expires LOGIN_KEEP after its consumption, and an error here must not hide the login's outcome."""
+    expires after the save's deadline, and an error here must not hide the login's outcome."""
     try:
         store.delete("pending", lid)
     except SidecarError as exc:
@@ -311,9 +318,11 @@ def save_meanwhile(store: Store, settings: Settings, redeemed: Redeemed, wait: f
     def run() -> None:
         try:
             with audited():
-                done.set_result(save(store, settings, redeemed))
+                grant = save(store, settings, redeemed)
         except Exception as exc:  # to the waiting callback, or to `_report` once it has answered
             done.set_exception(exc)
+        else:
+            done.set_result(grant)
 
     threading.Thread(target=run, name="login-save", daemon=True).start()
     if not futures.wait([done], timeout=wait).done:
@@ -375,11 +384,16 @@ def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:
 
 def _consume(store: Store, lid: str, version: int, data: Mapping[str, Any]) -> float:
     """Single use: of any number of concurrent callbacks, exactly one wins this check-and-set.
-    The name stays, for `state` and `saving`, and a new expiry, LOGIN_KEEP on, for the sweep: the
-    record marks a save in progress until then. Returns that end as time.monotonic."""
+    The name stays, for `state` and `saving`, and a new expiry for the sweep: the record marks a
+    save in progress until then. Returns when the save must end (time.monotonic), LOGIN_KEEP on."""
     now, keep_until = datetime.now(UTC), time.monotonic() + LOGIN_KEEP
-    expires_at = rfc3339(now + timedelta(seconds=LOGIN_KEEP))
-    kept = {"consumed_at": rfc3339(now), "name": data["name"], "expires_at": expires_at}
+    expires_at = rfc3339(now + timedelta(seconds=LOGIN_KEEP + SAVE_GRACE))
+    kept = {
+        "consumed_at": rfc3339(now),
+        "consumed_by": secrets.token_hex(8),  # so that a retried write knows its own (`Store._write`)
+        "name": data["name"],
+        "expires_at": expires_at,
+    }
     try:
         store.write("pending", lid, kept, cas=version)
     except Conflict:

@@ -41,7 +41,7 @@ BACKOFF_MAX = 600.0
 ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault down, say) is looked at again
 RETRY_WRITE_MAX_DELAY = 5.0
 NOT_EXTENDED_WAIT = 30.0  # seconds between refreshes that keep answering an expiry already past
-# Seconds a failure's status keeps trying to reach the views: the claim is released after it.
+# Seconds a failure's status keeps trying to reach its views: the claim is released after them.
 BRIEF_PATIENCE = 3.0
 SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
 SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and UI sessions
@@ -90,7 +90,6 @@ class Refresher:
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = now_utc) -> None:
         self.settings = settings
         self.store = store
-        self._brief = store.within(BRIEF_PATIENCE)
         self.notifier = Notifier(settings)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._clock = clock
@@ -510,7 +509,7 @@ class Refresher:
         refresh may have replaced them meanwhile, its own writer writes the views, and a late write
         of ours would put older tokens back. `patient`: retry as long as Vault is only unavailable
         (new tokens); else for BRIEF_PATIENCE (a failure's status, written under the claim)."""
-        store = self.store if patient else self._brief
+        store = self.store if patient else self.store.until(time.monotonic() + BRIEF_PATIENCE)
         delayed = False
         for env in grant.environments:
             if not delayed:

@@ -127,8 +127,9 @@ def follow_active(client: hvac.Client, addr: str) -> None:
             return
         cluster = _CLUSTERS.setdefault(addr, str(health["cluster_id"]))
     index = json.dumps({"cluster": cluster, "value": UNREACHED_INDEX}).encode()
-    session.headers["X-Vault-Index"] = base64.b64encode(index).decode()
+    # In this order: a request sent meanwhile by another thread must not carry the index alone.
     session.headers["X-Vault-Inconsistent"] = "forward-active-node"
+    session.headers["X-Vault-Index"] = base64.b64encode(index).decode()
 
 
 class Login:
@@ -251,26 +252,28 @@ class Store:
         self._kv = self._client.secrets.kv.v2
         self._login = login
         self._patience = patience
+        self._deadline: float | None = None  # see `until`
 
     @classmethod
     def own(cls, settings: Settings, session: requests.Session | None = None) -> Store:
         """The sidecar's own store: its token comes from SIDECAR_VAULT_AUTH and is kept alive."""
         return cls(settings, None, session, Login(settings))
 
-    def within(self, patience: float) -> Store:
-        """This store (same connection and identity), giving up after `patience` seconds of
-        unavailability: for writes that must not hold a claim or a page for long."""
-        brief = copy.copy(self)
-        brief._patience = patience
-        return brief
+    def until(self, deadline: float) -> Store:
+        """This store (same connection and identity), retrying through unavailability until
+        `deadline` (time.monotonic) rather than for `patience` a call: for a group of calls that
+        must end by then (a login's save, a failure's views written under a claim)."""
+        bounded = copy.copy(self)
+        bounded._deadline = deadline
+        return bounded
 
     def __repr__(self) -> str:
         return f"Store(vault_addr={self._settings.vault_addr!r})"
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
         """One Vault call, retried with backoff while Vault is unavailable (down, sealed, electing a
-        leader) for up to `patience` seconds; then `VaultUnavailable`."""
-        deadline = time.monotonic() + self._patience
+        leader) for up to `patience` seconds, or until the store's deadline; then `VaultUnavailable`."""
+        deadline = time.monotonic() + self._patience if self._deadline is None else self._deadline
         delay = RETRY_FIRST
         while True:
             try:
@@ -388,6 +391,8 @@ class Store:
             version = int(self._call(what, send)["data"]["version"])
         except Conflict:
             # A retry after a lost answer meets the version its own first attempt wrote: that is ours.
+            # Sound where a record holds something only this writer writes (a claim's owner, new
+            # tokens, a login's `consumed_by`); two writers of identical records both "succeed".
             mine = self._holding(path, what, data) if attempts > 1 else None
             if mine is None:
                 raise

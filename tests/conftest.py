@@ -273,6 +273,24 @@ def callback_url(browser: requests.Session, link: str) -> str:
     return back.headers["Location"]
 
 
+def consumed_login(client: hvac.Client) -> str | None:
+    """The id of a login in flight whose callback has consumed it (its code is then at the provider)."""
+    try:
+        keys = client.secrets.kv.v2.list_secrets(path="oauth-sidecar/pending", mount_point="secret")["data"]["keys"]
+    except hvac.exceptions.InvalidPath:
+        return None
+    for key in keys:
+        try:
+            record = client.secrets.kv.v2.read_secret_version(
+                path=f"oauth-sidecar/pending/{key}", mount_point="secret", raise_on_deleted_version=True
+            )
+        except hvac.exceptions.InvalidPath:
+            continue
+        if record["data"]["data"].get("consumed_at"):
+            return key
+    return None
+
+
 def refresh_target(page: str) -> str:
     """Where a page's meta refresh leads (the "being saved" page of a login)."""
     found = re.search(r'<meta http-equiv="refresh" content="\d+; url=([^"]+)">', page)

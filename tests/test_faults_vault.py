@@ -31,6 +31,7 @@ from sidecar.web import create_app
 from .conftest import (
     CLIENT_SECRET,
     callback_url,
+    consumed_login,
     fast_settings,
     grant_record,
     refresh_target,
@@ -385,24 +386,6 @@ def proxied(vault, tokens, api, fault_proxies, tmp_path) -> Iterator[ProxiedSide
         yield ProxiedSidecar(url, proxy, trail)
 
 
-def consumed_login(client: hvac.Client) -> str | None:
-    """The id of a login in flight whose callback has consumed it (its code is then at the provider)."""
-    try:
-        keys = client.secrets.kv.v2.list_secrets(path="oauth-sidecar/pending", mount_point="secret")["data"]["keys"]
-    except hvac.exceptions.InvalidPath:
-        return None
-    for key in keys:
-        try:
-            record = client.secrets.kv.v2.read_secret_version(
-                path=f"oauth-sidecar/pending/{key}", mount_point="secret", raise_on_deleted_version=True
-            )
-        except hvac.exceptions.InvalidPath:
-            continue
-        if record["data"]["data"].get("consumed_at"):
-            return key
-    return None
-
-
 def seal_when_consumed(vault, proxy: FaultProxy) -> float:
     """Vault behind `proxy` answers 503 "sealed" to everything from the moment a login is consumed:
     after every check of the callback, while the provider redeems the code (EXCHANGE_MS), before the
@@ -451,7 +434,9 @@ def test_a_login_keeps_its_tokens_through_a_minute_of_vault_unavailability(
     while time.monotonic() - out_since < 60:  # every poll ends before Vault is back
         if time.monotonic() - out_since > 30:
             proxied.proxy.refuse()  # the second half: no connection at all, as while no node leads
+        asked = time.monotonic()
         waiting = browser.get(proxied.url + again, timeout=60)
+        assert time.monotonic() - asked < 5  # the page does not wait out Vault's outage
         pages.append(waiting.text)
         assert waiting.status_code == 202 and "is being saved" in waiting.text, waiting.text
         assert api("GET", f"/v1/secrets/sheets/logins/{lid}").json() == {"state": "waiting"}  # another replica

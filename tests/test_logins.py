@@ -4,23 +4,29 @@ cookie-keeping client that follows redirects the way a browser does."""
 import json
 import logging
 import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
+from sidecar import logins
+from sidecar.config import Settings
+from sidecar.store import Store
 from sidecar.web import create_app
 
 from .conftest import (
     CLIENT_SECRET,
     bao_kv_get,
     callback_url,
+    consumed_login,
     grant_record,
     narrow_token,
     sidecar_log,
     start,
     vault_tree,
     views,
+    wait_for,
 )
 
 
@@ -174,6 +180,49 @@ def test_two_concurrent_callbacks_redeem_the_code_once(api, oauth, root):
         t.join()
     assert sorted(results) == [200, 400, 400, 400]
     assert oauth.log()["tokenRequests"] == 1
+
+
+def test_a_callback_reloaded_while_its_login_is_saved_says_so(api, oauth, root):
+    """A reload or a second tab while the first callback still holds the login: a 400 that says the
+    secret is being saved, not "start again", and the code is redeemed once."""
+    browser = requests.Session()
+    url = callback_url(browser, start(api))
+    oauth.next(token={"delayMs": 2000})  # the first callback waits on the provider meanwhile
+    first: list[requests.Response] = []
+    thread = threading.Thread(target=lambda: first.append(browser.get(url, timeout=30)))
+    thread.start()
+    wait_for(lambda: consumed_login(root))
+    again = browser.get(url, timeout=30)
+    thread.join()
+    assert again.status_code == 400 and "is being saved" in again.text, again.text
+    assert "Start the connection again" not in again.text
+    assert first[0].status_code == 200 and oauth.log()["tokenRequests"] == 1
+
+
+def test_a_retried_consume_never_takes_a_rival_callbacks_for_its_own(vault, tokens, root, fault_proxies, monkeypatch):
+    """Two callbacks of one login in the same second: A's first consume is refused by a failing
+    Vault, B's lands, and A's retry meets B's version. A must lose (one code exchange), though both
+    wrote at the same second: the consumed record carries a nonce for the store to tell them apart."""
+    lid, data = "a" * 32, {"name": "sheets"}
+    store = Store(Settings.from_env({"VAULT_ADDR": vault.addr}), tokens.sidecar)  # B's, and the sidecar's own token
+    version = store.write("pending", lid, data)
+    proxy = fault_proxies(vault.addr)
+    proxy.add("answer", method="POST", path=f"pending/{lid}$", status=503, body=b'{"errors":["sealed"]}')
+    a = Store(Settings.from_env({"VAULT_ADDR": proxy.addr}), tokens.sidecar)
+    rival: list[float] = []
+
+    class RivalFirst:  # sidecar.store's clock: while A waits to retry, B consumes the login
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            if not rival:
+                rival.append(logins._consume(store, lid, version, data))
+
+    monkeypatch.setattr("sidecar.store.time", RivalFirst)
+    with pytest.raises(logins.LoginRefused):
+        logins._consume(a, lid, version, data)
+    assert rival and len(proxy.faults_seen("answer")) == 1
 
 
 def test_refuses_another_browser(api, oauth, root):

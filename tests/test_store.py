@@ -88,6 +88,14 @@ def test_a_call_rides_out_unavailability_for_its_patience(vault, tokens, store, 
         Store(via, tokens.sidecar, patience=1.0).read("grants", "sheets")
     assert 0.5 <= time.monotonic() - started < 5
     assert len(proxy.faults_seen("answer")) >= 3  # retried with backoff, not once
+    # A store made `until` a deadline keeps it over several calls: past it, one attempt each.
+    bounded = Store(via, tokens.sidecar).until(time.monotonic() + 1.0)
+    with pytest.raises(VaultUnavailable):
+        bounded.read("grants", "sheets")
+    started = time.monotonic()
+    with pytest.raises(VaultUnavailable):
+        bounded.read("grants", "sheets")
+    assert time.monotonic() - started < 0.5
 
 
 def test_a_write_whose_answer_was_lost_is_recognised_as_our_own(vault, settings, tokens, fault_proxies):

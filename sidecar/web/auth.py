@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from functools import partial
 
@@ -18,6 +19,7 @@ from .sessions import secure
 
 bp = Blueprint("auth", __name__)
 SAVING_REFRESH = 2  # seconds between two looks of the "being saved" page
+SAVED_PATIENCE = 1.0  # seconds /callback/saved waits for Vault before it answers "still saving"
 
 
 def _page(status: int, title: str, message: str, grant: Grant | None = None, refresh: str = "") -> Response:
@@ -104,7 +106,8 @@ def saved() -> BaseResponse:
     lid, name = request.args.get("login", ""), request.args.get("name", "")
     to_settings = request.args.get("settings") == "1"
     try:
-        grant = logins.saving(runtime(current_app).own_store, name, lid)
+        # A short wait on Vault: this page reloads itself, and must not hold a worker for 30 s each time.
+        grant = logins.saving(runtime(current_app).own_store.until(time.monotonic() + SAVED_PATIENCE), name, lid)
     except VaultUnavailable:
         grant = None  # Vault cannot tell now; the save, if any, goes on meanwhile
     except NotFound:
