@@ -260,7 +260,7 @@ def finish(
     cookie_for: Callable[[str], str | None],
 ) -> Redeemed:
     """The callback: refuse anything doubtful before a token request, redeem the code once. The
-    tokens are stored by `save` (through a `Saver`), which deletes the login in flight after."""
+    tokens are stored by `save` (see `save_meanwhile`), which deletes the login in flight after."""
     lid, state, pending = callback.lid, callback.state, callback.pending
     data = pending.data
     if _being_saved(pending, str(data.get("name", ""))):  # a reload, or a second tab, while it saves

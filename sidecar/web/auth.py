@@ -87,7 +87,7 @@ def callback() -> BaseResponse:
 
 def _finish(matched: logins.Callback, args: Mapping[str, str], audited: logins.Audited) -> Grant | None:
     """Redeem the code, then store the tokens: the grant if stored within LOGIN_WAIT, None while
-    that goes on. A login that ends without tokens is audited here; one with tokens, by the saver,
+    that goes on. A login that ends without tokens is audited here; one with tokens, by the save,
     when its save ends (so a save that outlives this request is recorded once, with its outcome)."""
     rt = runtime(current_app)
     try:
