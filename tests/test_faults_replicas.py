@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -16,6 +18,7 @@ import pytest
 
 from sidecar import providers
 from sidecar.config import Settings
+from sidecar.errors import VaultUnavailable
 from sidecar.models import Grant
 from sidecar.refresher import Refresher
 from sidecar.store import Store
@@ -240,3 +243,81 @@ def test_a_replica_two_minutes_ahead_respects_a_fresh_claim_for_its_lifetime(vau
     assert record["refresh_token"] != seeded.tokens.refresh_token and oauth.accepts(record["access_token"])
     assert served_tokens(root, "held") == both_served(record)
     assert oauth.log()["reuse"] == 0
+
+
+# -- interleavings forced, not hoped for ------------------------------------------------------------
+
+
+class Interleaved(Store):
+    """A replica's store that runs `meanwhile` once, at a chosen point of its refresh: before its
+    claim is sent (`at="claim"`), or in place of its first view write, which then fails as if Vault
+    were unavailable (`at="view"`)."""
+
+    def __init__(self, settings: Settings, token: str, at: str, meanwhile) -> None:
+        super().__init__(settings, token)
+        self._at, self._meanwhile = at, meanwhile
+
+    def _once_at(self, point: str) -> bool:
+        if self._at != point or self._meanwhile is None:
+            return False
+        meanwhile, self._meanwhile = self._meanwhile, None
+        meanwhile()
+        return True
+
+    def put_grant(self, grant: Grant, cas: int | None = None) -> int:
+        if grant.claim_owner:
+            self._once_at("claim")
+        return super().put_grant(grant, cas=cas)
+
+    def write_view(self, environment: str, grant: Grant) -> None:
+        if self._once_at("view"):
+            raise VaultUnavailable("staged: the view write did not reach Vault")
+        super().write_view(environment, grant)
+
+
+@contextmanager
+def sibling_at(vault, tokens, oauth, at: str) -> Iterator[tuple[Refresher, list[str]]]:
+    """Replica A over one seeded grant (rotating refresh tokens), whose store lets replica B refresh
+    that grant once, at `at` (see `Interleaved`); and B's outcomes."""
+    operator_with_provider(vault, tokens, oauth)
+    oauth.configure(rotate=True)
+    seed_grants(Store(Settings.from_env({"VAULT_ADDR": vault.addr}), tokens.sidecar), oauth, ["sheets"], ttl=3600)
+    settings = fast_settings(vault, tokens.sidecar)
+    b = Refresher(settings, Store(settings, tokens.sidecar))
+    outcomes: list[str] = []
+    store = Interleaved(
+        settings, tokens.sidecar, at, lambda: outcomes.append(b.refresh_one("sheets", force=True).result)
+    )
+    a = Refresher(settings, store)
+    try:
+        yield a, outcomes
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def test_a_claim_sent_after_a_sibling_refreshed_loses_the_race(vault, tokens, root, oauth):
+    """A reads the grant; before its claim is sent, B claims, refreshes and stores. A's claim, a
+    check-and-set at the version A read, must fail (`lost_race`): else A would present the refresh
+    token B has just spent, and the rotating provider would revoke the grant."""
+    with sibling_at(vault, tokens, oauth, "claim") as (a, outcomes):
+        assert a.refresh_one("sheets", force=True).result == "lost_race"
+    assert outcomes == ["refreshed"]
+    seen = oauth.log()
+    assert seen["reuse"] == 0 and len([t for t in seen["token"] if t["grant_type"] == "refresh_token"]) == 1
+    record = grant_record(root)
+    assert record["status"] == "active" and views(root)["production"]["access_token"] == record["access_token"]
+
+
+def test_a_view_write_retried_after_a_siblings_refresh_keeps_the_newer_tokens(vault, tokens, root, oauth):
+    """A refreshes and stores its grant; its first view write fails, and meanwhile B refreshes again
+    and writes the views with newer tokens. A's retry must see that the grant no longer holds its
+    tokens and leave the views to B: else apps would read A's older token, which B's refresh
+    replaced (and a rotating provider may already refuse)."""
+    with sibling_at(vault, tokens, oauth, "view") as (a, outcomes):
+        assert a.refresh_one("sheets", force=True).result == "refreshed"
+    assert outcomes == ["refreshed"]  # B's refresh came after A's grant write
+    record = grant_record(root)
+    assert set(views(root)) == {"development", "production"}
+    assert all(view["access_token"] == record["access_token"] for view in views(root).values())
+    assert oauth.accepts(record["access_token"]) and oauth.log()["reuse"] == 0

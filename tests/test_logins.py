@@ -182,6 +182,27 @@ def test_two_concurrent_callbacks_redeem_the_code_once(api, oauth, root):
     assert oauth.log()["tokenRequests"] == 1
 
 
+def test_a_callback_that_read_the_login_before_another_consumed_it_is_refused(api, oauth, monkeypatch):
+    """The interleaving that concurrency finds only sometimes, forced: callback A has read and checked
+    the login, and before its consume is written, callback B runs from start to end. A's consume, a
+    check-and-set at the version A read, must fail: one code exchange."""
+    browser = requests.Session()
+    url = callback_url(browser, start(api))
+    cookies = browser.cookies.get_dict()
+    real, second = logins._consume, []
+
+    def another_callback_first(*args):
+        if not second:  # A, in the live server: B's whole callback now, through the same server
+            second.append(0)
+            second[0] = requests.get(url, cookies=cookies, timeout=30).status_code
+        return real(*args)
+
+    monkeypatch.setattr(logins, "_consume", another_callback_first)
+    first = requests.get(url, cookies=cookies, timeout=30)
+    assert (first.status_code, second) == (400, [200]), first.text
+    assert oauth.log()["tokenRequests"] == 1
+
+
 def test_a_callback_reloaded_while_its_login_is_saved_says_so(api, oauth, root):
     """A reload or a second tab while the first callback still holds the login: a 400 that says the
     secret is being saved, not "start again", and the code is redeemed once."""
