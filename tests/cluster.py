@@ -246,6 +246,15 @@ class Cluster:
         node.start()
         self.unseal(node)
 
+    def heal(self) -> None:
+        """Every node back behind the balancer, running, unsealed, and the cluster healthy."""
+        for node in self.nodes:
+            self.balancer.rejoin(node)
+            if not node.running:
+                self.revive(node)
+            self.unseal(node)
+        self.wait_healthy()
+
     def wait_healthy(self, timeout: float = 90.0) -> Node:
         """Until one node is active and every running node is an unsealed voter following it."""
         deadline = time.monotonic() + timeout

@@ -5,7 +5,7 @@ import pytest
 
 from sidecar.web import MAX_BODY_BYTES
 
-from .conftest import CLIENT_SECRET, bao_kv_get, provider_body, vault_tree
+from .helpers import CLIENT_SECRET, bao_kv_get, provider_body, vault_tree
 
 
 def test_provider_lifecycle(client, admin, root):

@@ -6,7 +6,7 @@ import requests
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import callback_url, fast_settings, grant_record, narrow_token, start, vault_tree
+from .helpers import callback_url, fast_settings, grant_record, narrow_token, start, vault_tree
 
 
 def provider(root) -> dict:

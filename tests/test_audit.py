@@ -13,7 +13,7 @@ import requests
 from sidecar.config import Settings
 from sidecar.devvault import free_port
 
-from .conftest import CLIENT_SECRET, grant_record, serving
+from .helpers import CLIENT_SECRET, grant_record, serving
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sidecar.cli import main
 from sidecar.devvault import bao_binary, free_port
 
-from .conftest import CLIENT_SECRET, bao_kv_get, grant_record, provider_body, start, vault_tree, wait_for
+from .helpers import CLIENT_SECRET, bao_kv_get, grant_record, provider_body, start, vault_tree, wait_for
 
 PASTED_SCOPES = "openid\nemail\n\nhttps://www.googleapis.com/auth/spreadsheets\n"
 

@@ -22,7 +22,7 @@ from sidecar.errors import NotFound, SidecarError
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import OAUTH_SIDECAR, callback_url, finish_saving, refresher_env, seed_grants, serving, wait_for
+from .helpers import OAUTH_SIDECAR, callback_url, finish_saving, refresher_env, seed_grants, serving, wait_for
 
 TTL = 20  # seconds each access token lives; refreshed 10 s before it expires
 MARGIN = "10"

@@ -19,7 +19,7 @@ import requests
 
 from sidecar.devvault import free_port
 
-from .conftest import CLIENT_SECRET, provider_body
+from .helpers import CLIENT_SECRET, provider_body
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/oauth-sidecar:test"

@@ -25,7 +25,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import CLIENT_SECRET, fast_settings, grant_record, provider_body, seed_grants, vault_tree, wait_for
+from .helpers import CLIENT_SECRET, fast_settings, grant_record, provider_body, seed_grants, vault_tree, wait_for
 
 NO_METADATA = "issuer: discovery: no usable OAuth metadata at the issuer"
 WEBHOOK_SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZg=="  # base64 of 16 bytes

@@ -19,8 +19,8 @@ from sidecar.models import Grant, parse_rfc3339
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import fast_settings, grant_record, running, seed_grants, sidecar_log, views, wait_for
 from .faults import FaultProxy
+from .helpers import fast_settings, grant_record, running, seed_grants, sidecar_log, views, wait_for
 
 TOKEN = r"^/token$"
 HTML = b"<!doctype html><html><head><title>Sign in</title></head><body><h1>Sign in</h1></body></html>"

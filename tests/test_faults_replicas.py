@@ -23,7 +23,7 @@ from sidecar.models import Grant
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
+from .helpers import fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
 
 GRANT_WRITES = "^/v1/secret/data/oauth-sidecar/grants/"  # the claim and the result write
 SLOW = 0.3  # seconds the proxy holds a grant write, and the provider a refresh

@@ -28,7 +28,8 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import (
+from .faults import FaultProxy
+from .helpers import (
     CLIENT_SECRET,
     callback_url,
     consumed_login,
@@ -44,7 +45,6 @@ from .conftest import (
     views,
     wait_for,
 )
-from .faults import FaultProxy
 
 GRANT_PATH = r"^/v1/secret/data/oauth-sidecar/grants/sheets$"  # hvac writes KV v2 with a POST here
 

@@ -12,7 +12,7 @@ import requests
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import (
+from .helpers import (
     CLIENT_ID,
     CLIENT_SECRET,
     bao_kv_get,
@@ -518,7 +518,7 @@ def test_a_device_login_without_rights_on_every_view_shows_no_code(api, oauth, r
     user code, so nobody is asked to approve a login that could not be stored."""
     import subprocess
 
-    from .conftest import OAUTH_SIDECAR, refresher_env
+    from .helpers import OAUTH_SIDECAR, refresher_env
 
     api.register(device_authorization_url=f"{oauth.issuer}/device_authorization")
     oauth.configure(deviceInterval=1, deviceTtl=3)

@@ -20,7 +20,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import pytest
 import requests
 
-from .conftest import callback_url, start, vault_tree
+from .helpers import callback_url, start, vault_tree
 
 SCRIPT = b"<script>alert(1)</script>"
 # Response splitting: CR LF, a header, an empty line and a body with a script, percent-encoded.

@@ -15,7 +15,7 @@ from sidecar.config import Settings
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .conftest import (
+from .helpers import (
     CLIENT_SECRET,
     bao_kv_get,
     callback_url,

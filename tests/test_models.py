@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from sidecar.errors import Invalid
 from sidecar.models import Grant, Provider, TokenSet, check_name, check_url, due_at, expiry_from, parse_scopes
 
-from .conftest import CLIENT_SECRET, provider_body
+from .helpers import CLIENT_SECRET, provider_body
 
 BAD_NAMES = ["../x", "a/b", "a b", "", "a" * 65, ".hidden", "-x", "_x", "a\n", "a\x00", "é", "a%2Fb", None, 7]
 

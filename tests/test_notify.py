@@ -30,7 +30,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 
-from .conftest import CLIENT_SECRET, fast_settings, grant_record, running, sidecar_log, start, views, wait_for
+from .helpers import CLIENT_SECRET, fast_settings, grant_record, running, sidecar_log, start, views, wait_for
 
 SECRET_KEY = b"plain-webhook-secret-0123456789"
 SECRET = base64.b64encode(SECRET_KEY).decode().rstrip("=")  # no prefix, no padding: still Standard Webhooks

@@ -19,7 +19,7 @@ from sidecar import oauth, providers
 from sidecar.errors import Invalid, OAuthPermanent, OAuthTransient
 from sidecar.models import Provider, TokenSet
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, provider_body
+from .helpers import CLIENT_ID, CLIENT_SECRET, provider_body
 
 
 def provider(**overrides) -> Provider:

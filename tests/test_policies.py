@@ -17,7 +17,7 @@ from sidecar.config import Settings
 from sidecar.errors import Invalid
 from sidecar.policies import render, render_reader
 
-from .conftest import OAUTH_SIDECAR, bao_kv_get
+from .helpers import OAUTH_SIDECAR, bao_kv_get
 
 POLICY = "oauth-reader-production-sheets"
 

@@ -6,7 +6,7 @@ import requests
 from sidecar import providers
 from sidecar.errors import Invalid
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, start, vault_tree, views
+from .helpers import CLIENT_ID, CLIENT_SECRET, start, vault_tree, views
 
 
 def from_issuer(oauth, **extra) -> dict:

@@ -18,7 +18,7 @@ from sidecar.models import Grant, TokenSet, parse_rfc3339
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import (
+from .helpers import (
     OAUTH_SIDECAR,
     CountingSession,
     fast_settings,

@@ -10,7 +10,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import CLIENT_SECRET, bao_kv_get, grant_record, sidecar_log, start, vault_tree
+from .helpers import CLIENT_SECRET, bao_kv_get, grant_record, sidecar_log, start, vault_tree
 
 
 def connected(api, name: str = "sheets") -> dict:

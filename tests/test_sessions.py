@@ -38,7 +38,7 @@ from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 from sidecar.web import sessions as web_sessions
 
-from .conftest import LiveSidecar, bao_kv_get, provider_body, vault_tree
+from .helpers import LiveSidecar, bao_kv_get, provider_body, vault_tree
 
 COOKIE = "oauth_sidecar_session"
 LOGIN_COOKIE = "oauth_sidecar_login_csrf"

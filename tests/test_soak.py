@@ -17,8 +17,8 @@ from sidecar import providers
 from sidecar.config import Settings
 from sidecar.store import Store
 
-from .conftest import grant_record, seed_grants, vault_tree, wait_for
 from .faults import Rule
+from .helpers import grant_record, seed_grants, vault_tree, wait_for
 
 GRANTS = int(os.environ.get("SOAK_GRANTS", "300"))
 SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))

@@ -10,7 +10,7 @@ from sidecar.models import Provider
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .conftest import fast_settings, grant_record, provider_body, running, vault_tree, wait_for
+from .helpers import fast_settings, grant_record, provider_body, running, vault_tree, wait_for
 from .kubernetes import AUDIENCE, Review, ServiceAccount, TokenReviewAPI, fingerprint, service_account_jwt
 
 

@@ -7,7 +7,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.sweep import GRACE, sweep
 
-from .conftest import CountingSession, vault_tree
+from .helpers import CountingSession, vault_tree
 
 
 def put(root, path: str, expires_at: datetime | None) -> None:

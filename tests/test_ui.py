@@ -6,7 +6,7 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
-from .conftest import CLIENT_ID, CLIENT_SECRET, grant_record, vault_tree
+from .helpers import CLIENT_ID, CLIENT_SECRET, grant_record, vault_tree
 
 SHOTS = "/tmp/oauth-sidecar-ui-shots"  # a copy for people to look at; the tests' own go to tmp_path
 

@@ -19,7 +19,7 @@ from gunicorn.config import Config
 from sidecar.accesslog import loggable_path, login_hash
 from sidecar.devvault import free_port
 
-from .conftest import sidecar_log, start, wait_for
+from .helpers import sidecar_log, start, wait_for
 
 
 def short(lid: str) -> str:
