@@ -6,6 +6,14 @@ Messages are shown to users as they are, so they never carry a secret.
 from __future__ import annotations
 
 
+def printable(value: object, limit: int = 200) -> str:
+    """A provider's or browser's text fit for a message or a page: printable characters only,
+    bounded ("" for what is not text)."""
+    if not isinstance(value, str):
+        return ""
+    return "".join(c for c in value if c.isprintable())[:limit]
+
+
 class SidecarError(Exception):
     """Base class; `code` and `status` become the JSON error body and HTTP status."""
 

@@ -10,7 +10,7 @@ from typing import Any
 from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
-from .models import Grant, Provider, TokenSet, check_environments, check_name, parse_scopes
+from .models import Grant, Provider, TokenSet, check_environments, check_fields, check_name, parse_scopes
 from .store import Store
 
 # How a secret is obtained; "authorization_code" goes through a browser login (see logins.py).
@@ -97,9 +97,7 @@ def create(store: Store, settings: Settings, body: dict[str, Any], pins: Store) 
     allowed = {"name", "provider", "environments", "scopes", "grant_type"} | (
         {"refresh_token"} if grant_type == "refresh_token" else set()
     )
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
+    check_fields(body, allowed)
     envs = check_environments(body.get("environments"), settings.environments)
     name, _ = may_store(store, body.get("name"), envs)  # the caller's own token drops views here
     provider = provider_for(store, settings, body.get("provider"), pins)

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from . import approvals, oauth
 from .config import Settings
-from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
+from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError, printable
 from .grants import connected, may_store, provider_for, wanted_scopes
 from .models import Grant, Identity, Provider, TokenSet, check_environments, check_name, parse_rfc3339, rfc3339
 from .store import Store, Versioned
@@ -63,7 +63,9 @@ class LoginFailed(SidecarError):
 
 
 @dataclass(frozen=True)
-class Login:
+class LoginLink:
+    """A login just started: its id, the single-use link a person opens, and when it expires."""
+
     id: str
     url: str
     expires_at: datetime
@@ -92,7 +94,7 @@ def start(
     scopes: object = None,
     return_to_settings: bool = False,
     started_by: Identity | None = None,
-) -> Login:
+) -> LoginLink:
     """Check that the caller may store this secret exactly as the callback will, validate the rest,
     then record the login in Vault with the sidecar's own token (no other policy may write a login
     in flight) and return the sidecar's link."""
@@ -126,7 +128,7 @@ def start(
         },
         cas=0,
     )
-    return Login(lid, f"{settings.public_url}/login/{lid}", expires_at)
+    return LoginLink(lid, f"{settings.public_url}/login/{lid}", expires_at)
 
 
 def open_link(store: Store, settings: Settings, lid: str) -> tuple[str, str, int]:
@@ -403,8 +405,8 @@ def _consume(store: Store, lid: str, version: int, data: Mapping[str, Any]) -> f
 
 def _redeem(settings: Settings, provider: Provider, data: Mapping[str, Any], args: Mapping[str, str]) -> TokenSet:
     if "error" in args:
-        detail = _printable(args.get("error_description", ""))
-        error = _printable(args["error"]) or "an error"
+        detail = printable(args.get("error_description", ""))
+        error = printable(args["error"]) or "an error"
         raise LoginRefused(f"The provider refused the login: {error}" + (f" ({detail})" if detail else ""))
     code = args.get("code")
     if not code or len(code) > MAX_CODE_LENGTH or not (code.isascii() and code.isprintable()):
@@ -422,11 +424,6 @@ def _redeem(settings: Settings, provider: Provider, data: Mapping[str, Any], arg
 def _same(a: str, b: str) -> bool:
     """Constant-time equality for any text (hmac.compare_digest refuses non-ASCII str)."""
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-def _printable(text: str, limit: int = 200) -> str:
-    """Provider text fit for a page: printable characters only, bounded."""
-    return "".join(c for c in text if c.isprintable())[:limit]
 
 
 def _seconds_left(data: Mapping[str, Any]) -> int:

@@ -294,9 +294,7 @@ class Provider:
         check_name(name, "provider")
         if not isinstance(data, Mapping):
             raise Invalid("the provider must be a JSON object")
-        unknown = sorted(set(data) - cls.FIELDS - {"name"})
-        if unknown:
-            raise Invalid(f"unknown field(s): {', '.join(map(str, unknown))[:200]}", {k: "unknown" for k in unknown})
+        check_fields(data, cls.FIELDS | {"name"})
         if data.get("name", name) != name:
             raise Invalid("name in the body differs from the name in the path", {"name": "differs from the path"})
         if "scopes" not in data:
@@ -566,6 +564,13 @@ class Grant:
             "provider": self.provider,
             "status": self.status,
         }
+
+
+def check_fields(data: Mapping[str, Any], allowed: set[str] | frozenset[str]) -> None:
+    """Refuse, naming them all, the fields of a body that are not `allowed`."""
+    unknown = sorted(map(str, set(data) - allowed))
+    if unknown:
+        raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
 
 
 def check_environments(value: object, configured: tuple[str, ...]) -> tuple[str, ...]:

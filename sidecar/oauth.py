@@ -23,7 +23,7 @@ from oauthlib.common import add_params_to_uri
 from oauthlib.oauth2 import WebApplicationClient
 
 from . import egress
-from .errors import Invalid, OAuthPermanent, OAuthTransient
+from .errors import Invalid, OAuthPermanent, OAuthTransient, printable
 from .models import SCOPE_SPLIT_RE, Provider, TokenSet, check_url, expiry_from, signing_algorithm
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ def device_authorization(provider: Provider, scopes: tuple[str, ...]) -> DeviceA
     if resp.status != 200:
         _raise_for(resp, "device authorization")
     body = _json(resp, "device authorization")
-    device_code, user_code = _optional_str(body, "device_code"), _clean(body.get("user_code"), 64)
+    device_code, user_code = _optional_str(body, "device_code"), printable(body.get("user_code"), 64)
     # Google names it verification_url, as drafts of RFC 8628 did.
     uri = body.get("verification_uri") or body.get("verification_url")
     expires_at = expiry_from(body.get("expires_in"), now)
@@ -316,7 +316,7 @@ def _raise_for(resp: egress.Answer, what: str) -> NoReturn:
     if 300 <= status < 400:
         _not_oauth(what, f"the provider answered HTTP {status}, a redirect, which is not followed")
     body = _object(resp)
-    error, description = _clean(body.get("error")), _clean(body.get("error_description"))
+    error, description = printable(body.get("error")), printable(body.get("error_description"))
     transient = status == 429 or status >= 500
     if not error:
         log.warning("%s: the provider answered HTTP %d without an OAuth error", what, status)
@@ -352,13 +352,6 @@ def _object(resp: egress.Answer) -> Mapping[str, Any]:
 def _optional_str(body: Mapping[str, Any], key: str) -> str | None:
     value = body.get(key)
     return value if isinstance(value, str) and value else None
-
-
-def _clean(value: object, limit: int = 200) -> str:
-    """Provider text fit for a message: printable, bounded."""
-    if not isinstance(value, str):
-        return ""
-    return "".join(c for c in value if c.isprintable())[:limit]
 
 
 def _retry_after(resp: egress.Answer) -> float | None:

@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, g, request
 from .. import approvals, grants, logins, presets, providers
 from ..audit import Action
 from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
-from ..models import check_name, rfc3339
+from ..models import check_fields, check_name, rfc3339
 from ..policies import render_reader
 from ..refresher import Outcome, RefreshFailed
 from ..store import Store
@@ -114,9 +114,7 @@ def create_secret():
     if body.get("grant_type", "authorization_code") != "authorization_code":
         with audited(Action.CREATED, target):
             return grants.create(store(), rt.settings, body, rt.own_store).public(), 201
-    unknown = sorted(set(body) - {"name", "provider", "environments", "scopes", "grant_type"})
-    if unknown:
-        raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
+    check_fields(body, {"name", "provider", "environments", "scopes", "grant_type"})
     with audited(Action.LOGIN_STARTED, target):
         login = logins.start(
             store(), rt.own_store, rt.settings, body.get("name"), body.get("provider"),

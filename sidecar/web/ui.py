@@ -384,7 +384,7 @@ def reconnect_secret(name: str):
     return redirect(login.url, code=303)
 
 
-def start_login(name: str, provider: str, environments: list[str]) -> logins.Login:
+def start_login(name: str, provider: str, environments: list[str]) -> logins.LoginLink:
     rt = runtime(current_app)
     return logins.start(
         user_store(), rt.own_store, rt.settings, name, provider, environments,
