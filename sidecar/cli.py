@@ -21,7 +21,7 @@ import requests
 from . import egress, grants, presets
 from .config import Settings
 from .errors import ConfigError, Invalid, SidecarError, VaultUnavailable
-from .models import TOKEN_AUTH_METHODS, check_name, key_values, parse_rfc3339
+from .models import TOKEN_AUTH_METHODS, GrantType, check_name, key_values, parse_rfc3339
 from .oauth import DeviceAuthorization
 from .policies import render as render_policies
 from .policies import render_reader
@@ -393,9 +393,9 @@ def secrets_connect(
     if opts["client_credentials"] or opts["refresh_token_file"]:
         body = {"name": name, "provider": provider_name, "environments": envs, "scopes": scopes}
         if opts["client_credentials"]:
-            body["grant_type"] = "client_credentials"
+            body["grant_type"] = GrantType.CLIENT_CREDENTIALS
         else:
-            body.update(grant_type="refresh_token", refresh_token=opts["refresh_token_file"].read().strip())
+            body.update(grant_type=GrantType.REFRESH_TOKEN, refresh_token=opts["refresh_token_file"].read().strip())
         print_json(grants.create(store, settings, {k: v for k, v in body.items() if v is not None}, store).public())
         return
     # A browser login is started by the sidecar itself: only its own token may write logins in

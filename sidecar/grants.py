@@ -10,11 +10,20 @@ from typing import Any
 from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
-from .models import Grant, Provider, TokenSet, check_environments, check_fields, check_name, parse_scopes
+from .models import (
+    Grant,
+    GrantType,
+    Provider,
+    TokenSet,
+    check_environments,
+    check_fields,
+    check_name,
+    parse_scopes,
+)
 from .store import Store
 
-# How a secret is obtained; "authorization_code" goes through a browser login (see logins.py).
-GRANT_TYPES = ("authorization_code", "client_credentials", "refresh_token", "device_code")
+# What a body may ask for without a browser (the API's and the CLI's `grant_type`).
+WITHOUT_BROWSER = (GrantType.CLIENT_CREDENTIALS, GrantType.REFRESH_TOKEN)
 
 
 class RevocationFailed(SidecarError):
@@ -89,13 +98,13 @@ def create(store: Store, settings: Settings, body: dict[str, Any], pins: Store) 
     """A secret with no browser: client credentials, or a refresh token obtained elsewhere
     (redeemed at once, to prove it). Everything is checked before the provider is asked."""
     grant_type = body.get("grant_type")
-    if grant_type not in ("client_credentials", "refresh_token"):
+    if grant_type not in WITHOUT_BROWSER:
         raise Invalid(
             "grant_type must be authorization_code (a browser login), client_credentials or refresh_token",
             {"grant_type": "invalid"},
         )
     allowed = {"name", "provider", "environments", "scopes", "grant_type"} | (
-        {"refresh_token"} if grant_type == "refresh_token" else set()
+        {"refresh_token"} if grant_type == GrantType.REFRESH_TOKEN else set()
     )
     check_fields(body, allowed)
     envs = check_environments(body.get("environments"), settings.environments)
@@ -103,7 +112,7 @@ def create(store: Store, settings: Settings, body: dict[str, Any], pins: Store) 
     provider = provider_for(store, settings, body.get("provider"), pins)
     scopes = wanted_scopes(provider, body.get("scopes"))
     try:
-        if grant_type == "client_credentials":
+        if grant_type == GrantType.CLIENT_CREDENTIALS:
             tokens = oauth.client_credentials(provider, scopes)
         else:
             imported = _imported_refresh_token(body)
@@ -111,7 +120,7 @@ def create(store: Store, settings: Settings, body: dict[str, Any], pins: Store) 
             tokens = replace(tokens, refresh_token=tokens.refresh_token or imported)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
-    return connected(store, settings, name, provider, envs, tokens, str(grant_type))
+    return connected(store, settings, name, provider, envs, tokens, GrantType(grant_type))
 
 
 def _imported_refresh_token(body: dict[str, Any]) -> str:
@@ -142,7 +151,7 @@ def device_login(
         tokens = oauth.device_token(provider, authorization, wanted)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
-    return connected(store, settings, name, provider, envs, tokens, "device_code")
+    return connected(store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE)
 
 
 def connected(
@@ -152,7 +161,7 @@ def connected(
     provider: Provider,
     envs: tuple[str, ...],
     tokens: TokenSet,
-    grant_type: str,
+    grant_type: GrantType,
     login_id: str = "",
 ) -> Grant:
     """Store tokens just obtained as a fresh, active grant. If it replaces a grant whose failure was

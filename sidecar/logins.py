@@ -29,7 +29,17 @@ from . import approvals, oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError, printable
 from .grants import connected, may_store, provider_for, wanted_scopes
-from .models import Grant, Identity, Provider, TokenSet, check_environments, check_name, parse_rfc3339, rfc3339
+from .models import (
+    Grant,
+    GrantType,
+    Identity,
+    Provider,
+    TokenSet,
+    check_environments,
+    check_name,
+    parse_rfc3339,
+    rfc3339,
+)
 from .store import Store, Versioned
 
 log = logging.getLogger(__name__)
@@ -295,7 +305,7 @@ def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
     try:
         return connected(
             patient, settings, redeemed.name, redeemed.provider, redeemed.environments, redeemed.tokens,
-            "authorization_code", login_id=redeemed.lid,
+            GrantType.AUTHORIZATION_CODE, login_id=redeemed.lid,
         )  # fmt: skip
     finally:
         _forget(patient, redeemed.lid)

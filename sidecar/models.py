@@ -8,7 +8,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
@@ -407,7 +408,29 @@ class Identity:
 
 # -- tokens and grants ------------------------------------------------------------------------
 
-STATUSES = ("active", "retrying", "reauthorization_required")
+E = TypeVar("E", bound=StrEnum)
+
+
+class Status(StrEnum):
+    """A grant's health, as the API, the UI, the views and the webhooks name it."""
+
+    ACTIVE = "active"
+    RETRYING = "retrying"  # the last refresh failed and will be tried again
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"  # the provider refused it for good
+
+
+class GrantType(StrEnum):
+    """How a secret was obtained, and so how it is renewed."""
+
+    AUTHORIZATION_CODE = "authorization_code"  # a browser login (logins.py)
+    CLIENT_CREDENTIALS = "client_credentials"  # asked for again, no refresh token
+    REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a name, not a secret: an imported refresh token
+    DEVICE_CODE = "device_code"  # RFC 8628
+
+
+def _member(kind: type[E], value: object, default: E) -> E:
+    """`value` as a member of `kind`; a record's missing or unknown value reads as `default`."""
+    return kind(value) if isinstance(value, str) and value in kind._value2member_map_ else default
 
 
 def rfc3339(moment: datetime | None, precise: bool = False) -> str:
@@ -476,7 +499,7 @@ class Grant:
     provider: str
     environments: tuple[str, ...]
     tokens: TokenSet
-    status: str = "active"
+    status: Status = Status.ACTIVE
     login_id: str = ""
     connected_at: datetime | None = None
     last_refreshed_at: datetime | None = None
@@ -485,14 +508,14 @@ class Grant:
     next_attempt_at: datetime | None = None
     claim_owner: str = ""
     claim_until: datetime | None = None
-    grant_type: str = "authorization_code"  # how it was obtained, and so how it is renewed
+    grant_type: GrantType = GrantType.AUTHORIZATION_CODE
     failing_since: datetime | None = None  # when it last left `active`
     notified: str = ""  # the status the webhook last announced, until the grant recovers
 
     @property
     def renewable(self) -> bool:
         """A refresh token to redeem, or client credentials to ask again with."""
-        return bool(self.tokens.refresh_token) or self.grant_type == "client_credentials"
+        return bool(self.tokens.refresh_token) or self.grant_type == GrantType.CLIENT_CREDENTIALS
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -521,7 +544,7 @@ class Grant:
             provider=record["provider"],
             environments=tuple(record.get("environments") or ()),
             tokens=TokenSet.from_record(record),
-            status=record.get("status") or "active",
+            status=_member(Status, record.get("status"), Status.ACTIVE),
             login_id=record.get("login_id") or "",
             connected_at=parse_rfc3339(record.get("connected_at")),
             last_refreshed_at=parse_rfc3339(record.get("last_refreshed_at")),
@@ -530,7 +553,7 @@ class Grant:
             next_attempt_at=parse_rfc3339(record.get("next_attempt_at")),
             claim_owner=record.get("claim_owner") or "",
             claim_until=parse_rfc3339(record.get("claim_until")),
-            grant_type=record.get("grant_type") or "authorization_code",
+            grant_type=_member(GrantType, record.get("grant_type"), GrantType.AUTHORIZATION_CODE),
             failing_since=parse_rfc3339(record.get("failing_since")),
             notified=record.get("notified") or "",
         )
@@ -591,7 +614,7 @@ def check_environments(value: object, configured: tuple[str, ...]) -> tuple[str,
 def due_at(grant: Grant, margin: int, max_token_lifetime: int | None = None) -> datetime | None:
     """When to refresh: `expires_at - min(margin, lifetime / 2)`, a little earlier by a jitter
     of up to a tenth of that lead, and not before a backoff allows. None: never on a timer."""
-    if grant.status == "reauthorization_required" or not grant.renewable:
+    if grant.status == Status.REAUTHORIZATION_REQUIRED or not grant.renewable:
         return None
     issued = grant.last_refreshed_at or grant.connected_at
     expires = grant.tokens.expires_at

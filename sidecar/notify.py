@@ -15,17 +15,26 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from . import egress
 from .config import Settings, webhook_key
 from .errors import OAuthPermanent, OAuthTransient
 from .metrics import NOTIFICATIONS
-from .models import Grant, rfc3339
+from .models import Grant, Status, rfc3339
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 3.0
 ATTEMPTS = 2  # a refresh worker waits for a failing receiver at most 2 x 3 s + 0.5 s
+
+
+class Event(StrEnum):
+    """What a webhook announces about a grant (its `type` is `grant.<event>`)."""
+
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    RETRYING = "retrying"
+    RECOVERED = "recovered"
 
 
 class Notifier:
@@ -35,20 +44,20 @@ class Notifier:
         self._key = webhook_key(secret)
         self.after = settings.notify_after
 
-    def owed(self, grant: Grant, now: datetime) -> str | None:
+    def owed(self, grant: Grant, now: datetime) -> Event | None:
         """The event to announce about this grant now, if any."""
         if not self.url:
             return None
-        if grant.status == "active":
-            return "recovered" if grant.notified else None
+        if grant.status == Status.ACTIVE:
+            return Event.RECOVERED if grant.notified else None
         if grant.notified == grant.status:
             return None
-        if grant.status == "reauthorization_required":
-            return grant.status  # a person must act: no reason to wait
+        if grant.status == Status.REAUTHORIZATION_REQUIRED:
+            return Event.REAUTHORIZATION_REQUIRED  # a person must act: no reason to wait
         since = grant.failing_since
-        return grant.status if since and (now - since).total_seconds() >= self.after else None
+        return Event(grant.status) if since and (now - since).total_seconds() >= self.after else None
 
-    def send(self, event: str, grant: Grant) -> bool:
+    def send(self, event: Event, grant: Grant) -> bool:
         """POST one event; True once the receiver answered 2xx. Never raises."""
         if not self.url:
             return False

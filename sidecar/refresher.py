@@ -21,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import partial
 from typing import TypeVar
 
@@ -28,8 +29,8 @@ from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
-from .models import STATUSES, Grant, Provider, TokenSet, due_at, rfc3339
-from .notify import Notifier
+from .models import Grant, GrantType, Provider, Status, TokenSet, due_at, rfc3339
+from .notify import Event, Notifier
 from .store import Store
 from .sweep import sweep
 
@@ -47,9 +48,40 @@ SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a st
 SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and UI sessions
 # Answers that mean the refresh token itself is dead: a person must log in again.
 DEAD_GRANT = frozenset({"invalid_grant", "unauthorized_client"})
-FAILED = frozenset({"retrying", "reauthorization_required", "error", "announcement_failed"})
+
+
+class RefreshResult(StrEnum):
+    """What one refresh attempt came to: the `outcome` label of oauth_sidecar_refreshes_total."""
+
+    REFRESHED = "refreshed"
+    NOT_DUE = "not_due"
+    CLAIMED_ELSEWHERE = "claimed_elsewhere"  # a sibling's claim is live
+    LOST_RACE = "lost_race"  # a sibling claimed or wrote it between our read and our claim
+    CLAIM_TOO_SLOW = "claim_too_slow"
+    SUPERSEDED = "superseded"  # the grant changed while its refresh was in flight
+    RETRYING = "retrying"
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    NO_REFRESH_TOKEN = "no_refresh_token"  # noqa: S105 - a name, not a secret
+    MISSING = "missing"
+    ERROR = "error"
+    ANNOUNCED = "announced"
+    ANNOUNCEMENT_FAILED = "announcement_failed"
+
+
+FAILED = frozenset(
+    {
+        RefreshResult.RETRYING,
+        RefreshResult.REAUTHORIZATION_REQUIRED,
+        RefreshResult.ERROR,
+        RefreshResult.ANNOUNCEMENT_FAILED,
+    }
+)
+# Another replica has the grant in hand: try again shortly (the API answers 409).
+ELSEWHERE = frozenset(
+    {RefreshResult.CLAIMED_ELSEWHERE, RefreshResult.LOST_RACE, RefreshResult.SUPERSEDED, RefreshResult.CLAIM_TOO_SLOW}
+)
 # Announcements due whenever they are owed; `retrying` is announced by the failed refresh itself.
-ANNOUNCE_NOW = frozenset({"reauthorization_required", "recovered"})
+ANNOUNCE_NOW = frozenset({Event.REAUTHORIZATION_REQUIRED, Event.RECOVERED})
 
 
 class RefreshFailed(SidecarError):
@@ -60,7 +92,7 @@ class RefreshFailed(SidecarError):
 @dataclass(frozen=True)
 class Outcome:
     name: str
-    result: str  # refreshed, not_due, claimed_elsewhere, lost_race, superseded, retrying, reauthorization_required, ...
+    result: RefreshResult
     detail: str = ""
 
     @property
@@ -244,7 +276,7 @@ class Refresher:
     def _publish_statuses(self) -> None:
         with self._lock:
             counts = Counter(self._status.values())
-        for status in STATUSES:
+        for status in Status:
             GRANTS.labels(status).set(counts.get(status, 0))
 
     # -- ticks and passes --------------------------------------------------------------------
@@ -282,19 +314,19 @@ class Refresher:
             outcome = self.refresh_one(name, force)
         except SidecarError as exc:
             log.warning("refresh of %s stopped: %s", name, exc.message)
-            outcome = Outcome(name, "error", exc.message)
+            outcome = Outcome(name, RefreshResult.ERROR, exc.message)
         except Exception:  # a bug must not kill the worker pool or the loop
             log.exception("refresh of %s failed unexpectedly", name)
-            outcome = Outcome(name, "error", "unexpected error; see the log")
+            outcome = Outcome(name, RefreshResult.ERROR, "unexpected error; see the log")
         finally:
             with self._lock:
                 self._in_flight.pop(name, None)
         REFRESHES.labels(outcome.result).inc()
-        if outcome.result == "refreshed":
+        if outcome.result == RefreshResult.REFRESHED:
             REFRESH_SECONDS.observe(time.monotonic() - started)
-        if outcome.result in ("lost_race", "claim_too_slow"):  # look again once the winner has written
+        if outcome.result in (RefreshResult.LOST_RACE, RefreshResult.CLAIM_TOO_SLOW):  # once the winner wrote
             self._retry_soon(name, max(1.0, self.settings.refresh_interval))
-        elif outcome.result == "error":
+        elif outcome.result == RefreshResult.ERROR:
             self._retry_soon(name, max(ERROR_RETRY, self.settings.refresh_interval))
         return outcome
 
@@ -331,44 +363,44 @@ class Refresher:
             current = self.store.read("grants", name)
         except NotFound:
             self._forget(name)
-            return Outcome(name, "missing")
+            return Outcome(name, RefreshResult.MISSING)
         grant = Grant.from_record(name, current.data)
         provider = self._provider(grant.provider)
         due = self._refresh_time(grant, provider)
         held = self._held_elsewhere(name, current.version, grant, now)
         if held:
             self._schedule(grant, max(due or now, now + timedelta(seconds=held)))
-            return Outcome(name, "claimed_elsewhere")
+            return Outcome(name, RefreshResult.CLAIMED_ELSEWHERE)
         refresh_now = force or (due is not None and self._is_due(name, due, now))
         if not refresh_now and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a refresh announces on success
             return self._announce(grant, current.version, provider)
-        if grant.status == "reauthorization_required":
-            return Outcome(name, "reauthorization_required", f"{grant.last_error}; connect it again")
+        if grant.status == Status.REAUTHORIZATION_REQUIRED:
+            return Outcome(name, RefreshResult.REAUTHORIZATION_REQUIRED, f"{grant.last_error}; connect it again")
         if not grant.renewable:
-            return Outcome(name, "no_refresh_token", "this grant has no refresh token; connect it again")
+            return Outcome(name, RefreshResult.NO_REFRESH_TOKEN, "this grant has no refresh token; connect it again")
         if not refresh_now:
             self._schedule(grant, due)
-            return Outcome(name, "not_due")
+            return Outcome(name, RefreshResult.NOT_DUE)
         claim_until = self._clock() + timedelta(seconds=self.settings.claim_ttl)
         claimed = replace(grant, claim_owner=self.owner, claim_until=claim_until)
         sent = time.monotonic()
         try:
             version = self.store.put_grant(claimed, cas=current.version)
         except Conflict:
-            return Outcome(name, "lost_race")  # a sibling claimed or wrote it first; it is theirs
+            return Outcome(name, RefreshResult.LOST_RACE)  # a sibling claimed or wrote it first; it is theirs
         self._claims_seen.pop(name, None)
         if time.monotonic() - sent > self.settings.claim_ttl / 2:
             # Too little of the claim is left to redeem and store safely: a sibling may take it
             # over meanwhile. Nothing was redeemed; the claim stays ours until it lapses.
             log.warning("claiming %s took longer than half the claim's lifetime; not refreshing now", name)
-            return Outcome(name, "claim_too_slow")
+            return Outcome(name, RefreshResult.CLAIM_TOO_SLOW)
         # From here on, only this replica may use the refresh token.
         try:
             tokens = self._renew(grant, provider)
         except OAuthTransient as exc:
             return self._failed(claimed, version, provider, exc.message, exc.retry_after)
         except OAuthPermanent as exc:
-            if exc.error in DEAD_GRANT and grant.grant_type != "client_credentials":  # a refresh token died
+            if exc.error in DEAD_GRANT and grant.grant_type != GrantType.CLIENT_CREDENTIALS:  # a refresh token died
                 return self._dead(name, version, exc.message, provider)
             if exc.error == "invalid_client":
                 self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
@@ -379,7 +411,7 @@ class Refresher:
         refreshed = replace(
             grant,
             tokens=replace(tokens, refresh_token=tokens.refresh_token or grant.tokens.refresh_token),
-            status="active",
+            status=Status.ACTIVE,
             last_refreshed_at=done,
             last_error="",
             failures=0,
@@ -390,7 +422,7 @@ class Refresher:
         )
         stored = self._store_result(refreshed, version)
         if stored is None:
-            return Outcome(name, "superseded", "the grant changed while its refresh was in flight")
+            return Outcome(name, RefreshResult.SUPERSEDED, "the grant changed while its refresh was in flight")
         refreshed = self._record_announcement(refreshed, stored)  # only once the new tokens are safe
         next_due = self._due_time(refreshed, provider)
         self._schedule(refreshed, next_due)
@@ -401,14 +433,14 @@ class Refresher:
             rfc3339(tokens.expires_at),
             rfc3339(next_due),
         )
-        return Outcome(name, "refreshed")
+        return Outcome(name, RefreshResult.REFRESHED)
 
     def _renew(self, grant: Grant, provider: Provider) -> TokenSet:
         """New tokens: with the client's own credentials, else by redeeming the refresh token."""
         refusal = self._provider_and_refusal(provider.name)[1]
         if refusal:  # the provider was changed outside the sidecar: send it nothing
             raise OAuthPermanent(refusal, error=approvals.CHANGED)
-        if grant.grant_type == "client_credentials":
+        if grant.grant_type == GrantType.CLIENT_CREDENTIALS:
             return oauth.client_credentials(provider, grant.tokens.scopes)
         if not grant.tokens.refresh_token:  # `renewable` says there is one; never send an empty one
             raise OAuthPermanent("this grant has no refresh token; connect it again")
@@ -419,7 +451,7 @@ class Refresher:
         event = self.notifier.owed(grant, self._clock())
         if not (event and self.notifier.send(event, grant)):
             return grant
-        if event == "recovered":
+        if event == Event.RECOVERED:
             return replace(grant, notified="", failing_since=None)
         return replace(grant, notified=grant.status)
 
@@ -439,9 +471,9 @@ class Refresher:
         announced = self._record_announcement(grant, version)
         if announced is grant:
             self._retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
-            return Outcome(grant.name, "announcement_failed")
+            return Outcome(grant.name, RefreshResult.ANNOUNCEMENT_FAILED)
         self._schedule(announced, self._due_time(announced, provider))
-        return Outcome(grant.name, "announced")
+        return Outcome(grant.name, RefreshResult.ANNOUNCED)
 
     def _store_result(self, refreshed: Grant, version: int) -> int | None:
         """Write the new tokens, then the views; never give up on either while Vault is only
@@ -550,7 +582,7 @@ class Refresher:
         delay = self._backoff(claimed, provider, failures, retry_after)
         failed = replace(
             claimed,
-            status="retrying",
+            status=Status.RETRYING,
             failures=failures,
             last_error=message,
             next_attempt_at=self._clock() + timedelta(seconds=delay),
@@ -566,7 +598,7 @@ class Refresher:
             log.warning("could not record the failed refresh of %s: %s", claimed.name, exc.message)
         self._schedule(failed, self._due_time(failed, provider))
         log.warning("refresh of %s failed (attempt %d), next in %.0fs: %s", claimed.name, failures, delay, message)
-        return Outcome(claimed.name, "retrying", message)
+        return Outcome(claimed.name, RefreshResult.RETRYING, message)
 
     def _backoff(self, grant: Grant, provider: Provider, failures: int, retry_after: float | None) -> float:
         """Exponential with jitter, from a base that suits the token's lifetime; Retry-After honoured."""
@@ -583,11 +615,11 @@ class Refresher:
         """The refresh token is refused for good. Re-read first: a sibling may have refreshed it."""
         latest = self.store.read("grants", name)
         if latest.version != version:
-            return Outcome(name, "superseded", "another replica changed the grant meanwhile")
+            return Outcome(name, RefreshResult.SUPERSEDED, "another replica changed the grant meanwhile")
         before = Grant.from_record(name, latest.data)
         marked = replace(
             before,
-            status="reauthorization_required",
+            status=Status.REAUTHORIZATION_REQUIRED,
             last_error=message,
             next_attempt_at=None,
             claim_owner="",
@@ -599,10 +631,10 @@ class Refresher:
         try:
             self.store.put_grant(marked, cas=latest.version)  # releases the claim
         except Conflict:
-            return Outcome(name, "superseded", "another replica changed the grant meanwhile")
+            return Outcome(name, RefreshResult.SUPERSEDED, "another replica changed the grant meanwhile")
         self._schedule(marked, self._due_time(marked, provider))
         log.warning("grant %s needs a new login: %s", name, message)
-        return Outcome(name, "reauthorization_required", message)
+        return Outcome(name, RefreshResult.REAUTHORIZATION_REQUIRED, message)
 
     # -- the loop ----------------------------------------------------------------------------
 

@@ -8,7 +8,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sidecar.errors import Invalid
-from sidecar.models import Grant, Provider, TokenSet, check_name, check_url, due_at, expiry_from, parse_scopes
+from sidecar.models import (
+    Grant,
+    GrantType,
+    Provider,
+    Status,
+    TokenSet,
+    check_name,
+    check_url,
+    due_at,
+    expiry_from,
+    parse_scopes,
+)
 
 from .helpers import CLIENT_SECRET, provider_body
 
@@ -315,3 +326,12 @@ def test_a_secret_based_method_still_needs_the_client_secret():
     with pytest.raises(Invalid) as caught:
         Provider.from_input("p", provider_body(client_secret=None, private_key=EC_PEM))
     assert "client_secret" in caught.value.fields
+
+
+def test_a_grant_record_reads_its_vocabularies_and_an_unknown_value_as_the_default():
+    record = {"provider": "mock", "access_token": "at", "status": "retrying", "grant_type": "device_code"}
+    grant = Grant.from_record("sheets", record)
+    assert (grant.status, grant.grant_type) == (Status.RETRYING, GrantType.DEVICE_CODE)
+    odd = Grant.from_record("sheets", {**record, "status": "bogus", "grant_type": ["a list"]})
+    assert (odd.status, odd.grant_type) == (Status.ACTIVE, GrantType.AUTHORIZATION_CODE)
+    assert odd.to_record()["status"] == "active"  # a plain string in Vault, as before

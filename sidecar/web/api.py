@@ -10,9 +10,9 @@ from flask import Blueprint, current_app, g, request
 from .. import approvals, grants, logins, presets, providers
 from ..audit import Action
 from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
-from ..models import check_fields, check_name, rfc3339
+from ..models import GrantType, check_fields, check_name, rfc3339
 from ..policies import render_reader
-from ..refresher import Outcome, RefreshFailed
+from ..refresher import ELSEWHERE, Outcome, RefreshFailed, RefreshResult
 from ..store import Store
 from . import plausible_token, runtime
 
@@ -111,7 +111,7 @@ def delete_provider(name: str):
 def create_secret():
     body = json_object()
     rt, target = runtime(current_app), str(body.get("name"))[:64]
-    if body.get("grant_type", "authorization_code") != "authorization_code":
+    if body.get("grant_type", GrantType.AUTHORIZATION_CODE) != GrantType.AUTHORIZATION_CODE:
         with audited(Action.CREATED, target):
             return grants.create(store(), rt.settings, body, rt.own_store).public(), 201
     check_fields(body, {"name", "provider", "environments", "scopes", "grant_type"})
@@ -157,11 +157,11 @@ def refresh_secret(name: str):
 
 
 def _raise_unless_refreshed(name: str, outcome: Outcome) -> None:
-    if outcome.result == "refreshed":
+    if outcome.result == RefreshResult.REFRESHED:
         return
-    if outcome.result == "missing":
+    if outcome.result == RefreshResult.MISSING:
         raise NotFound(f"secret {name!r} not found")
-    if outcome.result in ("claimed_elsewhere", "lost_race", "superseded", "claim_too_slow"):
+    if outcome.result in ELSEWHERE:
         raise Conflict(f"secret {name!r} is being refreshed by another replica right now; try again shortly")
     raise RefreshFailed(f"refresh of {name!r} failed: {outcome.detail or outcome.result}")
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..grants import GRANT_TYPES
-from ..models import TOKEN_AUTH_METHODS
+from ..models import TOKEN_AUTH_METHODS, GrantType, Status
 from ..presets import PRESETS
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
@@ -151,7 +150,7 @@ PUBLIC_JWK: dict[str, Any] = {
     },
 }
 # device_code grants are made by the CLI only, so the API takes the others.
-API_GRANT_TYPES = [g for g in GRANT_TYPES if g != "device_code"]
+API_GRANT_TYPES = [g.value for g in GrantType if g != GrantType.DEVICE_CODE]
 SECRET_INPUT: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -445,9 +444,9 @@ def document() -> dict[str, Any]:
                     "properties": {
                         "name": NAME,
                         "provider": NAME,
-                        "grant_type": {"enum": list(GRANT_TYPES)},
+                        "grant_type": {"enum": [g.value for g in GrantType]},
                         "environments": {"type": "array", "items": NAME},
-                        "status": {"enum": ["active", "retrying", "reauthorization_required"]},
+                        "status": {"enum": [s.value for s in Status]},
                         "scopes": {"type": "array", "items": {"type": "string"}},
                         "expires_at": {"type": "string"},
                         "has_refresh_token": {"type": "boolean"},

@@ -34,6 +34,7 @@ from ..audit import Action, Result
 from ..errors import Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
 from ..models import TOKEN_AUTH_METHODS, Provider, key_values
 from ..providers import build as build_provider
+from ..refresher import RefreshResult
 from ..store import Store
 from . import plausible_token, runtime
 from .sessions import ServerSession, cookie_name, secure
@@ -396,7 +397,7 @@ def start_login(name: str, provider: str, environments: list[str]) -> logins.Log
 def refresh_secret(name: str):
     with audited(Action.REFRESHED, name):
         outcome = runtime(current_app).refresher.refresh_for(user_store(), name)
-    if outcome.result == "refreshed":
+    if outcome.result == RefreshResult.REFRESHED:
         flash(f"{name} refreshed.", "success")
     else:
         flash(f"{name} was not refreshed: {outcome.detail or outcome.result.replace('_', ' ')}", "error")
