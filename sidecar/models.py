@@ -6,7 +6,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -511,6 +511,41 @@ class Grant:
     grant_type: GrantType = GrantType.AUTHORIZATION_CODE
     failing_since: datetime | None = None  # when it last left `active`
     notified: str = ""  # the status the webhook last announced, until the grant recovers
+
+    # -- state changes: every one that ends a refresh releases the claim ---------------------------
+
+    def claimed(self, owner: str, until: datetime) -> Grant:
+        return replace(self, claim_owner=owner, claim_until=until)
+
+    def refreshed(self, tokens: TokenSet, at: datetime, next_attempt_at: datetime | None) -> Grant:
+        """Renewed: active again, its failures forgotten. A provider that sends no new refresh token
+        keeps the old one valid. `failing_since` stays until the recovery is announced."""
+        kept = replace(tokens, refresh_token=tokens.refresh_token or self.tokens.refresh_token)
+        return replace(
+            self, tokens=kept, status=Status.ACTIVE, last_refreshed_at=at,
+            last_error="", failures=0, next_attempt_at=next_attempt_at, claim_owner="", claim_until=None,
+            failing_since=self.failing_since if self.notified else None,
+        )  # fmt: skip
+
+    def failed(self, message: str, next_attempt_at: datetime, now: datetime) -> Grant:
+        """The refresh failed for now: `retrying`, one failure more, the current token kept."""
+        return replace(
+            self, status=Status.RETRYING, failures=self.failures + 1, last_error=message,
+            next_attempt_at=next_attempt_at, claim_owner="", claim_until=None, failing_since=self.failing_since or now,
+        )  # fmt: skip
+
+    def needs_login(self, message: str, now: datetime) -> Grant:
+        """The provider refused the grant for good: nothing more to try until a person logs in."""
+        return replace(
+            self, status=Status.REAUTHORIZATION_REQUIRED, last_error=message, next_attempt_at=None,
+            claim_owner="", claim_until=None, failing_since=self.failing_since or now,
+        )  # fmt: skip
+
+    def announced(self) -> Grant:
+        """Its status delivered by webhook. A recovery (active again) ends the failure episode."""
+        if self.status == Status.ACTIVE:
+            return replace(self, notified="", failing_since=None)
+        return replace(self, notified=self.status)
 
     @property
     def renewable(self) -> bool:

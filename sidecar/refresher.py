@@ -19,7 +19,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -382,7 +382,7 @@ class Refresher:
             self._schedule(grant, due)
             return Outcome(name, RefreshResult.NOT_DUE)
         claim_until = self._clock() + timedelta(seconds=self.settings.claim_ttl)
-        claimed = replace(grant, claim_owner=self.owner, claim_until=claim_until)
+        claimed = grant.claimed(self.owner, claim_until)
         sent = time.monotonic()
         try:
             version = self.store.put_grant(claimed, cas=current.version)
@@ -408,18 +408,7 @@ class Refresher:
                 return self._failed(claimed, version, provider, message, None)
             return self._failed(claimed, version, provider, exc.message, None)
         done = self._clock()
-        refreshed = replace(
-            grant,
-            tokens=replace(tokens, refresh_token=tokens.refresh_token or grant.tokens.refresh_token),
-            status=Status.ACTIVE,
-            last_refreshed_at=done,
-            last_error="",
-            failures=0,
-            next_attempt_at=_not_extended(grant.tokens, tokens, done),
-            claim_owner="",
-            claim_until=None,
-            failing_since=grant.failing_since if grant.notified else None,  # until the recovery is announced
-        )
+        refreshed = grant.refreshed(tokens, done, _not_extended(grant.tokens, tokens, done))
         stored = self._store_result(refreshed, version)
         if stored is None:
             return Outcome(name, RefreshResult.SUPERSEDED, "the grant changed while its refresh was in flight")
@@ -451,9 +440,7 @@ class Refresher:
         event = self.notifier.owed(grant, self._clock())
         if not (event and self.notifier.send(event, grant)):
             return grant
-        if event == Event.RECOVERED:
-            return replace(grant, notified="", failing_since=None)
-        return replace(grant, notified=grant.status)
+        return grant.announced()
 
     def _record_announcement(self, grant: Grant, version: int) -> Grant:
         """Deliver an owed announcement about the grant stored at `version`, and record it (CAS)."""
@@ -580,16 +567,8 @@ class Refresher:
         """Keep the current token, record the failure, back off; the claim is released."""
         failures = claimed.failures + 1
         delay = self._backoff(claimed, provider, failures, retry_after)
-        failed = replace(
-            claimed,
-            status=Status.RETRYING,
-            failures=failures,
-            last_error=message,
-            next_attempt_at=self._clock() + timedelta(seconds=delay),
-            claim_owner="",
-            claim_until=None,
-            failing_since=claimed.failing_since or self._clock(),
-        )
+        now = self._clock()
+        failed = claimed.failed(message, now + timedelta(seconds=delay), now)
         failed = self._with_announcement(failed)
         self._views_while_claimed(failed)
         try:
@@ -617,15 +596,7 @@ class Refresher:
         if latest.version != version:
             return Outcome(name, RefreshResult.SUPERSEDED, "another replica changed the grant meanwhile")
         before = Grant.from_record(name, latest.data)
-        marked = replace(
-            before,
-            status=Status.REAUTHORIZATION_REQUIRED,
-            last_error=message,
-            next_attempt_at=None,
-            claim_owner="",
-            claim_until=None,
-            failing_since=before.failing_since or self._clock(),
-        )
+        marked = before.needs_login(message, self._clock())
         marked = self._with_announcement(marked)
         self._views_while_claimed(marked)
         try:

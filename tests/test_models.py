@@ -335,3 +335,48 @@ def test_a_grant_record_reads_its_vocabularies_and_an_unknown_value_as_the_defau
     odd = Grant.from_record("sheets", {**record, "status": "bogus", "grant_type": ["a list"]})
     assert (odd.status, odd.grant_type) == (Status.ACTIVE, GrantType.AUTHORIZATION_CODE)
     assert odd.to_record()["status"] == "active"  # a plain string in Vault, as before
+
+
+# -- a grant's state changes, without Vault ----------------------------------------------------------
+
+T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def claimed_grant(**fields) -> Grant:
+    tokens = TokenSet("at-1", "Bearer", T0 + timedelta(hours=1), ("openid",), "rt-1")
+    return Grant("sheets", "mock", ("production",), tokens, **fields).claimed("replica-a", T0 + timedelta(minutes=2))
+
+
+def test_every_state_change_that_ends_a_refresh_releases_the_claim():
+    grant = claimed_grant()
+    assert (grant.claim_owner, grant.claim_until) == ("replica-a", T0 + timedelta(minutes=2))
+    new = TokenSet("at-2", "Bearer", T0 + timedelta(hours=2), ("openid",), "rt-2")
+    for ended in (grant.refreshed(new, T0, None), grant.failed("down", T0, T0), grant.needs_login("dead", T0)):
+        assert (ended.claim_owner, ended.claim_until) == ("", None)
+
+
+def test_a_refresh_keeps_the_old_refresh_token_when_the_provider_sends_none():
+    renewed = claimed_grant().refreshed(TokenSet("at-2", "Bearer", None, ("openid",)), T0, None)
+    assert (renewed.tokens.access_token, renewed.tokens.refresh_token) == ("at-2", "rt-1")
+
+
+def test_failures_count_up_and_a_refresh_forgets_them():
+    once = claimed_grant().failed("provider down", T0 + timedelta(seconds=5), T0)
+    twice = once.failed("still down", T0 + timedelta(seconds=15), T0 + timedelta(seconds=5))
+    assert (twice.status, twice.failures, twice.last_error) == (Status.RETRYING, 2, "still down")
+    assert twice.failing_since == T0  # since the first failure, not the latest
+    back = twice.refreshed(twice.tokens, T0 + timedelta(seconds=20), None)
+    assert (back.status, back.failures, back.last_error, back.failing_since) == (Status.ACTIVE, 0, "", None)
+
+
+def test_failing_since_stays_until_the_recovery_is_announced():
+    dead = claimed_grant().needs_login("invalid_grant", T0).announced()
+    assert (dead.status, dead.notified, dead.next_attempt_at) == (
+        Status.REAUTHORIZATION_REQUIRED,
+        "reauthorization_required",
+        None,
+    )
+    back = dead.refreshed(dead.tokens, T0 + timedelta(minutes=5), None)
+    assert back.status == Status.ACTIVE and back.failing_since == T0  # the recovery is still to be announced
+    recovered = back.announced()
+    assert (recovered.notified, recovered.failing_since) == ("", None)
