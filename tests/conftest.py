@@ -37,6 +37,18 @@ from .helpers import (
 )
 from .kubernetes import TokenReviewAPI
 
+# A test that asks for none of these needs no server: it is marked `unit`, the fast layer
+# (`pytest -m unit`; see the README's contributing notes).
+SERVER_FIXTURES = frozenset(
+    {"vault", "oauth_server", "live", "chromium", "durable_server", "cluster_server", "kubernetes_api", "fault_proxies"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("process"):
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def vault() -> Iterator[DevVault]:

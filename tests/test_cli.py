@@ -151,6 +151,7 @@ def test_token_problems_are_clear(run):
     assert bad_config.exit_code == 2 and "SIDECAR_ENVIRONMENTS" in bad_config.stderr
 
 
+@pytest.mark.process
 def test_dev_runs_everything_and_stops_cleanly(tmp_path):
     """The README's run command: OpenBao plus the sidecar, a provider round trip, Ctrl-C."""
     port = free_port()

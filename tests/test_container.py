@@ -122,6 +122,7 @@ def test_the_image_runs_its_own_command_as_a_non_root_user(image, buildah_env, v
         run("buildah", "rm", container, env=buildah_env, check=False)
 
 
+@pytest.mark.process
 def test_the_dockerfile_is_hadolint_clean():
     linter = str(Path(sys.executable).parent / "hadolint")
     done = subprocess.run([linter, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)

@@ -1,4 +1,5 @@
 import hvac
+import pytest
 
 from sidecar.config import Settings
 from sidecar.devvault import DevVault
@@ -10,6 +11,7 @@ def test_healthz_needs_nothing(settings):
     assert client.get("/healthz").json == {"status": "ok"}
 
 
+@pytest.mark.process
 def test_readyz_follows_vault_down_and_back():
     first = DevVault().start()
     settings = Settings.from_env({"VAULT_ADDR": first.addr, "VAULT_TOKEN": first.root_token})

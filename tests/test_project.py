@@ -16,8 +16,9 @@ def readme_commands() -> list[str]:
 
 
 def test_ci_runs_the_readme_test_command():
-    run_cmd, test_cmd = readme_commands()
+    run_cmd, test_cmd, fast_cmd = readme_commands()
     assert run_cmd.endswith("oauth-sidecar dev") and test_cmd.endswith("pytest")
+    assert fast_cmd.endswith("pytest -m unit")  # the contributing section's fast layer
     assert test_cmd in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
