@@ -8,7 +8,6 @@ other replicas created or refreshed. Replicas coordinate only through KV check-a
 
 from __future__ import annotations
 
-import heapq
 import logging
 import os
 import random
@@ -16,7 +15,7 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import TypeVar
 
 from . import approvals, oauth, providers
 from .config import Settings
+from .duequeue import DueQueue
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
 from .models import Grant, GrantType, Provider, Status, TokenSet, due_at, rfc3339
@@ -126,16 +126,8 @@ class Refresher:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._clock = clock
         self._pool = ThreadPoolExecutor(settings.refresh_concurrency, thread_name_prefix="refresh")
-        self._lock = threading.Lock()
-        # The queue waits on monotonic deadlines: a wall clock stepped back (an NTP correction) would
-        # otherwise hold every grant back by the step. Due times stay wall times in Vault, for the siblings.
-        self._heap: list[tuple[float, str]] = []
-        self._due: dict[str, float] = {}  # the live deadline per name; older heap entries are skipped
-        # name -> (the wall due time last scheduled, the earliest deadline found for it), kept after the
-        # pop: a resync that finds the same due time after a step back must not move the deadline later.
-        self._deadlines: dict[str, tuple[datetime, float]] = {}
-        self._tick_skew = self._skew()  # wall minus monotonic seconds, as the last tick read it
-        self._status: dict[str, str] = {}
+        self.queue = DueQueue(clock)
+        self._lock = threading.Lock()  # guards `_in_flight` only; never held while calling the queue
         self._in_flight: dict[str, Future[Outcome]] = {}
         # name -> (monotonic time read, the provider now), for providers whose endpoints are approved
         self._providers: dict[str, tuple[float, Provider]] = {}
@@ -146,59 +138,17 @@ class Refresher:
         self._next_sweep = 0.0
         self._stopping: float | None = None
 
-    # -- the due-queue ----------------------------------------------------------------------
+    # -- the due-queue (duequeue.py) ----------------------------------------------------------
 
     def _schedule(self, grant: Grant, at: datetime | None) -> None:
-        with self._lock:
-            self._status[grant.name] = grant.status
-            if at is None:
-                self._due.pop(grant.name, None)
-                self._deadlines.pop(grant.name, None)
-                return
-            # A due time dated before a step and queued after it (a refresh writing to Vault meanwhile)
-            # must not move by the step: of this skew and the last tick's, the earlier deadline.
-            deadline = at.timestamp() - max(self._skew(), self._tick_skew)
-            known = self._deadlines.get(grant.name)
-            if known and known[0] == at:  # the earlier: late is an expired token, early one extra refresh
-                deadline = min(deadline, known[1])
-            self._deadlines[grant.name] = (at, deadline)
-            self._due[grant.name] = deadline
-            heapq.heappush(self._heap, (deadline, grant.name))
-
-    def _skew(self) -> float:
-        return self._clock().timestamp() - time.monotonic()
-
-    def _is_due(self, name: str, due: datetime, now: datetime) -> bool:
-        """Whether a grant due at `due` is due: by the wall clock, or by the deadline it was queued at."""
-        if due <= now:
-            return True
-        with self._lock:
-            known = self._deadlines.get(name)
-        return known is not None and known[0] == due and time.monotonic() >= known[1]
+        self.queue.schedule(grant.name, grant.status, at)
 
     def _forget(self, name: str) -> None:
-        with self._lock:
-            self._due.pop(name, None)
-            self._deadlines.pop(name, None)
-            self._status.pop(name, None)
+        self.queue.forget([name])
         self._claims_seen.pop(name, None)
 
-    def _pop_due(self, deadline: float) -> list[str]:
-        """The names due by `deadline` (monotonic) that are not in flight."""
-        names = []
-        with self._lock:
-            while self._heap and self._heap[0][0] <= deadline:
-                at, name = heapq.heappop(self._heap)
-                if self._due.get(name) == at and name not in self._in_flight:
-                    del self._due[name]
-                    names.append(name)
-        return names
-
     def next_due(self) -> datetime | None:
-        """When the first queued grant is due, as a wall time by the clock as it reads now."""
-        with self._lock:
-            first = min(self._due.values(), default=None)
-        return None if first is None else self._clock() + timedelta(seconds=first - time.monotonic())
+        return self.queue.next_due()
 
     def _margin(self, provider: Provider) -> int:
         """The provider's refresh margin, else SIDECAR_REFRESH_MARGIN."""
@@ -260,11 +210,7 @@ class Refresher:
         if listing:
             listed = self.store.names("grants")
             self._next_resync = time.monotonic() + self.settings.resync_interval
-            with self._lock:
-                for gone in set(self._status) - set(listed):
-                    self._due.pop(gone, None)
-                    self._deadlines.pop(gone, None)
-                    self._status.pop(gone, None)
+            self.queue.forget(self.queue.known() - set(listed))
             self._scan.extend(listed)
             self._sweep_when_due()  # with the listing, so an idle tick still sends nothing
         scanned = min(budget, len(self._scan))
@@ -274,8 +220,7 @@ class Refresher:
             self._publish_statuses()
 
     def _publish_statuses(self) -> None:
-        with self._lock:
-            counts = Counter(self._status.values())
+        counts = self.queue.statuses()
         for status in Status:
             GRANTS.labels(status).set(counts.get(status, 0))
 
@@ -283,12 +228,12 @@ class Refresher:
 
     def tick(self) -> list[Future[Outcome]]:
         """One scheduler tick: a resync step, then every due grant handed to the worker pool."""
-        self._tick_skew = self._skew()
+        self.queue.tick()
         try:
             self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
-        return [self.submit(name) for name in self._pop_due(time.monotonic())]
+        return [self.submit(name) for name in self.queue.pop_due(time.monotonic(), self._in_flight.__contains__)]
 
     def _sweep_when_due(self) -> None:
         if time.monotonic() < self._next_sweep:
@@ -325,18 +270,10 @@ class Refresher:
         if outcome.result == RefreshResult.REFRESHED:
             REFRESH_SECONDS.observe(time.monotonic() - started)
         if outcome.result in (RefreshResult.LOST_RACE, RefreshResult.CLAIM_TOO_SLOW):  # once the winner wrote
-            self._retry_soon(name, max(1.0, self.settings.refresh_interval))
+            self.queue.retry_soon(name, max(1.0, self.settings.refresh_interval))
         elif outcome.result == RefreshResult.ERROR:
-            self._retry_soon(name, max(ERROR_RETRY, self.settings.refresh_interval))
+            self.queue.retry_soon(name, max(ERROR_RETRY, self.settings.refresh_interval))
         return outcome
-
-    def _retry_soon(self, name: str, seconds: float) -> None:
-        with self._lock:
-            if name in self._due:
-                return
-            deadline = time.monotonic() + seconds
-            self._due[name] = deadline
-            heapq.heappush(self._heap, (deadline, name))
 
     def refresh_for(self, caller: Store, name: str) -> Outcome:
         """Refresh now on behalf of a caller whose own token may update the grant ("Refresh now").
@@ -351,7 +288,8 @@ class Refresher:
         self._next_resync = 0.0
         self.resync_step(budget=10**9)
         ahead = (now - self._clock()).total_seconds() if now else 0.0
-        futures = [self.submit(name) for name in self._pop_due(time.monotonic() + ahead)]
+        due = self.queue.pop_due(time.monotonic() + ahead, self._in_flight.__contains__)
+        futures = [self.submit(name) for name in due]
         return [f.result() for f in futures]
 
     # -- one grant ---------------------------------------------------------------------------
@@ -371,7 +309,7 @@ class Refresher:
         if held:
             self._schedule(grant, max(due or now, now + timedelta(seconds=held)))
             return Outcome(name, RefreshResult.CLAIMED_ELSEWHERE)
-        refresh_now = force or (due is not None and self._is_due(name, due, now))
+        refresh_now = force or (due is not None and self.queue.is_due(name, due, now))
         if not refresh_now and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a refresh announces on success
             return self._announce(grant, current.version, provider)
         if grant.status == Status.REAUTHORIZATION_REQUIRED:
@@ -457,7 +395,7 @@ class Refresher:
         tried again until delivered."""
         announced = self._record_announcement(grant, version)
         if announced is grant:
-            self._retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
+            self.queue.retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
             return Outcome(grant.name, RefreshResult.ANNOUNCEMENT_FAILED)
         self._schedule(announced, self._due_time(announced, provider))
         return Outcome(grant.name, RefreshResult.ANNOUNCED)
