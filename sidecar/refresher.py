@@ -526,7 +526,7 @@ class Refresher:
         base = min(5.0, max(0.5, lead / 4))
         jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreads retries out; nothing secret depends on it
         delay = min(base * 2 ** (failures - 1) * jitter, BACKOFF_MAX)
-        return max(delay, retry_after or 0.0)
+        return float(max(delay, retry_after or 0.0))
 
     def _dead(self, name: str, version: int, message: str, provider: Provider) -> Outcome:
         """The refresh token is refused for good. Re-read first: a sibling may have refreshed it."""

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import hvac
 import hvac.exceptions as vault_errors
@@ -186,19 +186,25 @@ class Login:
     def _authenticate(self) -> dict[str, Any]:
         s = self._settings
         if s.vault_auth == "approle":
-            return self._client.auth.approle.login(
-                role_id=_secret(s.approle_role_id, s.approle_role_id_file),
-                secret_id=_secret(s.approle_secret_id, s.approle_secret_id_file),
-                mount_point=s.approle_mount,
-                use_token=False,
-            )["auth"]
+            return cast(
+                dict[str, Any],
+                self._client.auth.approle.login(
+                    role_id=_secret(s.approle_role_id, s.approle_role_id_file),
+                    secret_id=_secret(s.approle_secret_id, s.approle_secret_id_file),
+                    mount_point=s.approle_mount,
+                    use_token=False,
+                )["auth"],
+            )
         if s.vault_auth == "kubernetes":
-            return self._client.auth.kubernetes.login(
-                role=s.kubernetes_role,
-                jwt=_secret(None, s.kubernetes_token_file),
-                mount_point=s.kubernetes_mount,
-                use_token=False,
-            )["auth"]
+            return cast(
+                dict[str, Any],
+                self._client.auth.kubernetes.login(
+                    role=s.kubernetes_role,
+                    jwt=_secret(None, s.kubernetes_token_file),
+                    mount_point=s.kubernetes_mount,
+                    use_token=False,
+                )["auth"],
+            )
         # An explicit token file (kept fresh by an agent) wins over VAULT_TOKEN and ~/.vault-token.
         token = _secret(None, s.vault_token_file) if s.vault_token_file else _secret(s.vault_token, None)
         self._client.token = token
@@ -383,9 +389,10 @@ class Store:
         def send() -> dict[str, Any]:
             nonlocal attempts
             attempts += 1
-            return self._kv.create_or_update_secret(
+            answer = self._kv.create_or_update_secret(
                 path=path, secret=data, cas=cas, mount_point=self._settings.kv_mount
             )
+            return cast(dict[str, Any], answer)
 
         try:
             version = int(self._call(what, send)["data"]["version"])
@@ -534,4 +541,4 @@ class Store:
             "a new token",
             lambda: self._client.auth.token.create(policies=policies, ttl=ttl, display_name=display_name),
         )
-        return resp["auth"]["client_token"]
+        return str(resp["auth"]["client_token"])
