@@ -21,16 +21,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from functools import partial
 from typing import TypeVar
 
 from . import approvals, oauth, providers
+from .claims import ClaimWatch
 from .config import Settings
 from .duequeue import DueQueue
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
 from .models import Grant, GrantType, Provider, Status, TokenSet, due_at, rfc3339
 from .notify import Event, Notifier
+from .results import ResultWriter
 from .store import Store
 from .sweep import sweep
 
@@ -40,11 +41,7 @@ T = TypeVar("T")
 PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed client secret applies after this
 BACKOFF_MAX = 600.0
 ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault down, say) is looked at again
-RETRY_WRITE_MAX_DELAY = 5.0
 NOT_EXTENDED_WAIT = 30.0  # seconds between refreshes that keep answering an expiry already past
-# Seconds a failure's status keeps trying to reach its views: the claim is released after them.
-BRIEF_PATIENCE = 3.0
-SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a stop was asked
 SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and UI sessions
 # Answers that mean the refresh token itself is dead: a person must log in again.
 DEAD_GRANT = frozenset({"invalid_grant", "unauthorized_client"})
@@ -132,8 +129,8 @@ class Refresher:
         # name -> (monotonic time read, the provider now), for providers whose endpoints are approved
         self._providers: dict[str, tuple[float, Provider]] = {}
         self._scan: deque[str] = deque()
-        # name -> ((version, owner, until) of a claim elsewhere, monotonic time we first saw it)
-        self._claims_seen: dict[str, tuple[tuple[int, str, str], float]] = {}
+        self.claims = ClaimWatch(self.owner, settings.claim_ttl)
+        self.results = ResultWriter(store, lambda: self._stopping)
         self._next_resync = 0.0
         self._next_sweep = 0.0
         self._stopping: float | None = None
@@ -145,7 +142,7 @@ class Refresher:
 
     def _forget(self, name: str) -> None:
         self.queue.forget([name])
-        self._claims_seen.pop(name, None)
+        self.claims.forget(name)
 
     def next_due(self) -> datetime | None:
         return self.queue.next_due()
@@ -305,7 +302,7 @@ class Refresher:
         grant = Grant.from_record(name, current.data)
         provider = self._provider(grant.provider)
         due = self._refresh_time(grant, provider)
-        held = self._held_elsewhere(name, current.version, grant, now)
+        held = self.claims.held_elsewhere(name, current.version, grant, now)
         if held:
             self._schedule(grant, max(due or now, now + timedelta(seconds=held)))
             return Outcome(name, RefreshResult.CLAIMED_ELSEWHERE)
@@ -326,7 +323,7 @@ class Refresher:
             version = self.store.put_grant(claimed, cas=current.version)
         except Conflict:
             return Outcome(name, RefreshResult.LOST_RACE)  # a sibling claimed or wrote it first; it is theirs
-        self._claims_seen.pop(name, None)
+        self.claims.forget(name)
         if time.monotonic() - sent > self.settings.claim_ttl / 2:
             # Too little of the claim is left to redeem and store safely: a sibling may take it
             # over meanwhile. Nothing was redeemed; the claim stays ours until it lapses.
@@ -347,7 +344,7 @@ class Refresher:
             return self._failed(claimed, version, provider, exc.message, None)
         done = self._clock()
         refreshed = grant.refreshed(tokens, done, _not_extended(grant.tokens, tokens, done))
-        stored = self._store_result(refreshed, version)
+        stored = self.results.store_result(refreshed, version)
         if stored is None:
             return Outcome(name, RefreshResult.SUPERSEDED, "the grant changed while its refresh was in flight")
         refreshed = self._record_announcement(refreshed, stored)  # only once the new tokens are safe
@@ -400,105 +397,6 @@ class Refresher:
         self._schedule(announced, self._due_time(announced, provider))
         return Outcome(grant.name, RefreshResult.ANNOUNCED)
 
-    def _store_result(self, refreshed: Grant, version: int) -> int | None:
-        """Write the new tokens, then the views; never give up on either while Vault is only
-        unavailable. A conflict may be our own earlier write, whose answer was lost: then it is done.
-        Returns the grant's new version, or None if another writer got there first."""
-        try:
-            stored: int | None = self._until_stored(
-                partial(self.store.put_grant, refreshed, cas=version), refreshed.name
-            )
-        except Conflict:
-            stored = self._until_stored(partial(self._already_stored, refreshed), refreshed.name)
-            if stored is None:
-                log.error("grant %s changed while this replica held its claim; its new tokens are dropped",
-                          refreshed.name)  # fmt: skip
-                return None
-        self._write_views(refreshed, patient=True)
-        return stored
-
-    def _until_stored(self, call: Callable[[], T], name: str) -> T:
-        """`call`, retried while Vault is unavailable, until SHUTDOWN_GRACE after a stop was asked."""
-        delay = 0.2
-        while True:
-            try:
-                return call()
-            except VaultUnavailable:
-                if self._stopping and time.monotonic() - self._stopping > SHUTDOWN_GRACE:
-                    log.error("gave up storing the refreshed tokens of %s: Vault stayed unavailable", name)
-                    raise
-                log.warning("storing the refreshed tokens of %s: Vault unavailable; retrying", name)
-                time.sleep(delay)
-                delay = min(delay * 2, RETRY_WRITE_MAX_DELAY)
-
-    def _already_stored(self, refreshed: Grant) -> int | None:
-        """The grant's version if Vault holds exactly these new tokens (None otherwise)."""
-        try:
-            current = self.store.read("grants", refreshed.name)
-        except NotFound:
-            return None
-        stored = Grant.from_record(refreshed.name, current.data)
-        same = stored.tokens == refreshed.tokens and stored.last_refreshed_at == refreshed.last_refreshed_at
-        return current.version if same else None
-
-    def _held_elsewhere(self, name: str, version: int, grant: Grant, now: datetime) -> float:
-        """Seconds another replica's claim is still to be respected (0: not claimed elsewhere).
-
-        A claim is live while its `claim_until` lies ahead by our clock, and in any case for
-        SIDECAR_CLAIM_TTL seconds of our own monotonic time from when we first saw it: our clock
-        may run ahead of the holder's, and must not end its claim early."""
-        if not grant.claim_owner or grant.claim_owner == self.owner:
-            self._claims_seen.pop(name, None)
-            return 0.0
-        by_clock = (grant.claim_until - now).total_seconds() if grant.claim_until else 0.0
-        # Keyed by more than the version: versions start again at 1 after a delete and re-create.
-        claim = (version, grant.claim_owner, rfc3339(grant.claim_until, precise=True))
-        seen, first_seen = self._claims_seen.get(name, (None, 0.0))
-        if seen != claim:
-            first_seen = time.monotonic()
-            self._claims_seen[name] = (claim, first_seen)
-        by_watch = self.settings.claim_ttl - (time.monotonic() - first_seen)
-        return max(by_clock, by_watch, 0.0)
-
-    def _write_views(self, grant: Grant, patient: bool = False) -> None:
-        """Each environment's view of the grant. Once a write has failed, every later one (a retry, or
-        the next environment's) is made only while the grant still holds these tokens: a newer
-        refresh may have replaced them meanwhile, its own writer writes the views, and a late write
-        of ours would put older tokens back. `patient`: retry as long as Vault is only unavailable
-        (new tokens); else for BRIEF_PATIENCE (a failure's status, written under the claim)."""
-        store = self.store if patient else self.store.until(time.monotonic() + BRIEF_PATIENCE)
-        delayed = False
-        for env in grant.environments:
-            if not delayed:
-                try:
-                    store.write_view(env, grant)
-                    continue
-                except VaultUnavailable:
-                    delayed = True
-            again = partial(self._write_view_if_current, store, env, grant)
-            if patient:
-                self._until_stored(again, grant.name)
-            else:
-                again()
-
-    def _views_while_claimed(self, grant: Grant) -> None:
-        """A failure's status into the views, written before the grant write that releases the claim:
-        while the claim is ours no newer tokens can be in them, so these cannot overwrite newer ones."""
-        try:
-            self._write_views(grant)
-        except VaultUnavailable as exc:
-            log.warning("could not show the status of %s in its views: %s", grant.name, exc.message)
-
-    def _write_view_if_current(self, store: Store, env: str, grant: Grant) -> None:
-        try:
-            current = store.get_grant(grant.name)
-        except NotFound:
-            return
-        if current.tokens == grant.tokens:
-            store.write_view(env, grant)
-        else:
-            log.info("view of %s in %s left to the newer refresh that replaced its tokens", grant.name, env)
-
     def _failed(
         self, claimed: Grant, version: int, provider: Provider, message: str, retry_after: float | None
     ) -> Outcome:
@@ -508,7 +406,7 @@ class Refresher:
         now = self._clock()
         failed = claimed.failed(message, now + timedelta(seconds=delay), now)
         failed = self._with_announcement(failed)
-        self._views_while_claimed(failed)
+        self.results.views_while_claimed(failed)
         try:
             self.store.put_grant(failed, cas=version)  # releases the claim
         except (Conflict, VaultUnavailable) as exc:
@@ -536,7 +434,7 @@ class Refresher:
         before = Grant.from_record(name, latest.data)
         marked = before.needs_login(message, self._clock())
         marked = self._with_announcement(marked)
-        self._views_while_claimed(marked)
+        self.results.views_while_claimed(marked)
         try:
             self.store.put_grant(marked, cas=latest.version)  # releases the claim
         except Conflict:
