@@ -316,11 +316,15 @@ class Refresher:
         if not refresh_now:
             self._schedule(grant, due)
             return Outcome(name, RefreshResult.NOT_DUE)
-        claim_until = self._clock() + timedelta(seconds=self.settings.claim_ttl)
-        claimed = grant.claimed(self.owner, claim_until)
+        return self._claim_and_renew(grant, current.version, provider, due)
+
+    def _claim_and_renew(self, grant: Grant, read_at: int, provider: Provider, due: datetime | None) -> Outcome:
+        """Claim the grant at the version read, then (only then) redeem, and store the result."""
+        name = grant.name
+        claimed = grant.claimed(self.owner, self._clock() + timedelta(seconds=self.settings.claim_ttl))
         sent = time.monotonic()
         try:
-            version = self.store.put_grant(claimed, cas=current.version)
+            version = self.store.put_grant(claimed, cas=read_at)
         except Conflict:
             return Outcome(name, RefreshResult.LOST_RACE)  # a sibling claimed or wrote it first; it is theirs
         self.claims.forget(name)
@@ -332,16 +336,8 @@ class Refresher:
         # From here on, only this replica may use the refresh token.
         try:
             tokens = self._renew(grant, provider)
-        except OAuthTransient as exc:
-            return self._failed(claimed, version, provider, exc.message, exc.retry_after)
-        except OAuthPermanent as exc:
-            if exc.error in DEAD_GRANT and grant.grant_type != GrantType.CLIENT_CREDENTIALS:  # a refresh token died
-                return self._dead(name, version, exc.message, provider)
-            if exc.error == "invalid_client":
-                self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
-                message = f"{exc.message}: the provider's client credentials are refused; fix the provider"
-                return self._failed(claimed, version, provider, message, None)
-            return self._failed(claimed, version, provider, exc.message, None)
+        except (OAuthTransient, OAuthPermanent) as exc:
+            return self._not_renewed(claimed, version, provider, exc)
         done = self._clock()
         refreshed = grant.refreshed(tokens, done, _not_extended(grant.tokens, tokens, done))
         stored = self.results.store_result(refreshed, version)
@@ -350,14 +346,23 @@ class Refresher:
         refreshed = self._record_announcement(refreshed, stored)  # only once the new tokens are safe
         next_due = self._due_time(refreshed, provider)
         self._schedule(refreshed, next_due)
-        log.info(
-            "refreshed %s (was due %s); expires %s, next due %s",
-            name,
-            rfc3339(due),
-            rfc3339(tokens.expires_at),
-            rfc3339(next_due),
-        )
+        log.info("refreshed %s (was due %s); expires %s, next due %s",
+                 name, rfc3339(due), rfc3339(tokens.expires_at), rfc3339(next_due))  # fmt: skip
         return Outcome(name, RefreshResult.REFRESHED)
+
+    def _not_renewed(
+        self, claimed: Grant, version: int, provider: Provider, exc: OAuthTransient | OAuthPermanent
+    ) -> Outcome:
+        """The provider did not renew: a dead refresh token needs a login; anything else is retried."""
+        if isinstance(exc, OAuthTransient):
+            return self._failed(claimed, version, provider, exc.message, exc.retry_after)
+        if exc.error in DEAD_GRANT and claimed.grant_type != GrantType.CLIENT_CREDENTIALS:  # a refresh token died
+            return self._dead(claimed.name, version, exc.message, provider)
+        if exc.error == "invalid_client":
+            self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
+            message = f"{exc.message}: the provider's client credentials are refused; fix the provider"
+            return self._failed(claimed, version, provider, message, None)
+        return self._failed(claimed, version, provider, exc.message, None)
 
     def _renew(self, grant: Grant, provider: Provider) -> TokenSet:
         """New tokens: with the client's own credentials, else by redeeming the refresh token."""
