@@ -21,7 +21,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import TypeVar
 
 from . import approvals, oauth, providers
 from .claims import ClaimWatch
@@ -36,7 +35,6 @@ from .store import Store
 from .sweep import sweep
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed client secret applies after this
 BACKOFF_MAX = 600.0
