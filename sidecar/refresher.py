@@ -23,13 +23,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from . import approvals, oauth, providers
+from .announcer import Announcer
 from .claims import ClaimWatch
 from .config import Settings
 from .duequeue import DueQueue
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
 from .models import Grant, GrantType, Provider, Status, TokenSet, due_at, rfc3339
-from .notify import Event, Notifier
+from .notify import Notifier
 from .results import ResultWriter
 from .store import Store
 from .sweep import sweep
@@ -75,8 +76,6 @@ FAILED = frozenset(
 ELSEWHERE = frozenset(
     {RefreshResult.CLAIMED_ELSEWHERE, RefreshResult.LOST_RACE, RefreshResult.SUPERSEDED, RefreshResult.CLAIM_TOO_SLOW}
 )
-# Announcements due whenever they are owed; `retrying` is announced by the failed refresh itself.
-ANNOUNCE_NOW = frozenset({Event.REAUTHORIZATION_REQUIRED, Event.RECOVERED})
 
 
 class RefreshFailed(SidecarError):
@@ -117,7 +116,7 @@ class Refresher:
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = now_utc) -> None:
         self.settings = settings
         self.store = store
-        self.notifier = Notifier(settings)
+        self.announcer = Announcer(store, Notifier(settings), clock)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._clock = clock
         self._pool = ThreadPoolExecutor(settings.refresh_concurrency, thread_name_prefix="refresh")
@@ -158,7 +157,7 @@ class Refresher:
 
     def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
         """When to look at the grant next: when it is to be refreshed, or now if an announcement is owed."""
-        if self.notifier.owed(grant, self._clock()) in ANNOUNCE_NOW:
+        if self.announcer.owed_now(grant):
             return self._clock()
         return self._refresh_time(grant, provider)
 
@@ -305,7 +304,7 @@ class Refresher:
             self._schedule(grant, max(due or now, now + timedelta(seconds=held)))
             return Outcome(name, RefreshResult.CLAIMED_ELSEWHERE)
         refresh_now = force or (due is not None and self.queue.is_due(name, due, now))
-        if not refresh_now and self.notifier.owed(grant, now) in ANNOUNCE_NOW:  # a refresh announces on success
+        if not refresh_now and self.announcer.owed_now(grant, now):  # a refresh announces on success
             return self._announce(grant, current.version, provider)
         if grant.status == Status.REAUTHORIZATION_REQUIRED:
             return Outcome(name, RefreshResult.REAUTHORIZATION_REQUIRED, f"{grant.last_error}; connect it again")
@@ -341,7 +340,7 @@ class Refresher:
         stored = self.results.store_result(refreshed, version)
         if stored is None:
             return Outcome(name, RefreshResult.SUPERSEDED, "the grant changed while its refresh was in flight")
-        refreshed = self._record_announcement(refreshed, stored)  # only once the new tokens are safe
+        refreshed = self.announcer.record(refreshed, stored)  # only once the new tokens are safe
         next_due = self._due_time(refreshed, provider)
         self._schedule(refreshed, next_due)
         log.info("refreshed %s (was due %s); expires %s, next due %s",
@@ -373,27 +372,10 @@ class Refresher:
             raise OAuthPermanent("this grant has no refresh token; connect it again")
         return oauth.refresh(provider, grant.tokens.refresh_token, grant.tokens.scopes)
 
-    def _with_announcement(self, grant: Grant) -> Grant:
-        """The grant, marked as announced if a notification was owed and delivered."""
-        event = self.notifier.owed(grant, self._clock())
-        if not (event and self.notifier.send(event, grant)):
-            return grant
-        return grant.announced()
-
-    def _record_announcement(self, grant: Grant, version: int) -> Grant:
-        """Deliver an owed announcement about the grant stored at `version`, and record it (CAS)."""
-        announced = self._with_announcement(grant)
-        if announced is not grant:
-            try:
-                self.store.put_grant(announced, cas=version)
-            except (Conflict, VaultUnavailable) as exc:
-                log.warning("could not record the announcement about %s: %s", grant.name, exc.message)
-        return announced
-
     def _announce(self, grant: Grant, version: int, provider: Provider) -> Outcome:
         """Deliver an announcement owed outside a refresh (a grant died, or a new login fixed it);
         tried again until delivered."""
-        announced = self._record_announcement(grant, version)
+        announced = self.announcer.record(grant, version)
         if announced is grant:
             self.queue.retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
             return Outcome(grant.name, RefreshResult.ANNOUNCEMENT_FAILED)
@@ -408,7 +390,7 @@ class Refresher:
         delay = self._backoff(claimed, provider, failures, retry_after)
         now = self._clock()
         failed = claimed.failed(message, now + timedelta(seconds=delay), now)
-        failed = self._with_announcement(failed)
+        failed = self.announcer.with_announcement(failed)
         self.results.views_while_claimed(failed)
         try:
             self.store.put_grant(failed, cas=version)  # releases the claim
@@ -436,7 +418,7 @@ class Refresher:
             return Outcome(name, RefreshResult.SUPERSEDED, "another replica changed the grant meanwhile")
         before = Grant.from_record(name, latest.data)
         marked = before.needs_login(message, self._clock())
-        marked = self._with_announcement(marked)
+        marked = self.announcer.with_announcement(marked)
         self.results.views_while_claimed(marked)
         try:
             self.store.put_grant(marked, cas=latest.version)  # releases the claim
