@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from . import approvals, oauth, providers
+from . import approvals, oauth
 from .announcer import Announcer
 from .claims import ClaimWatch
 from .config import Settings
@@ -31,13 +31,13 @@ from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransien
 from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
 from .models import Grant, GrantType, Provider, Status, TokenSet, due_at, rfc3339
 from .notify import Notifier
+from .provider_cache import ProviderCache
 from .results import ResultWriter
 from .store import Store
 from .sweep import sweep
 
 log = logging.getLogger(__name__)
 
-PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed client secret applies after this
 BACKOFF_MAX = 600.0
 ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault down, say) is looked at again
 NOT_EXTENDED_WAIT = 30.0  # seconds between refreshes that keep answering an expiry already past
@@ -123,8 +123,7 @@ class Refresher:
         self.queue = DueQueue(clock)
         self._lock = threading.Lock()  # guards `_in_flight` only; never held while calling the queue
         self._in_flight: dict[str, Future[Outcome]] = {}
-        # name -> (monotonic time read, the provider now), for providers whose endpoints are approved
-        self._providers: dict[str, tuple[float, Provider]] = {}
+        self.providers = ProviderCache(store, settings.discovery_interval)
         self._scan: deque[str] = deque()
         self.claims = ClaimWatch(self.owner, settings.claim_ttl)
         self.results = ResultWriter(store, lambda: self._stopping)
@@ -161,25 +160,6 @@ class Refresher:
             return self._clock()
         return self._refresh_time(grant, provider)
 
-    def _provider(self, name: str) -> Provider:
-        return self._provider_and_refusal(name)[0]
-
-    def _provider_and_refusal(self, name: str) -> tuple[Provider, str]:
-        """The provider as it stands now, and why no token may be sent for it, if so: it no longer
-        matches where it was approved to send tokens (checked on the stored record, before discovery
-        fills it in). A refused provider is not cached: a save through the sidecar mends it at once."""
-        cached = self._providers.get(name)
-        if cached and time.monotonic() - cached[0] < PROVIDER_TTL:
-            return cached[1], ""
-        stored = self.store.get_provider(name)
-        provider = providers.current(stored, self.settings.discovery_interval)
-        try:
-            approvals.check_or_approve(self.store, stored)
-        except OAuthPermanent as exc:
-            return provider, exc.message
-        self._providers[name] = (time.monotonic(), provider)
-        return provider, ""
-
     def _learn(self, name: str) -> None:
         """Read one grant and put it in the queue at its due time."""
         try:
@@ -188,7 +168,7 @@ class Refresher:
             self._forget(name)
             return
         try:
-            provider = self._provider(grant.provider)
+            provider = self.providers.get(grant.provider)
         except NotFound:
             log.warning("grant %s names provider %r, which does not exist", name, grant.provider)
             self._schedule(grant, None)  # known, but nothing to refresh it with; the next resync looks again
@@ -297,7 +277,7 @@ class Refresher:
             self._forget(name)
             return Outcome(name, RefreshResult.MISSING)
         grant = Grant.from_record(name, current.data)
-        provider = self._provider(grant.provider)
+        provider = self.providers.get(grant.provider)
         due = self._refresh_time(grant, provider)
         held = self.claims.held_elsewhere(name, current.version, grant, now)
         if held:
@@ -356,14 +336,14 @@ class Refresher:
         if exc.error in DEAD_GRANT and claimed.grant_type != GrantType.CLIENT_CREDENTIALS:  # a refresh token died
             return self._dead(claimed.name, version, exc.message, provider)
         if exc.error == "invalid_client":
-            self._providers.pop(provider.name, None)  # pick up a fixed client secret at the next try
+            self.providers.drop(provider.name)  # pick up a fixed client secret at the next try
             message = f"{exc.message}: the provider's client credentials are refused; fix the provider"
             return self._failed(claimed, version, provider, message, None)
         return self._failed(claimed, version, provider, exc.message, None)
 
     def _renew(self, grant: Grant, provider: Provider) -> TokenSet:
         """New tokens: with the client's own credentials, else by redeeming the refresh token."""
-        refusal = self._provider_and_refusal(provider.name)[1]
+        refusal = self.providers.get_with_refusal(provider.name)[1]
         if refusal:  # the provider was changed outside the sidecar: send it nothing
             raise OAuthPermanent(refusal, error=approvals.CHANGED)
         if grant.grant_type == GrantType.CLIENT_CREDENTIALS:
