@@ -15,7 +15,6 @@ import secrets
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,20 +27,19 @@ from .claims import ClaimWatch
 from .config import Settings
 from .duequeue import DueQueue
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
-from .metrics import GRANTS, REFRESH_SECONDS, REFRESHES
+from .metrics import REFRESH_SECONDS, REFRESHES
 from .models import Grant, GrantType, Provider, Status, TokenSet, due_at, rfc3339
 from .notify import Notifier
 from .provider_cache import ProviderCache
 from .results import ResultWriter
+from .resync import Resync
 from .store import Store
-from .sweep import sweep
 
 log = logging.getLogger(__name__)
 
 BACKOFF_MAX = 600.0
 ERROR_RETRY = 10.0  # seconds before a grant whose refresh hit an error (Vault down, say) is looked at again
 NOT_EXTENDED_WAIT = 30.0  # seconds between refreshes that keep answering an expiry already past
-SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and UI sessions
 # Answers that mean the refresh token itself is dead: a person must log in again.
 DEAD_GRANT = frozenset({"invalid_grant", "unauthorized_client"})
 
@@ -124,11 +122,9 @@ class Refresher:
         self._lock = threading.Lock()  # guards `_in_flight` only; never held while calling the queue
         self._in_flight: dict[str, Future[Outcome]] = {}
         self.providers = ProviderCache(store, settings.discovery_interval)
-        self._scan: deque[str] = deque()
         self.claims = ClaimWatch(self.owner, settings.claim_ttl)
         self.results = ResultWriter(store, lambda: self._stopping)
-        self._next_resync = 0.0
-        self._next_sweep = 0.0
+        self.resync = Resync(store, self.queue, settings, clock, self._learn)
         self._stopping: float | None = None
 
     # -- the due-queue (duequeue.py) ----------------------------------------------------------
@@ -175,28 +171,9 @@ class Refresher:
             return
         self._schedule(grant, self._due_time(grant, provider))
 
-    # -- resync ------------------------------------------------------------------------------
-
     def resync_step(self, budget: int) -> None:
-        """List the grants once per resync interval (sweeping expired logins and sessions with it, once
-        per SWEEP_INTERVAL), then read at most `budget` of them per step."""
-        listing = not self._scan and time.monotonic() >= self._next_resync
-        if listing:
-            listed = self.store.names("grants")
-            self._next_resync = time.monotonic() + self.settings.resync_interval
-            self.queue.forget(self.queue.known() - set(listed))
-            self._scan.extend(listed)
-            self._sweep_when_due()  # with the listing, so an idle tick still sends nothing
-        scanned = min(budget, len(self._scan))
-        for _ in range(scanned):
-            self._learn(self._scan.popleft())
-        if listing or scanned:  # an idle tick costs no Vault request, and next to no time either
-            self._publish_statuses()
-
-    def _publish_statuses(self) -> None:
-        counts = self.queue.statuses()
-        for status in Status:
-            GRANTS.labels(status).set(counts.get(status, 0))
+        """One step of the resync (resync.py): list the grants when due, read at most `budget`."""
+        self.resync.step(budget)
 
     # -- ticks and passes --------------------------------------------------------------------
 
@@ -208,15 +185,6 @@ class Refresher:
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
         return [self.submit(name) for name in self.queue.pop_due(time.monotonic(), self._in_flight.__contains__)]
-
-    def _sweep_when_due(self) -> None:
-        if time.monotonic() < self._next_sweep:
-            return
-        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
-        try:
-            sweep(self.store, self._clock())
-        except SidecarError as exc:
-            log.warning("sweep of expired logins and sessions failed: %s", exc.message)
 
     def submit(self, name: str, force: bool = False) -> Future[Outcome]:
         with self._lock:
@@ -258,9 +226,8 @@ class Refresher:
 
     def refresh_due(self, now: datetime | None = None) -> list[Outcome]:
         """One whole pass: read every grant, refresh those due, wait for them all."""
-        self._scan.clear()
-        self._next_resync = 0.0
-        self.resync_step(budget=10**9)
+        self.resync.restart()
+        self.resync.step(budget=10**9)
         ahead = (now - self._clock()).total_seconds() if now else 0.0
         due = self.queue.pop_due(time.monotonic() + ahead, self._in_flight.__contains__)
         futures = [self.submit(name) for name in due]
