@@ -19,6 +19,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _status(value: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["status"], "properties": {"status": {"const": value}}}
+
+
 def _errors(*statuses: int) -> dict[str, Any]:
     meanings = {
         400: "invalid input",
@@ -401,9 +405,9 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/healthz": {"get": {"security": [], "responses": {"200": {"description": "alive"}}}},
+            "/healthz": {"get": {"security": [], "responses": {"200": _json(_status("ok"), "alive")}}},
             "/readyz": {
-                "get": {"security": [], "responses": {"200": {"description": "ready"}, **_errors(503)}},
+                "get": {"security": [], "responses": {"200": _json(_status("ready"), "ready"), **_errors(503)}},
             },
         },
         "components": {
@@ -460,6 +464,9 @@ def document() -> dict[str, Any]:
                             "description": "When it last left active; empty while it is healthy.",
                         },
                     },
+                    # Always all there: so a login link (name, authorization_url, expires_at) is no Secret.
+                    "required": ["name", "provider", "grant_type", "environments", "status", "scopes"],
+                    "additionalProperties": False,
                 },
             },
         },
