@@ -31,6 +31,7 @@ from .helpers import (
     LiveSidecar,
     MockProvider,
     grant_record,
+    served_settings,
     serving,
     start,
     vault_tree,
@@ -143,9 +144,7 @@ def oauth(oauth_server: str) -> MockProvider:
 @pytest.fixture(scope="session")
 def live(vault: DevVault, tokens: DevTokens) -> Iterator[LiveSidecar]:
     port = free_port()
-    settings = Settings.from_env(
-        {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": tokens.sidecar, "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}"}
-    )
+    settings = served_settings(vault.addr, tokens.sidecar, port)
     with serving(settings, port):
         yield LiveSidecar(settings.public_url, settings)
 

@@ -64,8 +64,13 @@ def vault_tree(client: hvac.Client, prefix: str = "") -> dict[str, int]:
 
 def bao_kv_get(vault: DevVault, token: str, path: str) -> subprocess.CompletedProcess[str]:
     """`bao kv get -format=json PATH` with the real CLI, as a user would run it."""
+    return bao(vault, token, "kv", "get", "-format=json", path)
+
+
+def bao(vault: DevVault, token: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `bao` CLI against `vault` with `token`, as a user would run it."""
     return subprocess.run(
-        [bao_binary(), "kv", "get", "-format=json", path],
+        [bao_binary(), *args],
         env={**os.environ, "VAULT_ADDR": vault.addr, "VAULT_TOKEN": token},
         capture_output=True,
         text=True,
@@ -115,6 +120,12 @@ class MockProvider:
 class LiveSidecar:
     url: str
     settings: Settings
+
+
+def served_settings(vault_addr: str, token: str, port: int, **extra: str) -> Settings:
+    """The settings of a sidecar that `serving` runs on loopback `port`, over this Vault and token."""
+    base = {"VAULT_ADDR": vault_addr, "VAULT_TOKEN": token, "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    return Settings.from_env({**base, **extra})
 
 
 @contextmanager

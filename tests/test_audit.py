@@ -10,25 +10,16 @@ import hvac
 import pytest
 import requests
 
-from sidecar.config import Settings
 from sidecar.devvault import free_port
 
-from .helpers import CLIENT_SECRET, grant_record, serving
+from .helpers import CLIENT_SECRET, grant_record, served_settings, serving
 
 
 @pytest.fixture
 def audited(vault, tokens, oauth, root, tmp_path) -> Iterator[tuple[str, Path]]:
     """A sidecar whose audit lines go to a file; returns (its URL, the file)."""
     port, trail = free_port(), tmp_path / "audit.jsonl"
-    settings = Settings.from_env(
-        {
-            "VAULT_ADDR": vault.addr,
-            "VAULT_TOKEN": tokens.sidecar,
-            "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "SIDECAR_AUDIT_LOG": str(trail),
-        }
-    )
-    with serving(settings, port) as url:
+    with serving(served_settings(vault.addr, tokens.sidecar, port, SIDECAR_AUDIT_LOG=str(trail)), port) as url:
         yield url, trail
 
 

@@ -22,7 +22,16 @@ from sidecar.errors import NotFound, SidecarError
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .helpers import OAUTH_SIDECAR, callback_url, finish_saving, refresher_env, seed_grants, serving, wait_for
+from .helpers import (
+    OAUTH_SIDECAR,
+    callback_url,
+    finish_saving,
+    refresher_env,
+    seed_grants,
+    served_settings,
+    serving,
+    wait_for,
+)
 
 TTL = 20  # seconds each access token lives; refreshed 10 s before it expires
 MARGIN = "10"
@@ -56,13 +65,7 @@ def test_a_login_started_through_one_node_finishes_through_the_others(cluster, c
     public = free_port()
 
     def settings(addr: str) -> Settings:  # one public URL: the provider knows one redirect URI
-        return Settings.from_env(
-            {
-                "VAULT_ADDR": addr,
-                "VAULT_TOKEN": cluster_tokens.sidecar,
-                "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{public}",
-            }
-        )
+        return served_settings(addr, cluster_tokens.sidecar, public)
 
     admin = {"X-Vault-Token": cluster_tokens.admin}
     with (
@@ -110,13 +113,7 @@ def test_refreshing_rides_out_killed_leaders_a_sealed_standby_and_a_cut_off_node
         for log in logs
     ]
     public = free_port()
-    web = Settings.from_env(
-        {
-            "VAULT_ADDR": cluster.addr,
-            "VAULT_TOKEN": cluster_tokens.sidecar,
-            "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{public}",
-        }
-    )
+    web = served_settings(cluster.addr, cluster_tokens.sidecar, public)
     recoveries: list[float] = []
     connected_after = 0.0
     try:

@@ -21,7 +21,6 @@ import requests
 from playwright.sync_api import Page, expect
 
 from sidecar import providers
-from sidecar.config import Settings
 from sidecar.devvault import free_port
 from sidecar.models import parse_rfc3339
 from sidecar.refresher import Refresher
@@ -39,6 +38,7 @@ from .helpers import (
     refresher_process,
     running,
     seed_grants,
+    served_settings,
     serving,
     sidecar_log,
     vault_tree,
@@ -374,15 +374,7 @@ def proxied(vault, tokens, api, fault_proxies, tmp_path) -> Iterator[ProxiedSide
     """A sidecar over HTTP whose Vault is behind a FaultProxy; the test provider is registered (`api`)."""
     proxy = fault_proxies(vault.addr)
     port, trail = free_port(), tmp_path / "audit.jsonl"
-    settings = Settings.from_env(
-        {
-            "VAULT_ADDR": proxy.addr,
-            "VAULT_TOKEN": tokens.sidecar,
-            "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}",
-            "SIDECAR_AUDIT_LOG": str(trail),
-        }
-    )
-    with serving(settings, port) as url:
+    with serving(served_settings(proxy.addr, tokens.sidecar, port, SIDECAR_AUDIT_LOG=str(trail)), port) as url:
         yield ProxiedSidecar(url, proxy, trail)
 
 

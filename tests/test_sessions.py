@@ -13,9 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
-import subprocess
 import threading
 import time
 import zlib
@@ -32,13 +30,13 @@ from playwright.sync_api import Page, expect
 from werkzeug.serving import make_server
 
 from sidecar.config import Settings
-from sidecar.devvault import bao_binary, free_port
+from sidecar.devvault import free_port
 from sidecar.providers import build as build_provider
 from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 from sidecar.web import sessions as web_sessions
 
-from .helpers import LiveSidecar, bao_kv_get, provider_body, vault_tree
+from .helpers import LiveSidecar, bao, bao_kv_get, provider_body, vault_tree
 
 COOKIE = "oauth_sidecar_session"
 LOGIN_COOKIE = "oauth_sidecar_login_csrf"
@@ -543,15 +541,5 @@ def test_sessions_are_readable_by_the_sidecar_alone(vault, live, tokens, root):
         assert result.returncode != 0, f"{who} could read a session"
         assert "permission denied" in result.stderr, (who, result.stderr)
         assert sid not in result.stdout and tokens.admin not in result.stdout
-        listing = bao_kv_list(vault, token, "secret/oauth-sidecar/sessions")
+        listing = bao(vault, token, "kv", "list", "-format=json", "secret/oauth-sidecar/sessions")
         assert listing.returncode != 0 and "permission denied" in listing.stderr, (who, listing.stderr)
-
-
-def bao_kv_list(vault, token: str, path: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [bao_binary(), "kv", "list", "-format=json", path],
-        env={**os.environ, "VAULT_ADDR": vault.addr, "VAULT_TOKEN": token},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
