@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from sidecar import inputs
 from sidecar.config import Settings
 from sidecar.devvault import DevVault
 from sidecar.models import Grant, Provider, TokenSet
@@ -104,7 +105,7 @@ def bench_vault(
             }
         )
         store = Store(settings, vault.root_token)
-        provider = Provider.from_input(
+        provider = inputs.provider(
             "bench",
             {
                 "client_id": "bench",

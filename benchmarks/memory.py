@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 from common import ENVIRONMENTS, report, rss_mb
 
+from sidecar import inputs
 from sidecar.config import Settings
-from sidecar.models import Grant, Provider, TokenSet
+from sidecar.models import Grant, TokenSet
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
@@ -32,7 +33,7 @@ def main() -> None:
 
     settings = Settings()
     refresher = Refresher(settings, Store(settings, "unused"))
-    provider = Provider.from_input(
+    provider = inputs.provider(
         "bench",
         {
             "client_id": "bench",

@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import NoReturn
 
 from .errors import Forbidden, Invalid, NotFound, OAuthPermanent
-from .models import Provider, check_name, rfc3339
+from .inputs import check_name
+from .models import Provider, rfc3339
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,11 @@ from typing import Any, NoReturn
 import click
 import requests
 
-from . import egress, grants, presets, processes
+from . import egress, grants, inputs, presets, processes
 from .config import Settings
 from .errors import ConfigError, Invalid, SidecarError
-from .models import TOKEN_AUTH_METHODS, GrantType, check_name, key_values, parse_rfc3339
+from .inputs import check_name, key_values
+from .models import GrantType, TokenAuthMethod, parse_rfc3339
 from .oauth import DeviceAuthorization
 from .policies import render as render_policies
 from .policies import render_reader
@@ -152,7 +153,11 @@ def providers_presets(as_json: bool) -> None:
 @click.option("--scopes-file", type=click.File("r"), help="File of scopes, one a line ('-' for standard input).")
 @click.option("--revocation-url")
 @click.option("--device-authorization-url", help="RFC 8628 endpoint, for `secrets connect --device`.")
-@click.option("--token-auth-method", type=click.Choice(TOKEN_AUTH_METHODS), help=f"Default: {TOKEN_AUTH_METHODS[0]}.")
+@click.option(
+    "--token-auth-method",
+    type=click.Choice(list(TokenAuthMethod)),
+    help=f"Default: {TokenAuthMethod.CLIENT_SECRET_BASIC}.",
+)
 @click.option("--pkce/--no-pkce", default=None, help="Use PKCE (S256) on logins (default: on).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Extra authorization parameter.")
 @click.option("--refresh-margin", type=int, help="Seconds before expiry to refresh (default: SIDECAR_REFRESH_MARGIN).")
@@ -168,7 +173,7 @@ def providers_put(name: str, **opts: Any) -> None:
     if opts["scopes"] is not None and opts["scopes_file"] is not None:
         raise Invalid("give the scopes with at most one of --scopes or --scopes-file")
     scopes = opts["scopes_file"].read() if opts["scopes_file"] else opts["scopes"]
-    jwt_auth = opts["token_auth_method"] == "private_key_jwt"  # noqa: S105 - a method name, not a password
+    jwt_auth = opts["token_auth_method"] == TokenAuthMethod.PRIVATE_KEY_JWT
     body = {
         "preset": opts["preset"],
         "preset_params": key_values(opts["preset_params"], "--preset-param"),
@@ -269,7 +274,8 @@ def secrets_connect(
             body["grant_type"] = GrantType.CLIENT_CREDENTIALS
         else:
             body.update(grant_type=GrantType.REFRESH_TOKEN, refresh_token=opts["refresh_token_file"].read().strip())
-        print_json(grants.create(store, settings, {k: v for k, v in body.items() if v is not None}, store).public())
+        secret = inputs.secret({k: v for k, v in body.items() if v is not None}, settings.environments)
+        print_json(grants.create(store, settings, secret, store).public())
         return
     # A browser login is started by the sidecar itself: only its own token may write logins in
     # flight, and its /callback finishes them.

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from . import egress
 from .errors import ConfigError, Invalid
-from .models import check_name, check_url
+from .inputs import check_name, check_url
 
 T = TypeVar("T")
 VAULT_AUTH_METHODS = ("token", "approle", "kubernetes")

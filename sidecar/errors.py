@@ -26,14 +26,16 @@ class SidecarError(Exception):
 
 
 class Invalid(SidecarError):
-    """Bad input. `fields` maps a field name to what is wrong with it."""
+    """Bad input. `fields` maps a field name to what is wrong with it, in a word (the API's answer);
+    `details`, when there are several, to its own whole message (shown next to each form field)."""
 
     code = "invalid"
     status = 400
 
-    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, fields: dict[str, str] | None = None, details: dict[str, str] | None = None):
         super().__init__(message)
         self.fields = dict(fields or {})
+        self.details = dict(details or {})
 
 
 class Unauthorized(SidecarError):

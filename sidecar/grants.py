@@ -10,16 +10,8 @@ from typing import Any
 from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
-from .models import (
-    Grant,
-    GrantType,
-    Provider,
-    TokenSet,
-    check_environments,
-    check_fields,
-    check_name,
-    parse_scopes,
-)
+from .inputs import SecretInput, check_environments, check_name, parse_scopes
+from .models import Grant, GrantType, Provider, TokenSet
 from .store import Store
 
 # What a body may ask for without a browser (the API's and the CLI's `grant_type`).
@@ -94,40 +86,25 @@ def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
     return wanted
 
 
-def create(store: Store, settings: Settings, body: dict[str, Any], pins: Store) -> Grant:
+def create(store: Store, settings: Settings, secret: SecretInput, pins: Store) -> Grant:
     """A secret with no browser: client credentials, or a refresh token obtained elsewhere
     (redeemed at once, to prove it). Everything is checked before the provider is asked."""
-    grant_type = body.get("grant_type")
-    if grant_type not in WITHOUT_BROWSER:
-        raise Invalid(
-            "grant_type must be authorization_code (a browser login), client_credentials or refresh_token",
-            {"grant_type": "invalid"},
-        )
-    allowed = {"name", "provider", "environments", "scopes", "grant_type"} | (
-        {"refresh_token"} if grant_type == GrantType.REFRESH_TOKEN else set()
-    )
-    check_fields(body, allowed)
-    envs = check_environments(body.get("environments"), settings.environments)
-    name, _ = may_store(store, body.get("name"), envs)  # the caller's own token drops views here
-    provider = provider_for(store, settings, body.get("provider"), pins)
-    scopes = wanted_scopes(provider, body.get("scopes"))
+    if secret.grant_type not in WITHOUT_BROWSER:
+        raise Invalid("grant_type must be client_credentials or refresh_token here", {"grant_type": "invalid"})
+    envs = check_environments(secret.environments, settings.environments)
+    name, _ = may_store(store, secret.name, envs)  # the caller's own token drops views here
+    provider = provider_for(store, settings, secret.provider, pins)
+    scopes = wanted_scopes(provider, secret.scopes)
     try:
-        if grant_type == GrantType.CLIENT_CREDENTIALS:
+        if secret.grant_type == GrantType.CLIENT_CREDENTIALS:
             tokens = oauth.client_credentials(provider, scopes)
         else:
-            imported = _imported_refresh_token(body)
+            imported = (secret.refresh_token or "").strip()
             tokens = oauth.refresh(provider, imported, scopes)
             tokens = replace(tokens, refresh_token=tokens.refresh_token or imported)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
-    return connected(store, settings, name, provider, envs, tokens, GrantType(grant_type))
-
-
-def _imported_refresh_token(body: dict[str, Any]) -> str:
-    value = body.get("refresh_token")
-    if not isinstance(value, str) or not value.strip() or len(value) > 8192:
-        raise Invalid("refresh_token is required and must be a string", {"refresh_token": "required"})
-    return value.strip()
+    return connected(store, settings, name, provider, envs, tokens, GrantType(secret.grant_type))
 
 
 def device_login(

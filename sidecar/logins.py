@@ -29,17 +29,8 @@ from . import approvals, oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError, printable
 from .grants import connected, may_store, provider_for, wanted_scopes
-from .models import (
-    Grant,
-    GrantType,
-    Identity,
-    Provider,
-    TokenSet,
-    check_environments,
-    check_name,
-    parse_rfc3339,
-    rfc3339,
-)
+from .inputs import check_environments, check_name
+from .models import Grant, GrantType, Identity, Provider, TokenSet, parse_rfc3339, rfc3339
 from .store import Store, Versioned
 
 log = logging.getLogger(__name__)

@@ -1,232 +1,29 @@
-"""Data the sidecar keeps, and the validation every piece of input passes through."""
+"""Data the sidecar keeps: providers, tokens, grants and their state changes; when a grant is due.
+
+Input reaches these only through `inputs.py`, which validates it.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from .keys import public_jwk
 
-from .errors import Invalid
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-SCOPE_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-SCOPE_SPLIT_RE = re.compile(r"[\s,]+")
-MAX_URL_LENGTH = 2048
-MAX_TEXT_LENGTH = 1024
-MAX_SCOPES = 100
-MAX_REFRESH_MARGIN = 86_400
 # An expires_in beyond this is treated as "no expiry known" rather than trusted.
 MAX_EXPIRES_IN = 10 * 365 * 86_400
-TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
-# Slack wants its scopes joined by commas; everyone else by spaces (RFC 6749 section 3.3).
-SCOPE_SEPARATORS = (" ", ",")
-MAX_PEM_LENGTH = 16_384
-# Parameters the sidecar itself sets on an authorization request; a provider may not override them.
-RESERVED_AUTHORIZE_PARAMS = frozenset(
-    {"response_type", "client_id", "redirect_uri", "scope", "state", "code_challenge", "code_challenge_method"}
-)
 
 
-def check_name(value: object, what: str = "name") -> str:
-    """Return `value` if it obeys the name rule; this is the gate every Vault path segment passes."""
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise Invalid(
-            f"{what} must be 1 to 64 characters of letters, digits, '_', '.' or '-', starting with a letter or digit",
-            {what: "invalid name"},
-        )
-    return value
+class TokenAuthMethod(StrEnum):
+    """How the sidecar proves to a token endpoint that it is the client (RFC 6749 2.3, RFC 7523)."""
 
-
-def is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(value: object, what: str) -> str:
-    """An endpoint URL: https, or http to a loopback host; no credentials, no fragment."""
-    if not isinstance(value, str) or not value:
-        raise Invalid(f"{what} is required and must be a string", {what: "required"})
-    if len(value) > MAX_URL_LENGTH or any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in value):
-        raise Invalid(f"{what} is not a valid URL", {what: "not a valid URL"})
-    try:
-        parts = urlsplit(value)
-        host = parts.hostname or ""
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise Invalid(f"{what} is not a valid URL", {what: "not a valid URL"}) from None
-    if parts.scheme not in ("https", "http") or not host:
-        raise Invalid(f"{what} must be an absolute https URL", {what: "must be an absolute https URL"})
-    if parts.scheme == "http" and not is_loopback_host(host):
-        raise Invalid(
-            f"{what} must use https (http is allowed only for a loopback host)",
-            {what: "must use https"},
-        )
-    if parts.username is not None or parts.password is not None:
-        raise Invalid(f"{what} must not contain credentials", {what: "must not contain credentials"})
-    if parts.fragment or value.endswith("#"):
-        raise Invalid(f"{what} must not contain a fragment", {what: "must not contain a fragment"})
-    return value
-
-
-def parse_scopes(value: object, what: str = "scopes") -> tuple[str, ...]:
-    """Scopes from a list, or from one pasted string split on newlines, commas or spaces.
-
-    Blanks are dropped, duplicates removed, order kept; each scope must be an RFC 6749 scope-token.
-    """
-    if isinstance(value, str):
-        items: Iterable[object] = SCOPE_SPLIT_RE.split(value)
-    elif isinstance(value, list | tuple):
-        items = value
-    else:
-        raise Invalid(f"{what} must be a list of strings or one string", {what: "must be a list or a string"})
-    scopes: dict[str, None] = {}
-    for item in items:
-        if not isinstance(item, str):
-            raise Invalid(f"{what} must contain only strings", {what: "must contain only strings"})
-        for scope in SCOPE_SPLIT_RE.split(item):
-            if not scope:
-                continue
-            if not SCOPE_RE.fullmatch(scope) or len(scope) > MAX_TEXT_LENGTH:
-                raise Invalid(
-                    f"{what}: {scope[:80]!r} is not a valid scope (no quotes, backslashes or control characters)",
-                    {what: "invalid scope"},
-                )
-            scopes[scope] = None
-    if len(scopes) > MAX_SCOPES:
-        raise Invalid(f"{what}: at most {MAX_SCOPES} scopes", {what: "too many scopes"})
-    return tuple(scopes)
-
-
-def _text(data: Mapping[str, Any], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise Invalid(f"{key} is required and must be a non-empty string", {key: "required"})
-    if len(value) > MAX_TEXT_LENGTH or any(ord(c) < 0x20 or c == "\x7f" for c in value):
-        raise Invalid(f"{key} must be at most {MAX_TEXT_LENGTH} printable characters", {key: "invalid"})
-    return value
-
-
-def _bool(data: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise Invalid(f"{key} must be true or false", {key: "must be a boolean"})
-    return value
-
-
-def _seconds(data: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise Invalid(f"{key} must be a whole number of seconds from {low} to {high}", {key: "invalid"})
-    return value
-
-
-def _authorize_params(data: Mapping[str, Any]) -> dict[str, str]:
-    value = data.get("extra_authorize_params") or {}
-    key = "extra_authorize_params"
-    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise Invalid(f"{key} must be an object of string values", {key: "must map strings to strings"})
-    for k, v in value.items():
-        if not k or len(k) > 128 or len(v) > MAX_TEXT_LENGTH or any(ord(c) < 0x20 for c in k + v):
-            raise Invalid(f"{key}: {k[:80]!r} is not a valid parameter", {key: "invalid parameter"})
-        if k.lower() in RESERVED_AUTHORIZE_PARAMS:  # a provider may read names without regard to case
-            raise Invalid(f"{key}: {k!r} is set by the sidecar and cannot be overridden", {key: "reserved"})
-    return dict(value)
-
-
-def key_values(items: Iterable[str], what: str) -> dict[str, str]:
-    """KEY=VALUE items, as a repeated CLI option or a form's lines give them; blank ones are skipped."""
-    pairs: dict[str, str] = {}
-    for item in items:
-        if item.strip():
-            key, sep, value = item.strip().partition("=")
-            if not sep:
-                raise Invalid(f"{what}: write KEY=VALUE, one a line", {what: "one KEY=VALUE a line"})
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
-def _optional_url(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return None if value in (None, "") else check_url(value, key)
-
-
-def _optional_text(data: Mapping[str, Any], key: str) -> str:
-    return "" if data.get(key) in (None, "") else _text(data, key)
-
-
-def _private_key(data: Mapping[str, Any]) -> str:
-    """A PEM private key for private_key_jwt: RSA (RS256) or EC P-256 (ES256), unencrypted."""
-    value = data.get("private_key")
-    if value in (None, ""):
-        return ""
-    try:
-        _signing_key(value)
-    except (TypeError, ValueError):
-        raise Invalid(
-            "private_key must be an unencrypted PEM RSA (2048 bits or more) or EC P-256 private key",
-            {"private_key": "invalid key"},
-        ) from None
-    return str(value)
-
-
-def _signing_key(pem: object) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
-    """The PEM private key, if RSA of 2048 bits or more or EC P-256; else ValueError."""
-    if not isinstance(pem, str) or len(pem) > MAX_PEM_LENGTH:
-        raise ValueError("not a PEM string")
-    key = serialization.load_pem_private_key(pem.encode(), password=None)
-    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
-        return key
-    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
-        return key
-    raise ValueError("unsupported key type")
-
-
-def signing_algorithm(pem: str) -> str:
-    """The JWS algorithm for a private_key_jwt key."""
-    return "RS256" if isinstance(_signing_key(pem), rsa.RSAPrivateKey) else "ES256"
-
-
-def public_jwk(pem: str, key_id: str = "") -> dict[str, Any]:
-    """The JWK to register at the provider for private_key_jwt."""
-    key = _signing_key(pem)
-    if isinstance(key, rsa.RSAPrivateKey):
-        jwk, alg = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "RS256"
-    else:
-        jwk, alg = ECAlgorithm.to_jwk(key.public_key(), as_dict=True), "ES256"
-    return {**jwk, "alg": alg, "use": "sig", **({"kid": key_id} if key_id else {})}
-
-
-def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
-    value = data.get(key, choices[0])
-    if value not in choices:
-        raise Invalid(f"{key} must be one of {', '.join(map(repr, choices))}", {key: "invalid"})
-    return str(value)
-
-
-def _pkce_methods(data: Mapping[str, Any]) -> tuple[str, ...]:
-    value = data.get("code_challenge_methods_supported") or ()
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and len(v) < 64 for v in value):
-        raise Invalid(
-            "code_challenge_methods_supported must be a list of names", {"code_challenge_methods_supported": "invalid"}
-        )
-    return tuple(value)
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name, not a password
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105
+    PRIVATE_KEY_JWT = "private_key_jwt"
 
 
 # Fields that hold credentials: stored in Vault, shown by the API only as `<field>_set`.
@@ -245,7 +42,7 @@ class Provider:
     scopes: tuple[str, ...]
     revocation_url: str | None = None
     device_authorization_url: str | None = None
-    token_auth_method: str = "client_secret_basic"  # noqa: S105 - a method name, not a password
+    token_auth_method: TokenAuthMethod = TokenAuthMethod.CLIENT_SECRET_BASIC
     # Used when the provider refuses `client_secret` as invalid_client: a rotation needs no downtime.
     previous_client_secret: str = field(default="", repr=False)
     private_key: str = field(default="", repr=False)
@@ -262,98 +59,12 @@ class Provider:
     preset: str = ""
     preset_params: Mapping[str, str] = field(default_factory=dict)
 
-    FIELDS = frozenset(
-        {
-            "client_id",
-            "client_secret",
-            "authorization_url",
-            "token_url",
-            "scopes",
-            "revocation_url",
-            "device_authorization_url",
-            "token_auth_method",
-            "previous_client_secret",
-            "private_key",
-            "key_id",
-            "pkce",
-            "extra_authorize_params",
-            "scope_separator",
-            "refresh_margin",
-            "max_token_lifetime",
-            "issuer",
-            "authorization_response_iss_parameter_supported",
-            "code_challenge_methods_supported",
-            "discovered_at",
-            "preset",
-            "preset_params",
-        }
-    )
-
-    @classmethod
-    def from_input(cls, name: str, data: object) -> Provider:
-        """Validate user input; raises `Invalid` naming the first bad field."""
-        check_name(name, "provider")
-        if not isinstance(data, Mapping):
-            raise Invalid("the provider must be a JSON object")
-        check_fields(data, cls.FIELDS | {"name"})
-        if data.get("name", name) != name:
-            raise Invalid("name in the body differs from the name in the path", {"name": "differs from the path"})
-        if "scopes" not in data:
-            raise Invalid("scopes is required", {"scopes": "required"})
-        scopes = parse_scopes(data["scopes"])
-        if not scopes:
-            raise Invalid("scopes must name at least one scope", {"scopes": "required"})
-        method = _choice(data, "token_auth_method", TOKEN_AUTH_METHODS)
-        private_key = _private_key(data)
-        if method == "private_key_jwt" and not private_key:
-            raise Invalid("private_key_jwt needs private_key (PEM)", {"private_key": "required"})
-        issuer = data.get("issuer")
-        if data.get("authorization_response_iss_parameter_supported") and not issuer:
-            raise Invalid(
-                "authorization_response_iss_parameter_supported needs the provider's issuer",
-                {"issuer": "required when the provider sends iss"},
-            )
-        return cls(
-            name=name,
-            client_id=_text(data, "client_id"),
-            client_secret=_optional_text(data, "client_secret")
-            if method == "private_key_jwt"
-            else _text(data, "client_secret"),
-            authorization_url=check_url(data.get("authorization_url"), "authorization_url"),
-            token_url=check_url(data.get("token_url"), "token_url"),
-            scopes=scopes,
-            revocation_url=_optional_url(data, "revocation_url"),
-            device_authorization_url=_optional_url(data, "device_authorization_url"),
-            token_auth_method=method,
-            previous_client_secret=_optional_text(data, "previous_client_secret"),
-            private_key=private_key,
-            key_id=_optional_text(data, "key_id"),
-            pkce=_bool(data, "pkce", True),
-            extra_authorize_params=_authorize_params(data),
-            scope_separator=_choice(data, "scope_separator", SCOPE_SEPARATORS),
-            refresh_margin=_seconds(data, "refresh_margin", 0, MAX_REFRESH_MARGIN),
-            max_token_lifetime=_seconds(data, "max_token_lifetime", 60, MAX_EXPIRES_IN),
-            issuer=_optional_url(data, "issuer"),
-            authorization_response_iss_parameter_supported=_bool(
-                data, "authorization_response_iss_parameter_supported", False
-            ),
-            code_challenge_methods_supported=_pkce_methods(data),
-            discovered_at=_optional_text(data, "discovered_at"),
-            preset=_optional_text(data, "preset"),
-            preset_params=_string_map(data, "preset_params"),
-        )
-
     def to_record(self) -> dict[str, Any]:
         """The document stored in Vault (credentials included)."""
         record = asdict(self)
         for key in ("scopes", "code_challenge_methods_supported"):
             record[key] = list(record[key])
         return record
-
-    @classmethod
-    def from_record(cls, name: str, record: Mapping[str, Any]) -> Provider:
-        """Rebuild from Vault; re-validated, since the record may have been edited by hand."""
-        return cls.from_input(name, {k: v for k, v in record.items() if k in cls.FIELDS})
 
     def public(self) -> dict[str, Any]:
         """What the API shows: no credential, only whether each is set (and the public key, if any)."""
@@ -363,16 +74,6 @@ class Provider:
         if self.private_key:
             shown["public_jwk"] = public_jwk(self.private_key, self.key_id)
         return shown
-
-
-def _string_map(data: Mapping[str, Any], key: str) -> dict[str, str]:
-    value = data.get(key) or {}
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= MAX_TEXT_LENGTH
-        for k, v in value.items()
-    ):
-        raise Invalid(f"{key} must be an object of short string values", {key: "must map strings to strings"})
-    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -622,28 +323,6 @@ class Grant:
             "provider": self.provider,
             "status": self.status,
         }
-
-
-def check_fields(data: Mapping[str, Any], allowed: set[str] | frozenset[str]) -> None:
-    """Refuse, naming them all, the fields of a body that are not `allowed`."""
-    unknown = sorted(map(str, set(data) - allowed))
-    if unknown:
-        raise Invalid(f"unknown field(s): {', '.join(unknown)[:200]}", {k: "unknown" for k in unknown})
-
-
-def check_environments(value: object, configured: tuple[str, ...]) -> tuple[str, ...]:
-    """A non-empty subset of the configured environments; None means all of them."""
-    if value is None:
-        return configured
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise Invalid("environments must be a non-empty list of names", {"environments": "invalid"})
-    unknown = [v for v in value if v not in configured]
-    if unknown:
-        raise Invalid(
-            f"unknown environment {unknown[0][:64]!r}; configured: {', '.join(configured)}",
-            {"environments": "unknown environment"},
-        )
-    return tuple(dict.fromkeys(value))
 
 
 def due_at(grant: Grant, margin: int, max_token_lifetime: int | None = None) -> datetime | None:

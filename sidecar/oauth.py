@@ -24,7 +24,9 @@ from oauthlib.oauth2 import WebApplicationClient
 
 from . import egress
 from .errors import Invalid, OAuthPermanent, OAuthTransient, printable
-from .models import SCOPE_SPLIT_RE, Provider, TokenSet, check_url, expiry_from, signing_algorithm
+from .inputs import SCOPE_SPLIT_RE, check_url
+from .keys import signing_algorithm
+from .models import Provider, TokenAuthMethod, TokenSet, expiry_from
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +243,7 @@ def _post(provider: Provider, url: str, form: dict[str, str], what: str) -> egre
     one is tried: a provider refuses the client before it looks at a code or refresh token."""
     resp = _send(provider, url, form, provider.client_secret, what)
     method = provider.token_auth_method
-    if provider.previous_client_secret and method != "private_key_jwt" and _refuses_client(resp):
+    if provider.previous_client_secret and method != TokenAuthMethod.PRIVATE_KEY_JWT and _refuses_client(resp):
         resp = _send(provider, url, form, provider.previous_client_secret, what)
         if not _refuses_client(resp):
             log.warning(
@@ -264,10 +266,10 @@ def _refuses_client(resp: egress.Answer) -> bool:
 def _send(provider: Provider, url: str, form: dict[str, str], secret: str, what: str) -> egress.Answer:
     """POST with one client authentication, through egress (no redirects, bounded time and size)."""
     auth, method = None, provider.token_auth_method
-    if method == "private_key_jwt":
+    if method == TokenAuthMethod.PRIVATE_KEY_JWT:
         form = {**form, "client_id": provider.client_id, "client_assertion_type": JWT_BEARER,
                 "client_assertion": _assertion(provider, url)}  # fmt: skip
-    elif method == "client_secret_post":
+    elif method == TokenAuthMethod.CLIENT_SECRET_POST:
         form = {**form, "client_id": provider.client_id, "client_secret": secret}
     else:
         # RFC 6749 section 2.3.1: form-encode both parts before Basic encoding.

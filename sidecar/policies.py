@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .config import Settings
 from .errors import Invalid
-from .models import check_name
+from .inputs import check_name
 
 _CRUD = '["create", "read", "update", "delete"]'
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from . import egress, oauth, presets
+from . import egress, inputs, oauth, presets
 from .errors import Invalid, OAuthPermanent, OAuthTransient
-from .models import Provider, check_url, rfc3339
+from .inputs import ProviderDraft, check_url
+from .models import Provider, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,15 @@ _metadata: dict[str, tuple[float, dict[str, Any]]] = {}  # issuer -> (monotonic 
 
 
 def build(name: str, body: object) -> Provider:
-    """Validate a provider body, after filling it from its preset and then from its issuer's metadata."""
-    if not isinstance(body, Mapping):
-        raise Invalid("the provider must be a JSON object")
-    data = dict(body)
+    """Validate a provider body, after filling it from its preset and then from its issuer's metadata.
+    Its fields are checked one by one first, so that a bad one is reported before any provider is asked."""
+    inputs.validated(ProviderDraft, body, name=name)
+    data = dict(cast(dict[str, Any], body))  # as given: a preset and discovery fill in only what it leaves blank
     if data.get("preset"):
         data = _with_preset(data)
     if data.get("issuer") and not (data.get("authorization_url") and data.get("token_url")):
         data = _with_discovery(data)
-    return _allowed(Provider.from_input(name, data))
+    return _allowed(inputs.provider(name, data))
 
 
 # Every URL of a provider that the sidecar calls, or sends a browser to: one rule for all of them.
@@ -58,8 +58,6 @@ def _with_preset(body: dict[str, Any]) -> dict[str, Any]:
     filled = presets.expand(body["preset"], body.get("preset_params"))
     given = {k: v for k, v in body.items() if v not in (None, "", [], {}) and k not in ("preset", "preset_params")}
     given_extra = given.get("extra_authorize_params", {})
-    if not isinstance(given_extra, Mapping):
-        return {**filled, **given}  # not an object: Provider.from_input says so
     return {**filled, **given, "extra_authorize_params": {**filled.get("extra_authorize_params", {}), **given_extra}}
 
 
@@ -102,7 +100,7 @@ def current(provider: Provider, max_age: float) -> Provider:
     if not fields:
         return provider
     try:
-        updated = _allowed(Provider.from_input(provider.name, {**provider.to_record(), **fields}))
+        updated = _allowed(inputs.provider(provider.name, {**provider.to_record(), **fields}))
     except Invalid as exc:
         log.warning("provider %s: its issuer's metadata is not usable; keeping its endpoints: %s", provider.name,
                     exc.message)  # fmt: skip

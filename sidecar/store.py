@@ -22,8 +22,9 @@ import requests
 
 from .config import Settings
 from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
+from .inputs import check_name, stored_provider
 from .metrics import VAULT_ERRORS
-from .models import Grant, Identity, Provider, check_name
+from .models import Grant, Identity, Provider
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -454,7 +455,7 @@ class Store:
     # -- providers -------------------------------------------------------------------------
 
     def get_provider(self, name: str) -> Provider:
-        return Provider.from_record(name, self.read("providers", name).data)
+        return stored_provider(name, self.read("providers", name).data)
 
     def list_providers(self) -> list[Provider]:
         providers = []

@@ -156,3 +156,30 @@ def test_a_token_revoked_after_its_first_use_gets_401(client, vault, root):
     root.auth.token.revoke(token)
     response = client.get("/v1/providers", headers={"X-Vault-Token": token})
     assert response.status_code == 401 and response.json["error"]["code"] == "unauthorized"
+
+
+def test_every_bad_field_of_a_provider_is_answered_at_once(client, admin, root):
+    body = provider_body(client_id=7, token_url="http://evil.example/token", surprise=1)
+    response = client.put("/v1/providers/google", json=body, headers=admin)
+    assert response.status_code == 400
+    assert response.json["error"]["fields"] == {
+        "client_id": "invalid",
+        "token_url": "must use https",
+        "surprise": "unknown",
+    }
+    assert CLIENT_SECRET not in response.get_data(as_text=True)
+    assert vault_tree(root) == {}
+
+
+def test_every_bad_field_of_a_secret_is_answered_at_once(client, admin, root):
+    client.put("/v1/providers/google", json=provider_body(), headers=admin)
+    before = vault_tree(root)
+    body = {"name": "../x", "provider": "google", "environments": ["staging"], "surprise": 1}
+    response = client.post("/v1/secrets", json=body, headers=admin)
+    assert response.status_code == 400
+    assert response.json["error"]["fields"] == {
+        "name": "invalid name",
+        "environments": "unknown environment",
+        "surprise": "unknown",
+    }
+    assert vault_tree(root) == before

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask.testing import FlaskClient
 
-from sidecar import egress, oauth, providers
+from sidecar import egress, inputs, oauth, providers
 from sidecar.config import Settings
 from sidecar.devvault import free_port
 from sidecar.errors import ConfigError, Invalid, OAuthPermanent, OAuthTransient
-from sidecar.models import Grant, Provider, TokenSet
+from sidecar.models import Grant, TokenSet
 from sidecar.notify import Notifier
 from sidecar.refresher import Refresher
 from sidecar.store import Store
@@ -283,7 +283,7 @@ def test_discovery_failures_all_read_the_same(client, admin, serve, root, caplog
 
 
 def exchange(token_url: str) -> TokenSet:
-    p = Provider.from_input("p", provider_body(token_url=token_url))
+    p = inputs.provider("p", provider_body(token_url=token_url))
     return oauth.exchange_code(p, "the-code", None, "https://s.example/callback", ("openid",))
 
 

@@ -15,7 +15,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar import oauth, providers
+from sidecar import inputs, oauth, providers
 from sidecar.errors import Invalid, OAuthPermanent, OAuthTransient
 from sidecar.models import Provider, TokenSet
 
@@ -23,7 +23,7 @@ from .helpers import CLIENT_ID, CLIENT_SECRET, provider_body
 
 
 def provider(**overrides) -> Provider:
-    return Provider.from_input("p", provider_body(**overrides))
+    return inputs.provider("p", provider_body(**overrides))
 
 
 def test_authorization_request_carries_state_and_s256_pkce():

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar import inputs
 from sidecar.errors import Invalid
 from sidecar.models import Grant, Provider, TokenSet, due_at
 from sidecar.presets import PRESETS, catalogue, expand
@@ -224,7 +225,7 @@ DOCUMENTED = [
 
 def provider_from(name: str, params: dict[str, object] | None = None) -> Provider:
     body = expand(name, REQUIRED.get(name, {}) if params is None else params)
-    return Provider.from_input(name, {**body, "client_id": "id", "client_secret": "secret"})
+    return inputs.provider(name, {**body, "client_id": "id", "client_secret": "secret"})
 
 
 def invalid_field(call) -> dict[str, str]:

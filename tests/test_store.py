@@ -3,10 +3,10 @@ import time
 
 import pytest
 
+from sidecar import inputs
 from sidecar.config import Settings
 from sidecar.devvault import free_port
 from sidecar.errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized, VaultUnavailable
-from sidecar.models import Provider
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
@@ -26,7 +26,7 @@ def test_check_and_set_writes(store, root):
 
 
 def test_paths_follow_the_contract(store, root):
-    store.put_provider(Provider.from_input("google", provider_body()))
+    store.put_provider(inputs.provider("google", provider_body()))
     assert "oauth-sidecar/providers/google" in vault_tree(root)
 
 

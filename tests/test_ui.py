@@ -109,14 +109,16 @@ def test_a_validation_error_is_shown_next_to_its_field(page: Page, live, tokens,
     page.get_by_label("Name").fill("mock")
     page.get_by_label("Client ID").fill("typed-client-id")
     page.get_by_label("Client secret").fill(CLIENT_SECRET)
-    page.get_by_label("Authorization URL").fill("https://accounts.example.com/authorize")
+    page.get_by_label("Authorization URL").fill("ftp://accounts.example.com/authorize")
     page.get_by_label("Token URL").fill("http://tokens.example.com/token")
     page.get_by_label("Scopes").fill("openid\nemail")
     page.get_by_role("button", name="Save provider").click()
 
-    token_url = page.get_by_label("Token URL")
+    token_url = page.get_by_label("Token URL")  # every bad field at once, each with its own message
     expect(token_url).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#token_url-error")).to_have_text("Must use https (http is allowed only for a loopback host)")
+    expect(page.get_by_label("Authorization URL")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#authorization_url-error")).to_have_text("Must be an absolute https URL")
     expect(page.get_by_label("Client ID")).to_have_value("typed-client-id")  # what was typed is kept
     expect(page.get_by_label("Scopes")).to_have_value("openid\nemail")
     expect(page.get_by_label("Client secret")).to_have_value("")  # but never the secret

@@ -7,10 +7,11 @@ from typing import Any
 
 from flask import Blueprint, current_app, g, request
 
-from .. import approvals, grants, logins, presets, providers
+from .. import approvals, grants, inputs, logins, presets, providers
 from ..audit import Action
 from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
-from ..models import GrantType, check_fields, check_name, rfc3339
+from ..inputs import check_name
+from ..models import GrantType, rfc3339
 from ..policies import render_reader
 from ..refresher import ELSEWHERE, Outcome, RefreshFailed, RefreshResult
 from ..store import Store
@@ -109,18 +110,17 @@ def delete_provider(name: str):
 
 @bp.post("/secrets")
 def create_secret():
-    body = json_object()
-    rt, target = runtime(current_app), str(body.get("name"))[:64]
-    if body.get("grant_type", GrantType.AUTHORIZATION_CODE) != GrantType.AUTHORIZATION_CODE:
-        with audited(Action.CREATED, target):
-            return grants.create(store(), rt.settings, body, rt.own_store).public(), 201
-    check_fields(body, {"name", "provider", "environments", "scopes", "grant_type"})
-    with audited(Action.LOGIN_STARTED, target):
+    rt = runtime(current_app)
+    secret = inputs.secret(json_object(), rt.settings.environments)
+    if secret.grant_type != GrantType.AUTHORIZATION_CODE:
+        with audited(Action.CREATED, secret.name):
+            return grants.create(store(), rt.settings, secret, rt.own_store).public(), 201
+    with audited(Action.LOGIN_STARTED, secret.name):
         login = logins.start(
-            store(), rt.own_store, rt.settings, body.get("name"), body.get("provider"),
-            body.get("environments"), body.get("scopes"), started_by=g.who,
+            store(), rt.own_store, rt.settings, secret.name, secret.provider, secret.environments, secret.scopes,
+            started_by=g.who,
         )  # fmt: skip
-    return {"name": body["name"], "authorization_url": login.url, "expires_at": rfc3339(login.expires_at)}, 201
+    return {"name": secret.name, "authorization_url": login.url, "expires_at": rfc3339(login.expires_at)}, 201
 
 
 @bp.get("/secrets")

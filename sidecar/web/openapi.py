@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models import TOKEN_AUTH_METHODS, GrantType, Status
+from pydantic import BaseModel
+
+from ..inputs import NAME_RE, ProviderDraft, SecretInput
+from ..models import GrantType, Status
 from ..presets import PRESETS
 
-NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+NAME = {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}
 URL = {"type": "string", "format": "uri", "maxLength": 2048}
 
 
@@ -41,107 +44,22 @@ def _name_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": NAME}
 
 
-SCOPES: dict[str, Any] = {
-    "description": "A list, or one string split on newlines, commas or spaces.",
-    "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
-}
-OPTIONAL_URL: dict[str, Any] = {**URL, "type": ["string", "null"]}
-OPTIONAL_TEXT: dict[str, Any] = {"type": ["string", "null"], "maxLength": 1024}
 # Write-only credentials: stored in Vault, never answered; the public view says only `<field>_set`.
 CREDENTIALS = ("client_secret", "previous_client_secret", "private_key")
-PROVIDER_FIELDS: dict[str, Any] = {
-    "name": NAME,
-    "preset": {
-        "type": ["string", "null"],
-        "enum": [*PRESETS, "", None],
-        "description": "A well-known provider (GET /v1/presets) that fills in the URLs, default scopes and "
-        "quirks; every field given explicitly wins, and extra_authorize_params are merged.",
-    },
-    "preset_params": {
-        "type": ["object", "null"],
-        "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"},
-        "description": "The preset's parameters (such as tenant, domain, host or authorization_server).",
-    },
-    "client_id": {"type": "string", "minLength": 1, "maxLength": 1024},
-    "client_secret": {
-        "type": "string",
-        "maxLength": 1024,
-        "writeOnly": True,
-        "description": "Required on every PUT unless token_auth_method is private_key_jwt.",
-    },
-    "previous_client_secret": {
-        "type": ["string", "null"],
-        "maxLength": 1024,
-        "writeOnly": True,
-        "description": "During a rotation: sent once more when the provider refuses the client secret "
-        "as invalid_client (401, or 400 with invalid_client). Not used with private_key_jwt.",
-    },
-    "authorization_url": {
-        **URL,
-        "description": "Required unless a preset or the issuer's metadata (discovery) fills it in.",
-    },
-    "token_url": {**URL, "description": "Required unless a preset or the issuer's metadata (discovery) fills it in."},
-    "scopes": {**SCOPES, "description": f"{SCOPES['description']} Required unless a preset gives them."},
-    "scope_separator": {
-        "enum": [" ", ","],
-        "default": " ",
-        "description": "Joins the scopes in requests to the provider (Slack wants commas).",
-    },
-    "revocation_url": OPTIONAL_URL,
-    "device_authorization_url": {**OPTIONAL_URL, "description": "RFC 8628 endpoint, for the device login."},
-    "token_auth_method": {
-        "enum": list(TOKEN_AUTH_METHODS),
-        "default": TOKEN_AUTH_METHODS[0],
-        "description": "private_key_jwt (RFC 7523) needs private_key and makes client_secret optional.",
-    },
-    "private_key": {
-        "type": ["string", "null"],
-        "maxLength": 16384,
-        "writeOnly": True,
-        "description": "For private_key_jwt: an unencrypted PEM private key, RSA of 2048 bits or more (RS256) or "
-        "EC P-256 (ES256). Stored in Vault; the public view shows public_jwk instead.",
-    },
-    "key_id": {**OPTIONAL_TEXT, "description": "The kid header of private_key_jwt assertions."},
-    "pkce": {
-        "type": "boolean",
-        "default": True,
-        "description": "PKCE S256 on logins. Left out, discovery turns it off when the metadata lists "
-        "code_challenge_methods_supported without S256.",
-    },
-    "extra_authorize_params": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
-    "refresh_margin": {"type": ["integer", "null"], "minimum": 0, "maximum": 86400},
-    "max_token_lifetime": {"type": ["integer", "null"], "minimum": 60, "maximum": 315360000},
-    "issuer": {
-        **OPTIONAL_URL,
-        "description": "The issuer URL. Checked against the iss of login answers (RFC 9207). Without "
-        "authorization_url or token_url, its RFC 8414 or OpenID Connect metadata fills them in; a document "
-        "that names another issuer, or none found, is a 400.",
-    },
-    "authorization_response_iss_parameter_supported": {
-        "type": "boolean",
-        "default": False,
-        "description": "The provider always sends iss; true needs issuer.",
-    },
-    "code_challenge_methods_supported": {
-        "type": ["array", "null"],
-        "items": {"type": "string", "maxLength": 63},
-        "description": "Set by discovery.",
-    },
-    "discovered_at": {
-        **OPTIONAL_TEXT,
-        "description": "Set by discovery: the provider's endpoints are then re-read from its issuer's "
-        "metadata, in memory, at most once per SIDECAR_DISCOVERY_INTERVAL in each process.",
-    },
-}
-PROVIDER_INPUT: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "description": "Filled in from its preset, then from its issuer's metadata, then validated. Besides "
-    "client_id: client_secret unless private_key_jwt (then private_key); authorization_url and token_url "
-    "unless a preset or an issuer fills them in; scopes unless a preset gives them.",
-    "required": ["client_id"],
-    "properties": PROVIDER_FIELDS,
-}
+
+
+def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """The request bodies' schemas, generated from the models that validate them."""
+    found: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        found |= schema.pop("$defs", {})
+        found[model.__name__] = schema
+    return found
+
+
+INPUTS = _schemas(ProviderDraft, SecretInput)
+PROVIDER_FIELDS: dict[str, Any] = INPUTS["ProviderDraft"]["properties"]
 PUBLIC_JWK: dict[str, Any] = {
     "type": "object",
     "description": "The public key to register at the provider for private_key_jwt (a JWK).",
@@ -152,37 +70,6 @@ PUBLIC_JWK: dict[str, Any] = {
         "use": {"const": "sig"},
         "kid": {"type": "string"},
     },
-}
-# device_code grants are made by the CLI only, so the API takes the others.
-API_GRANT_TYPES = [g.value for g in GrantType if g != GrantType.DEVICE_CODE]
-SECRET_INPUT: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "provider"],
-    "properties": {
-        "name": NAME,
-        "provider": NAME,
-        "environments": {"type": "array", "items": NAME, "minItems": 1},
-        "scopes": SCOPES,
-        "grant_type": {
-            "enum": API_GRANT_TYPES,
-            "default": "authorization_code",
-            "description": "authorization_code answers a login link for a person to open; client_credentials "
-            "gets a token for the client itself; refresh_token imports a refresh token obtained elsewhere. "
-            "The last two are stored at once and answered with the secret's status.",
-        },
-        "refresh_token": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": 8192,
-            "writeOnly": True,
-            "description": "Required with grant_type refresh_token, refused otherwise. Redeemed at once to prove "
-            "it; if the provider refuses it, the answer is 502 token_refused and nothing is written.",
-        },
-    },
-    "if": {"properties": {"grant_type": {"const": "refresh_token"}}, "required": ["grant_type"]},
-    "then": {"required": ["refresh_token"]},
-    "else": {"not": {"required": ["refresh_token"]}},
 }
 LOGIN_LINK: dict[str, Any] = {
     "type": "object",
@@ -248,7 +135,10 @@ def document() -> dict[str, Any]:
                 "put": {
                     "summary": "Create or replace a provider: from a preset, from its issuer's metadata, or from "
                     "its URLs",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": PROVIDER_INPUT}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("ProviderDraft")}},
+                    },
                     "responses": {
                         "200": _json(_ref("Provider"), "replaced"),
                         "201": _json(_ref("Provider"), "created"),
@@ -441,7 +331,7 @@ def document() -> dict[str, Any]:
                     },
                 },
                 "Preset": PRESET,
-                "SecretInput": SECRET_INPUT,
+                **INPUTS,
                 "LoginLink": LOGIN_LINK,
                 "Secret": {
                     "type": "object",

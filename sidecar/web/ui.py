@@ -29,10 +29,11 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from .. import approvals, grants, logins, presets
+from .. import approvals, grants, inputs, logins, presets
 from ..audit import Action, Result
 from ..errors import Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
-from ..models import TOKEN_AUTH_METHODS, Provider, key_values
+from ..inputs import key_values
+from ..models import Provider, TokenAuthMethod
 from ..providers import build as build_provider
 from ..refresher import RefreshResult
 from ..store import Store
@@ -264,7 +265,7 @@ def provider_form(editing: Provider | None = None, errors: dict[str, str] | None
             values=values,
             errors=errors or {},
             advanced_open=bool(set(errors or {}) & ADVANCED_FIELDS),
-            methods=TOKEN_AUTH_METHODS,
+            methods=list(TokenAuthMethod),
             presets=presets.catalogue(),
         ),
         status,
@@ -275,7 +276,7 @@ def field_errors(exc: Invalid) -> dict[str, str]:
     """Each message under its field, without the field's API name in front ("token_url must ...")."""
     shown = {}
     for field in exc.fields:
-        message = exc.message.removeprefix(f"{field} ").removeprefix(f"{field}: ")
+        message = exc.details.get(field, exc.message).removeprefix(f"{field} ").removeprefix(f"{field}: ")
         shown[field] = message[:1].upper() + message[1:]
     return shown or {"_form": exc.message}
 
@@ -365,13 +366,13 @@ def new_secret():
 
 @bp.post("/secrets")
 def create_secret():
-    chosen = request.form.getlist("environments")
+    form = request.form
     try:
-        if not chosen:
-            raise Invalid("tick at least one environment", {"environments": "tick at least one environment"})
-        name = request.form.get("name", "")
-        with audited(Action.LOGIN_STARTED, name[:64]):
-            login = start_login(name, request.form.get("provider", ""), chosen)
+        body = {"name": form.get("name", ""), "provider": form.get("provider", ""),
+                "environments": form.getlist("environments")}  # fmt: skip
+        secret = inputs.secret(body, runtime(current_app).settings.environments)
+        with audited(Action.LOGIN_STARTED, secret.name):
+            login = start_login(secret.name, secret.provider, list(secret.environments or ()))
     except Invalid as exc:
         return secret_form(errors=field_errors(exc), status=400)
     return redirect(login.url, code=303)
