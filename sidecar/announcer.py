@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime
 
+from .clock import Clock
 from .errors import Conflict, VaultUnavailable
 from .models import Grant
 from .notify import Event, Notifier
@@ -17,16 +17,16 @@ ANNOUNCE_NOW = frozenset({Event.REAUTHORIZATION_REQUIRED, Event.RECOVERED})
 
 
 class Announcer:
-    def __init__(self, store: Store, notifier: Notifier, clock: Callable[[], datetime]) -> None:
+    def __init__(self, store: Store, notifier: Notifier, clock: Clock) -> None:
         self._store, self._notifier, self._clock = store, notifier, clock
 
     def owed_now(self, grant: Grant, now: datetime | None = None) -> bool:
         """An announcement is owed that waits for no refresh (a dead grant, or a recovery)."""
-        return self._notifier.owed(grant, now or self._clock()) in ANNOUNCE_NOW
+        return self._notifier.owed(grant, now or self._clock.now()) in ANNOUNCE_NOW
 
     def with_announcement(self, grant: Grant) -> Grant:
         """The grant, marked as announced if a notification was owed and delivered."""
-        event = self._notifier.owed(grant, self._clock())
+        event = self._notifier.owed(grant, self._clock.now())
         if not (event and self._notifier.send(event, grant)):
             return grant
         return grant.announced()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime
 
+from .clock import SYSTEM, Clock
 from .models import Grant, rfc3339
 
 
@@ -16,8 +16,8 @@ class ClaimWatch:
     `claim_ttl` seconds of our own monotonic time from when we first saw it: our clock may run
     ahead of the holder's, and must not end its claim early. One lock guards what it has seen."""
 
-    def __init__(self, owner: str, claim_ttl: float) -> None:
-        self._owner, self._ttl = owner, claim_ttl
+    def __init__(self, owner: str, claim_ttl: float, clock: Clock = SYSTEM) -> None:
+        self._owner, self._ttl, self._clock = owner, claim_ttl, clock
         self._lock = threading.Lock()
         # name -> ((version, owner, until) of a claim elsewhere, monotonic time we first saw it)
         self._seen: dict[str, tuple[tuple[int, str, str], float]] = {}
@@ -33,9 +33,9 @@ class ClaimWatch:
         with self._lock:
             seen, first_seen = self._seen.get(name, (None, 0.0))
             if seen != claim:
-                first_seen = time.monotonic()
+                first_seen = self._clock.monotonic()
                 self._seen[name] = (claim, first_seen)
-        by_watch = self._ttl - (time.monotonic() - first_seen)
+        by_watch = self._ttl - (self._clock.monotonic() - first_seen)
         return max(by_clock, by_watch, 0.0)
 
     def forget(self, name: str) -> None:

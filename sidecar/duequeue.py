@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import heapq
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
+from .clock import Clock
+
 
 class DueQueue:
-    def __init__(self, clock: Callable[[], datetime]) -> None:
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._heap: list[tuple[float, str]] = []
@@ -28,7 +29,7 @@ class DueQueue:
         self._status: dict[str, str] = {}
 
     def _skew(self) -> float:
-        return self._clock().timestamp() - time.monotonic()
+        return self._clock.now().timestamp() - self._clock.monotonic()
 
     def tick(self) -> None:
         """Note how the wall clock stands against the monotonic one at this tick (see `schedule`)."""
@@ -58,7 +59,7 @@ class DueQueue:
         """Look at `name` again in `seconds`, unless it is queued already."""
         with self._lock:
             if name not in self._due:
-                self._push(name, time.monotonic() + seconds)
+                self._push(name, self._clock.monotonic() + seconds)
 
     def _push(self, name: str, deadline: float) -> None:
         self._due[name] = deadline
@@ -70,7 +71,7 @@ class DueQueue:
             return True
         with self._lock:
             known = self._deadlines.get(name)
-        return known is not None and known[0] == due and time.monotonic() >= known[1]
+        return known is not None and known[0] == due and self._clock.monotonic() >= known[1]
 
     def forget(self, names: Iterable[str]) -> None:
         with self._lock:
@@ -84,21 +85,23 @@ class DueQueue:
             return set(self._status)
 
     def pop_due(self, deadline: float, busy: Callable[[str], bool]) -> list[str]:
-        """The names due by `deadline` (monotonic) for which `busy` is false."""
+        """The names due by `deadline` (monotonic) for which `busy` is false. A busy one leaves the
+        queue too: the refresh in flight queues it again as it ends (or `retry_soon` does)."""
         names = []
         with self._lock:
             while self._heap and self._heap[0][0] <= deadline:
                 at, name = heapq.heappop(self._heap)
-                if self._due.get(name) == at and not busy(name):
+                if self._due.get(name) == at:
                     del self._due[name]
-                    names.append(name)
+                    if not busy(name):
+                        names.append(name)
         return names
 
     def next_due(self) -> datetime | None:
         """When the first queued grant is due, as a wall time by the clock as it reads now."""
         with self._lock:
             first = min(self._due.values(), default=None)
-        return None if first is None else self._clock() + timedelta(seconds=first - time.monotonic())
+        return None if first is None else self._clock.now() + timedelta(seconds=first - self._clock.monotonic())
 
     def statuses(self) -> Counter[str]:
         with self._lock:

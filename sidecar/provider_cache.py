@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-import time
 
 from . import approvals, providers
+from .clock import Clock
 from .errors import OAuthPermanent
 from .models import Provider
 from .store import Store
@@ -14,8 +14,8 @@ PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed clien
 
 
 class ProviderCache:
-    def __init__(self, store: Store, discovery_interval: float) -> None:
-        self._store, self._discovery_interval = store, discovery_interval
+    def __init__(self, store: Store, discovery_interval: float, clock: Clock) -> None:
+        self._store, self._discovery_interval, self._clock = store, discovery_interval, clock
         self._lock = threading.Lock()
         # name -> (monotonic time read, the provider now), for providers whose endpoints are approved
         self._cached: dict[str, tuple[float, Provider]] = {}
@@ -29,7 +29,7 @@ class ProviderCache:
         fills it in). A refused provider is not cached: a save through the sidecar mends it at once."""
         with self._lock:
             cached = self._cached.get(name)
-        if cached and time.monotonic() - cached[0] < PROVIDER_TTL:
+        if cached and self._clock.monotonic() - cached[0] < PROVIDER_TTL:
             return cached[1], ""
         stored = self._store.get_provider(name)
         provider = providers.current(stored, self._discovery_interval)
@@ -38,7 +38,7 @@ class ProviderCache:
         except OAuthPermanent as exc:
             return provider, exc.message
         with self._lock:
-            self._cached[name] = (time.monotonic(), provider)
+            self._cached[name] = (self._clock.monotonic(), provider)
         return provider, ""
 
     def drop(self, name: str) -> None:

@@ -14,16 +14,15 @@ import random
 import secrets
 import socket
 import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from . import approvals, oauth
 from .announcer import Announcer
 from .claims import ClaimWatch
+from .clock import SYSTEM, Clock
 from .config import Settings
 from .duequeue import DueQueue
 from .errors import Conflict, Forbidden, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
@@ -92,10 +91,6 @@ class Outcome:
         return self.result in FAILED
 
 
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
 def _not_extended(before: TokenSet, after: TokenSet, now: datetime) -> datetime | None:
     """When to try again if a refresh gave back the same access token without moving its expiry on
     (None: it did not). Computing the next refresh from an expiry that does not move would refresh
@@ -111,7 +106,7 @@ def _not_extended(before: TokenSet, after: TokenSet, now: datetime) -> datetime 
 
 
 class Refresher:
-    def __init__(self, settings: Settings, store: Store, clock: Callable[[], datetime] = now_utc) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Clock = SYSTEM) -> None:
         self.settings = settings
         self.store = store
         self.announcer = Announcer(store, Notifier(settings), clock)
@@ -121,9 +116,9 @@ class Refresher:
         self.queue = DueQueue(clock)
         self._lock = threading.Lock()  # guards `_in_flight` only; never held while calling the queue
         self._in_flight: dict[str, Future[Outcome]] = {}
-        self.providers = ProviderCache(store, settings.discovery_interval)
-        self.claims = ClaimWatch(self.owner, settings.claim_ttl)
-        self.results = ResultWriter(store, lambda: self._stopping)
+        self.providers = ProviderCache(store, settings.discovery_interval, clock)
+        self.claims = ClaimWatch(self.owner, settings.claim_ttl, clock)
+        self.results = ResultWriter(store, lambda: self._stopping, clock)
         self.resync = Resync(store, self.queue, settings, clock, self._learn)
         self._stopping: float | None = None
 
@@ -153,7 +148,7 @@ class Refresher:
     def _due_time(self, grant: Grant, provider: Provider) -> datetime | None:
         """When to look at the grant next: when it is to be refreshed, or now if an announcement is owed."""
         if self.announcer.owed_now(grant):
-            return self._clock()
+            return self._clock.now()
         return self._refresh_time(grant, provider)
 
     def _learn(self, name: str) -> None:
@@ -184,7 +179,7 @@ class Refresher:
             self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
-        return [self.submit(name) for name in self.queue.pop_due(time.monotonic(), self._in_flight.__contains__)]
+        return [self.submit(name) for name in self.queue.pop_due(self._clock.monotonic(), self._in_flight.__contains__)]
 
     def submit(self, name: str, force: bool = False) -> Future[Outcome]:
         with self._lock:
@@ -196,7 +191,7 @@ class Refresher:
         return future
 
     def _guarded(self, name: str, force: bool) -> Outcome:
-        started = time.monotonic()
+        started = self._clock.monotonic()
         try:
             outcome = self.refresh_one(name, force)
         except SidecarError as exc:
@@ -210,7 +205,7 @@ class Refresher:
                 self._in_flight.pop(name, None)
         REFRESHES.labels(outcome.result).inc()
         if outcome.result == RefreshResult.REFRESHED:
-            REFRESH_SECONDS.observe(time.monotonic() - started)
+            REFRESH_SECONDS.observe(self._clock.monotonic() - started)
         if outcome.result in (RefreshResult.LOST_RACE, RefreshResult.CLAIM_TOO_SLOW):  # once the winner wrote
             self.queue.retry_soon(name, max(1.0, self.settings.refresh_interval))
         elif outcome.result == RefreshResult.ERROR:
@@ -228,8 +223,8 @@ class Refresher:
         """One whole pass: read every grant, refresh those due, wait for them all."""
         self.resync.restart()
         self.resync.step(budget=10**9)
-        ahead = (now - self._clock()).total_seconds() if now else 0.0
-        due = self.queue.pop_due(time.monotonic() + ahead, self._in_flight.__contains__)
+        ahead = (now - self._clock.now()).total_seconds() if now else 0.0
+        due = self.queue.pop_due(self._clock.monotonic() + ahead, self._in_flight.__contains__)
         futures = [self.submit(name) for name in due]
         return [f.result() for f in futures]
 
@@ -237,7 +232,7 @@ class Refresher:
 
     def refresh_one(self, name: str, force: bool = False) -> Outcome:
         """Claim the grant if it is due (or `force`), redeem its refresh token, store the result."""
-        now = self._clock()
+        now = self._clock.now()
         try:
             current = self.store.read("grants", name)
         except NotFound:
@@ -265,14 +260,14 @@ class Refresher:
     def _claim_and_renew(self, grant: Grant, read_at: int, provider: Provider, due: datetime | None) -> Outcome:
         """Claim the grant at the version read, then (only then) redeem, and store the result."""
         name = grant.name
-        claimed = grant.claimed(self.owner, self._clock() + timedelta(seconds=self.settings.claim_ttl))
-        sent = time.monotonic()
+        claimed = grant.claimed(self.owner, self._clock.now() + timedelta(seconds=self.settings.claim_ttl))
+        sent = self._clock.monotonic()
         try:
             version = self.store.put_grant(claimed, cas=read_at)
         except Conflict:
             return Outcome(name, RefreshResult.LOST_RACE)  # a sibling claimed or wrote it first; it is theirs
         self.claims.forget(name)
-        if time.monotonic() - sent > self.settings.claim_ttl / 2:
+        if self._clock.monotonic() - sent > self.settings.claim_ttl / 2:
             # Too little of the claim is left to redeem and store safely: a sibling may take it
             # over meanwhile. Nothing was redeemed; the claim stays ours until it lapses.
             log.warning("claiming %s took longer than half the claim's lifetime; not refreshing now", name)
@@ -282,7 +277,7 @@ class Refresher:
             tokens = self._renew(grant, provider)
         except (OAuthTransient, OAuthPermanent) as exc:
             return self._not_renewed(claimed, version, provider, exc)
-        done = self._clock()
+        done = self._clock.now()
         refreshed = grant.refreshed(tokens, done, _not_extended(grant.tokens, tokens, done))
         stored = self.results.store_result(refreshed, version)
         if stored is None:
@@ -335,7 +330,7 @@ class Refresher:
         """Keep the current token, record the failure, back off; the claim is released."""
         failures = claimed.failures + 1
         delay = self._backoff(claimed, provider, failures, retry_after)
-        now = self._clock()
+        now = self._clock.now()
         failed = claimed.failed(message, now + timedelta(seconds=delay), now)
         failed = self.announcer.with_announcement(failed)
         self.results.views_while_claimed(failed)
@@ -364,7 +359,7 @@ class Refresher:
         if latest.version != version:
             return Outcome(name, RefreshResult.SUPERSEDED, "another replica changed the grant meanwhile")
         before = Grant.from_record(name, latest.data)
-        marked = before.needs_login(message, self._clock())
+        marked = before.needs_login(message, self._clock.now())
         marked = self.announcer.with_announcement(marked)
         self.results.views_while_claimed(marked)
         try:
@@ -382,16 +377,16 @@ class Refresher:
         in-flight work. Timed by the monotonic clock (as is `Event.wait`): a stepped wall clock neither
         stalls the ticks nor bunches them up."""
         log.info("refresher %s started", self.owner)
-        next_tick = time.monotonic()
+        next_tick = self._clock.monotonic()
         while True:
             self.tick()
-            next_tick = max(next_tick + self.settings.refresh_interval, time.monotonic())  # an overrun skips
-            if stop.wait(next_tick - time.monotonic()):
+            next_tick = max(next_tick + self.settings.refresh_interval, self._clock.monotonic())  # an overrun skips
+            if stop.wait(next_tick - self._clock.monotonic()):
                 break
         self.shutdown()
 
     def shutdown(self) -> None:
         """Stop taking work and wait for refreshes in flight, including their Vault writes."""
-        self._stopping = time.monotonic()
+        self._stopping = self._clock.monotonic()
         self._pool.shutdown(wait=True, cancel_futures=True)  # queued work is dropped; running work finishes
         log.info("refresher %s stopped", self.owner)

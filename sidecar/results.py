@@ -4,11 +4,11 @@ older tokens back over newer ones, and without giving up on new tokens while Vau
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import TypeVar
 
+from .clock import Clock
 from .errors import Conflict, NotFound, VaultUnavailable
 from .models import Grant
 from .store import Store
@@ -23,8 +23,8 @@ SHUTDOWN_GRACE = 25.0  # seconds in-flight result writes keep retrying once a st
 
 
 class ResultWriter:
-    def __init__(self, store: Store, stopping: Callable[[], float | None]) -> None:
-        self._store = store
+    def __init__(self, store: Store, stopping: Callable[[], float | None], clock: Clock) -> None:
+        self._store, self._clock = store, clock
         self._stopping = stopping  # when a stop was asked (time.monotonic), or None
 
     def store_result(self, refreshed: Grant, version: int) -> int | None:
@@ -60,11 +60,11 @@ class ResultWriter:
                 return call()
             except VaultUnavailable:
                 stopping = self._stopping()
-                if stopping and time.monotonic() - stopping > SHUTDOWN_GRACE:
+                if stopping and self._clock.monotonic() - stopping > SHUTDOWN_GRACE:
                     log.error("gave up storing the refreshed tokens of %s: Vault stayed unavailable", name)
                     raise
                 log.warning("storing the refreshed tokens of %s: Vault unavailable; retrying", name)
-                time.sleep(delay)
+                self._clock.sleep(delay)
                 delay = min(delay * 2, RETRY_WRITE_MAX_DELAY)
 
     def _already_stored(self, refreshed: Grant) -> int | None:
@@ -83,7 +83,7 @@ class ResultWriter:
         refresh may have replaced them meanwhile, its own writer writes the views, and a late write
         of ours would put older tokens back. `patient`: retry as long as Vault is only unavailable
         (new tokens); else for BRIEF_PATIENCE (a failure's status, written under the claim)."""
-        store = self._store if patient else self._store.until(time.monotonic() + BRIEF_PATIENCE)
+        store = self._store if patient else self._store.until(self._clock.monotonic() + BRIEF_PATIENCE)
         delayed = False
         for env in grant.environments:
             if not delayed:

@@ -5,11 +5,10 @@ SWEEP_INTERVAL, it sweeps expired logins in flight and UI sessions."""
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 
+from .clock import Clock
 from .config import Settings
 from .duequeue import DueQueue
 from .errors import SidecarError
@@ -24,7 +23,7 @@ SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and
 
 class Resync:
     def __init__(
-        self, store: Store, queue: DueQueue, settings: Settings, clock: Callable[[], datetime],
+        self, store: Store, queue: DueQueue, settings: Settings, clock: Clock,
         learn: Callable[[str], None],
     ) -> None:  # fmt: skip
         self._store, self._queue, self._settings, self._clock = store, queue, settings, clock
@@ -40,10 +39,10 @@ class Resync:
 
     def step(self, budget: int) -> None:
         """List the grants if a listing is due (and sweep with it), then read at most `budget` of them."""
-        listing = not self._scan and time.monotonic() >= self._next_listing
+        listing = not self._scan and self._clock.monotonic() >= self._next_listing
         if listing:
             listed = self._store.names("grants")
-            self._next_listing = time.monotonic() + self._settings.resync_interval
+            self._next_listing = self._clock.monotonic() + self._settings.resync_interval
             self._queue.forget(self._queue.known() - set(listed))
             self._scan.extend(listed)
             self._sweep_when_due()  # with the listing, so an idle tick still sends nothing
@@ -56,10 +55,10 @@ class Resync:
                 GRANTS.labels(status).set(counts.get(status, 0))
 
     def _sweep_when_due(self) -> None:
-        if time.monotonic() < self._next_sweep:
+        if self._clock.monotonic() < self._next_sweep:
             return
-        self._next_sweep = time.monotonic() + SWEEP_INTERVAL
+        self._next_sweep = self._clock.monotonic() + SWEEP_INTERVAL
         try:
-            sweep(self._store, self._clock())
+            sweep(self._store, self._clock.now())
         except SidecarError as exc:
             log.warning("sweep of expired logins and sessions failed: %s", exc.message)

@@ -23,6 +23,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
+from sidecar.clock import Clock
 from sidecar.config import Settings
 from sidecar.devvault import DevVault, bao_binary
 from sidecar.models import Grant, TokenSet
@@ -31,6 +32,37 @@ from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 
 CLIENT_SECRET = "cs-7f3a9c1e-never-show-me"
+
+
+class ShiftedClock(Clock):
+    """The system's time with the wall clock `offset` away: a replica whose clock is wrong."""
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return super().now() + self.offset
+
+
+class SetClock(Clock):
+    """Time that stands still until a test moves it: `step` moves the wall clock alone (an NTP
+    correction), `sleep` both clocks (time passing)."""
+
+    def __init__(self, now: datetime = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)) -> None:
+        self.wall, self.mono = now, 1000.0
+
+    def now(self) -> datetime:
+        return self.wall
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def sleep(self, seconds: float) -> None:
+        self.wall += timedelta(seconds=seconds)
+        self.mono += seconds
+
+    def step(self, by: timedelta) -> None:
+        self.wall += by
 
 
 def provider_body(**overrides: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from sidecar.models import Grant
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .helpers import fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
+from .helpers import ShiftedClock, fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
 
 GRANT_WRITES = "^/v1/secret/data/oauth-sidecar/grants/"  # the claim and the result write
 SLOW = 0.3  # seconds the proxy holds a grant write, and the provider a refresh
@@ -167,7 +167,7 @@ def test_two_replicas_two_minutes_apart_never_redeem_a_refresh_token_twice(vault
     seed_grants(operator, oauth, names, ttl=4)
     settings = fast_settings(vault, tokens.sidecar, SIDECAR_CLAIM_TTL="5")
     on_time = Refresher(settings, Store(settings, tokens.sidecar))
-    ahead = Refresher(settings, Store(settings, tokens.sidecar), clock=lambda: datetime.now(UTC) + AHEAD)
+    ahead = Refresher(settings, Store(settings, tokens.sidecar), clock=ShiftedClock(AHEAD))
     outcomes: dict[str, Counter[str]] = {"on_time": Counter(), "ahead": Counter()}
     for label, refresher in (("on_time", on_time), ("ahead", ahead)):
         original = refresher.refresh_one
@@ -215,7 +215,7 @@ def test_a_replica_two_minutes_ahead_respects_a_fresh_claim_for_its_lifetime(vau
     (seeded,) = seed_grants(operator, oauth, ["held"])
     settings = fast_settings(vault, tokens.sidecar, SIDECAR_CLAIM_TTL="2")
     holder = Refresher(settings, Store(settings, tokens.sidecar))
-    ahead = Refresher(settings, Store(settings, tokens.sidecar), clock=lambda: datetime.now(UTC) + AHEAD)
+    ahead = Refresher(settings, Store(settings, tokens.sidecar), clock=ShiftedClock(AHEAD))
     try:
         # The holder claims it, as its refresh_one would, and is now at the provider.
         current = operator.read("grants", "held")

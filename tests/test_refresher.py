@@ -14,13 +14,14 @@ import pytest
 import requests
 
 from sidecar import oauth as oauth_module
-from sidecar.models import Grant, TokenSet, parse_rfc3339
+from sidecar.models import Grant, parse_rfc3339
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
 from .helpers import (
     OAUTH_SIDECAR,
     CountingSession,
+    ShiftedClock,
     fast_settings,
     grant_record,
     refresher_env,
@@ -416,18 +417,17 @@ def test_a_due_time_dated_before_a_step_back_and_queued_after_it_is_not_held_bac
     then it queues their due time: that waits two seconds, not an hour and two. Past the next tick,
     due times are read by the stepped clock alone (not an hour early: no storm)."""
     settings = fast_settings(vault, tokens.sidecar)
-    step = timedelta(0)
-    refresher = Refresher(settings, Store(settings, tokens.sidecar), clock=lambda: datetime.now(UTC) + step)
-    grant = Grant("sheets", "mock", ("production",), TokenSet("at", "Bearer", None, (), "rt"))
+    clock = ShiftedClock(timedelta(0))
+    refresher = Refresher(settings, Store(settings, tokens.sidecar), clock=clock)
     try:
-        dated = refresher._clock() + timedelta(seconds=2)
-        step = timedelta(hours=-1)
-        refresher._schedule(grant, dated)
-        waits = refresher.next_due() - refresher._clock()
+        dated = clock.now() + timedelta(seconds=2)
+        clock.offset = timedelta(hours=-1)
+        refresher.queue.schedule("sheets", "active", dated)
+        waits = refresher.next_due() - clock.now()
         assert timedelta(seconds=1) < waits <= timedelta(seconds=2)
         refresher.tick()
-        refresher._schedule(grant, refresher._clock() + timedelta(seconds=60))
-        waits = refresher.next_due() - refresher._clock()
+        refresher.queue.schedule("sheets", "active", clock.now() + timedelta(seconds=60))
+        waits = refresher.next_due() - clock.now()
         assert timedelta(seconds=59) < waits <= timedelta(seconds=60)
     finally:
         refresher.shutdown()
