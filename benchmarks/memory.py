@@ -59,7 +59,7 @@ def main() -> None:
             last_refreshed_at=issued,
         ).to_record()
         grant = Grant.from_record(f"grant-{i:06d}", record)
-        refresher._schedule(grant, refresher._due_time(grant, provider))
+        refresher.renewal.schedule(grant, refresher.renewal.due_time(grant, provider))
     gc.collect()
     total = rss_mb()
     result = {

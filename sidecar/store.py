@@ -243,6 +243,76 @@ def _secret(value: str | None, path: str | None) -> str:
     raise Unauthorized("the sidecar has no Vault credential for its SIDECAR_VAULT_AUTH method")
 
 
+class Connection:
+    """One token's way to Vault: every call goes through it, retried while Vault is unavailable."""
+
+    def __init__(
+        self, settings: Settings, token: str | None, session: requests.Session | None, login: Login | None,
+        patience: float,
+    ) -> None:  # fmt: skip
+        self.client = _client(settings, token, session)
+        self._addr, self.login, self._patience = settings.vault_addr, login, patience
+        self._deadline: float | None = None  # see `until`
+
+    @property
+    def own(self) -> bool:
+        """The sidecar's own identity, renewed and replaced by its login (not a caller's token)."""
+        return self.login is not None
+
+    def until(self, deadline: float) -> Connection:
+        bounded = copy.copy(self)
+        bounded._deadline = deadline
+        return bounded
+
+    def call(self, what: str, call: Callable[[], T]) -> T:
+        """One Vault call, retried with backoff while Vault is unavailable (down, sealed, electing a
+        leader) for up to `patience` seconds, or until the deadline; then `VaultUnavailable`."""
+        deadline = time.monotonic() + self._patience if self._deadline is None else self._deadline
+        delay = RETRY_FIRST
+        while True:
+            try:
+                return self.once(what, call)
+            except VaultUnavailable:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+            time.sleep(min(delay * random.uniform(0.5, 1.0), left))  # noqa: S311 - spreads retries; nothing secret
+            delay = min(delay * 2, RETRY_MAX)
+
+    def once(self, what: str, call: Callable[[], T]) -> T:
+        """One attempt. With the sidecar's own identity, a token Vault no longer accepts is replaced by
+        a new login (a new leader may not know it) and the call made once more."""
+        follow_active(self.client, self._addr)
+        if self.login is None:
+            try:
+                with _vault(what):
+                    return call()
+            except Forbidden:
+                # Vault says 403 both for a dead token and for a missing right: tell them apart.
+                if self.client.token and not self._token_alive():
+                    raise Unauthorized("the Vault token is missing or not valid") from None
+                raise
+        self.client.token = self.login.token()
+        try:
+            with _vault(what):
+                return call()
+        except (Forbidden, Unauthorized):
+            stale = self.client.token
+            if self._token_alive():
+                raise  # a real denial by policy
+        self.client.token = self.login.replace(stale)
+        with _vault(what):
+            return call()
+
+    def _token_alive(self) -> bool:
+        try:
+            with _vault("the token"):
+                self.client.auth.token.lookup_self()
+        except (Forbidden, Unauthorized):
+            return False
+        return True
+
+
 class Store:
     """Vault KV v2 access with one token: the caller's, or the sidecar's own (`Store.own`)."""
 
@@ -255,11 +325,9 @@ class Store:
         patience: float = PATIENCE,
     ) -> None:
         self._settings = settings
-        self._client = _client(settings, token, session)
+        self._vault = Connection(settings, token, session, login, patience)
+        self._client = self._vault.client
         self._kv = self._client.secrets.kv.v2
-        self._login = login
-        self._patience = patience
-        self._deadline: float | None = None  # see `until`
 
     @classmethod
     def own(cls, settings: Settings, session: requests.Session | None = None) -> Store:
@@ -271,59 +339,11 @@ class Store:
         `deadline` (time.monotonic) rather than for `patience` a call: for a group of calls that
         must end by then (a login's save, a failure's views written under a claim)."""
         bounded = copy.copy(self)
-        bounded._deadline = deadline
+        bounded._vault = self._vault.until(deadline)
         return bounded
 
     def __repr__(self) -> str:
         return f"Store(vault_addr={self._settings.vault_addr!r})"
-
-    def _call(self, what: str, call: Callable[[], T]) -> T:
-        """One Vault call, retried with backoff while Vault is unavailable (down, sealed, electing a
-        leader) for up to `patience` seconds, or until the store's deadline; then `VaultUnavailable`."""
-        deadline = time.monotonic() + self._patience if self._deadline is None else self._deadline
-        delay = RETRY_FIRST
-        while True:
-            try:
-                return self._once(what, call)
-            except VaultUnavailable:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise
-            time.sleep(min(delay * random.uniform(0.5, 1.0), left))  # noqa: S311 - spreads retries; nothing secret
-            delay = min(delay * 2, RETRY_MAX)
-
-    def _once(self, what: str, call: Callable[[], T]) -> T:
-        """One attempt. With the sidecar's own identity, a token Vault no longer accepts is replaced by
-        a new login (a new leader may not know it) and the call made once more."""
-        follow_active(self._client, self._settings.vault_addr)
-        if self._login is None:
-            try:
-                with _vault(what):
-                    return call()
-            except Forbidden:
-                # Vault says 403 both for a dead token and for a missing right: tell them apart.
-                if self._client.token and not self._token_alive():
-                    raise Unauthorized("the Vault token is missing or not valid") from None
-                raise
-        self._client.token = self._login.token()
-        try:
-            with _vault(what):
-                return call()
-        except (Forbidden, Unauthorized):
-            stale = self._client.token
-            if self._token_alive():
-                raise  # a real denial by policy
-        self._client.token = self._login.replace(stale)
-        with _vault(what):
-            return call()
-
-    def _token_alive(self) -> bool:
-        try:
-            with _vault("the token"):
-                self._client.auth.token.lookup_self()
-        except (Forbidden, Unauthorized):
-            return False
-        return True
 
     def whoami(self) -> Identity:
         """Who this store's (caller's) token belongs to, for the audit trail; `Unauthorized` if Vault
@@ -364,7 +384,7 @@ class Store:
 
     def names(self, tree: Tree) -> list[str]:
         try:
-            resp = self._call(
+            resp = self._vault.call(
                 tree,
                 lambda: self._kv.list_secrets(
                     path=f"{self._settings.state_prefix}/{tree}", mount_point=self._settings.kv_mount
@@ -375,7 +395,7 @@ class Store:
         return sorted(k for k in resp["data"]["keys"] if not k.endswith("/"))
 
     def _read(self, path: str, what: str) -> Versioned:
-        resp = self._call(
+        resp = self._vault.call(
             what,
             lambda: self._kv.read_secret_version(
                 path=path, mount_point=self._settings.kv_mount, raise_on_deleted_version=True
@@ -396,7 +416,7 @@ class Store:
             return cast(dict[str, Any], answer)
 
         try:
-            version = int(self._call(what, send)["data"]["version"])
+            version = int(self._vault.call(what, send)["data"]["version"])
         except Conflict:
             # A retry after a lost answer meets the version its own first attempt wrote: that is ours.
             # Sound where a record holds something only this writer writes (a claim's owner, new
@@ -418,7 +438,7 @@ class Store:
         return current.version if current.data == json.loads(json.dumps(data)) else None
 
     def _delete(self, path: str, what: str) -> None:
-        self._call(
+        self._vault.call(
             what, lambda: self._kv.delete_metadata_and_all_versions(path=path, mount_point=self._settings.kv_mount)
         )
 
@@ -447,7 +467,7 @@ class Store:
     def _cap_history(self, path: str) -> None:
         """Keep one version: an old refresh token, access token or client secret must not linger
         in KV history. Set once, when the record is created (`path` has passed the name rule)."""
-        self._call(
+        self._vault.call(
             path,
             lambda: self._kv.update_metadata(path=path, max_versions=MAX_VERSIONS, mount_point=self._settings.kv_mount),
         )
@@ -493,7 +513,7 @@ class Store:
         missing = []
         for start in range(0, len(paths), CAPABILITY_BATCH):
             batch = paths[start : start + CAPABILITY_BATCH]
-            resp = self._call("the token's capabilities", partial(self._client.sys.get_capabilities, paths=batch))
+            resp = self._vault.call("the token's capabilities", partial(self._client.sys.get_capabilities, paths=batch))
             for path in batch:
                 granted = resp.get(path) or (resp.get("capabilities") if len(batch) == 1 else None) or []
                 if not ("root" in granted or any(c in granted for c in capabilities)):
@@ -508,11 +528,11 @@ class Store:
 
     def check_token(self) -> None:
         """Raise `Unauthorized` unless this store's token is a live Vault token."""
-        if self._login is None:  # a caller's token: one lookup tells
+        if not self._vault.own:  # a caller's token: one lookup tells
             self.whoami()
             return
-        try:  # the sidecar's own: `_once` logs in again if Vault no longer accepts it
-            self._once("the token", self._client.auth.token.lookup_self)
+        try:  # the sidecar's own: `Connection.once` logs in again if Vault no longer accepts it
+            self._vault.once("the token", self._client.auth.token.lookup_self)
         except Forbidden:
             raise Unauthorized("the Vault token is missing or not valid") from None
 
@@ -531,14 +551,14 @@ class Store:
     # -- administration (dev mode and `policies write`) -----------------------------------------
 
     def write_policy(self, name: str, hcl: str) -> None:
-        self._call(
+        self._vault.call(
             f"policy {name!r}",
             lambda: self._client.sys.create_or_update_policy(name=check_name(name, "policy"), policy=hcl),
         )
 
     def create_token(self, policies: list[str], ttl: str, display_name: str) -> str:
         """A child token with exactly these policies (plus Vault's `default`)."""
-        resp = self._call(
+        resp = self._vault.call(
             "a new token",
             lambda: self._client.auth.token.create(policies=policies, ttl=ttl, display_name=display_name),
         )

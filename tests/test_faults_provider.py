@@ -109,7 +109,7 @@ def assert_no_tokens_logged(caplog, oauth, *grants: Grant | dict) -> None:
 def test_provider_down_longer_than_a_token_lives_then_back(proxy, store, oauth, refresher, root, caplog):
     oauth.configure(rotate=True)
     (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3)
-    # Refresher._backoff: lifetime 3 s -> lead min(margin, 1.5 s) -> base min(5, max(0.5, lead / 4)) = 0.5 s;
+    # Renewal._backoff: lifetime 3 s -> lead min(margin, 1.5 s) -> base min(5, max(0.5, lead / 4)) = 0.5 s;
     # attempt n waits base * 2^(n-1) * uniform(0.8, 1.2).
     base = 0.5
     proxy.refuse()

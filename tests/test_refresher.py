@@ -358,7 +358,7 @@ def test_an_approle_sidecar_keeps_refreshing_across_its_token_ttls(connect, vaul
         for _ in range(4):  # four refreshes: about six seconds, several of the sidecar's token TTLs
             seen.append(wait_for(refreshed_since(root, "sheets", seen[-1]), timeout=15)["last_refreshed_at"])
     refresher.shutdown()
-    assert store._login.logins >= 2
+    assert store._vault.login.logins >= 2
     assert oauth.accepts(grant_record(root, "sheets")["access_token"])
 
 

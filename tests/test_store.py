@@ -141,7 +141,7 @@ def test_approle_login_renews_and_logs_in_again_across_many_ttls(vault, approle,
     while time.monotonic() - started < 12:  # six token TTLs, two maximum TTLs
         assert store.names("grants") == []
         time.sleep(0.25)
-    assert store._login.logins >= 3
+    assert store._vault.login.logins >= 3
 
 
 def test_a_revoked_sidecar_token_is_replaced_by_a_new_login(vault, approle, root):
@@ -150,7 +150,7 @@ def test_a_revoked_sidecar_token_is_replaced_by_a_new_login(vault, approle, root
     first = store._client.token
     root.auth.token.revoke(first)
     assert store.names("grants") == []  # Vault refused the old token; a new login took over
-    assert store._client.token != first and store._login.logins == 2
+    assert store._client.token != first and store._vault.login.logins == 2
 
 
 def test_a_token_file_is_read_again_when_its_token_stops_working(vault, root, tmp_path):
@@ -168,7 +168,7 @@ def test_a_policy_denial_is_not_mistaken_for_an_expired_token(vault, approle, ro
     store = own_store(vault, **approle)
     with pytest.raises(Forbidden):
         store.write("providers", "nope", {"x": 1})  # the sidecar may not write providers
-    assert store._login.logins == 1
+    assert store._vault.login.logins == 1
 
 
 def test_missing_login_credentials_are_a_clear_error(vault, tmp_path):
@@ -241,7 +241,7 @@ def test_a_kubernetes_sidecar_keeps_refreshing_across_its_token_ttls(
         for _ in range(4):  # four refreshes: about six seconds, several of the sidecar's token TTLs
             seen.append(wait_for(refreshed, timeout=15))
     refresher.shutdown()
-    assert store._login.logins >= 2
+    assert store._vault.login.logins >= 2
     # Every login and every renewal (OpenBao reviews the JWT again then) showed the projected token, accepted.
     assert set(kubernetes_api.reviews) == {Review(fingerprint((tmp_path / "token").read_text()), (AUDIENCE,), True)}
     assert oauth.accepts(grant_record(root, "sheets")["access_token"])
@@ -256,6 +256,6 @@ def test_a_rotated_service_account_token_is_used_at_the_next_login(vault, root, 
     token_file.write_text(new := kubernetes_api.issue(SIDECAR_ACCOUNT))  # the kubelet rotates the projected token
     kubernetes_api.revoke(old)
     # OpenBao reviews the JWT again when the sidecar renews its token: refused, so the sidecar logs in again.
-    wait_for(lambda: store.names("grants") == [] and store._login.logins == 2, timeout=10)
+    wait_for(lambda: store.names("grants") == [] and store._vault.login.logins == 2, timeout=10)
     old_review, new_review = Review(fingerprint(old), (AUDIENCE,), False), Review(fingerprint(new), (AUDIENCE,), True)
     assert kubernetes_api.reviews[-2:] == [old_review, new_review]

@@ -13,7 +13,7 @@ from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from ..inputs import check_name
 from ..models import GrantType, rfc3339
 from ..policies import render_reader
-from ..refresher import ELSEWHERE, Outcome, RefreshFailed, RefreshResult
+from ..renewal import ELSEWHERE, Outcome, RefreshFailed, RefreshResult
 from ..store import Store
 from . import plausible_token, runtime
 

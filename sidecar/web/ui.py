@@ -35,7 +35,7 @@ from ..errors import Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavai
 from ..inputs import key_values
 from ..models import Provider, TokenAuthMethod
 from ..providers import build as build_provider
-from ..refresher import RefreshResult
+from ..renewal import RefreshResult
 from ..store import Store
 from . import plausible_token, runtime
 from .sessions import ServerSession, cookie_name, secure
