@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 import requests
 
-from . import egress, grants, inputs, presets, processes
+from . import egress, grants, inputs, oauth, presets, processes
 from .config import Settings
 from .errors import ConfigError, Invalid, SidecarError
 from .inputs import check_name, key_values
@@ -74,10 +74,14 @@ def refresh(once: bool) -> None:
 
 def operator_store() -> Store:
     settings = Settings.from_env()
-    egress.configure(settings.egress_allow)  # the CLI may call providers too
     store = Store(settings, settings.vault_token)
     store.check_token()
     return store
+
+
+def provider_client(settings: Settings) -> oauth.Client:
+    """The CLI calls providers itself to connect without a browser, and to revoke."""
+    return oauth.Client(egress.Egress(settings.egress_allow))
 
 
 # Saving a provider and starting a browser login are done by the running sidecar: only its own
@@ -261,9 +265,10 @@ def secrets_connect(
     if len(modes) > 1:
         raise Invalid("choose at most one of --device, --client-credentials and --refresh-token-file")
     settings, store, envs = Settings.from_env(), operator_store(), list(environments) or None
+    client = provider_client(settings)
     if opts["device"]:
         grant = grants.device_login(
-            store, settings, name, provider_name, envs, scopes, show=_show_device_code, pins=store
+            store, settings, client, name, provider_name, envs, scopes, show=_show_device_code, pins=store
         )
         click.echo("login completed", err=True)
         print_json(grant.public())
@@ -275,7 +280,7 @@ def secrets_connect(
         else:
             body.update(grant_type=GrantType.REFRESH_TOKEN, refresh_token=opts["refresh_token_file"].read().strip())
         secret = inputs.secret({k: v for k, v in body.items() if v is not None}, settings.environments)
-        print_json(grants.create(store, settings, secret, store).public())
+        print_json(grants.create(store, settings, client, secret, store).public())
         return
     # A browser login is started by the sidecar itself: only its own token may write logins in
     # flight, and its /callback finishes them.
@@ -377,8 +382,8 @@ def secrets_get(name: str) -> None:
 @click.option("--force", is_flag=True, help="Delete even if the provider cannot revoke the token.")
 def secrets_delete(name: str, force: bool) -> None:
     """Revoke the token at the provider, then delete the secret from every environment."""
-    store = operator_store()
-    revoked = grants.delete(store, Settings.from_env(), name, store, force=force)
+    store, settings = operator_store(), Settings.from_env()
+    revoked = grants.delete(store, settings, provider_client(settings), name, store, force=force)
     click.echo(f"deleted secret {name}" + (" (revoked at the provider)" if revoked else ""), err=True)
 
 

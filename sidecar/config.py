@@ -77,19 +77,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate; raises `ConfigError` naming the first bad variable."""
-        env = os.environ if env is None else env
-
-        def get(name: str, parse: Callable[[str], T], default: T, *fallbacks: str) -> T:
-            for key in (name, *fallbacks):
-                raw = env.get(key, "").strip()
-                if raw:
-                    try:
-                        return parse(raw)
-                    except (ValueError, Invalid) as exc:
-                        reason = exc.message if isinstance(exc, Invalid) else str(exc)
-                        raise ConfigError(f"{key}: {reason}") from None
-            return default
-
+        get = partial(_variable, os.environ if env is None else env)
         return cls(
             vault_addr=get("VAULT_ADDR", _vault_addr, cls.vault_addr, "BAO_ADDR"),
             vault_token=get("VAULT_TOKEN", str, None, "BAO_TOKEN") or _token_helper_file(),
@@ -147,6 +135,19 @@ class Settings:
         if self.vault_auth == "kubernetes" and not self.kubernetes_role:
             raise ConfigError("SIDECAR_VAULT_AUTH: kubernetes needs SIDECAR_KUBERNETES_ROLE")
         return self
+
+
+def _variable(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T, *fallbacks: str) -> T:
+    """The first of `name` and its `fallbacks` that is set, parsed; else `default`."""
+    for key in (name, *fallbacks):
+        raw = env.get(key, "").strip()
+        if raw:
+            try:
+                return parse(raw)
+            except (ValueError, Invalid) as exc:
+                reason = exc.message if isinstance(exc, Invalid) else str(exc)
+                raise ConfigError(f"{key}: {reason}") from None
+    return default
 
 
 def _token_helper_file() -> str | None:

@@ -1,7 +1,8 @@
 """Every outbound HTTP call to a host that is not Vault: discovery, token, revocation and device
 requests, webhooks.
 
-One session, no redirects, bounded time and a bounded answer. A host outside SIDECAR_EGRESS_ALLOW is
+An `Egress` holds one session and the allow-list; each process makes one from its settings and
+passes it to what calls out. No redirects, bounded time and a bounded answer. A host outside SIDECAR_EGRESS_ALLOW is
 refused before any connection. Failures reach callers as one message per kind, so an error text
 never tells whether a port is open, closed, speaks TLS or something else; the detail (exception
 type, host) goes to the log only. Nothing here logs a URL's path or query, a header or a body.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import zlib
 from collections.abc import Mapping
@@ -35,12 +35,6 @@ TOO_LARGE = f"the answer is larger than {MAX_ANSWER_BYTES} bytes"
 _CHUNK = 16 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
-_session = requests.Session()
-# Answers are small; asking for no compression keeps a server from making us unpack anything.
-_session.headers["Accept-Encoding"] = "identity"
-_lock = threading.Lock()
-_allow: tuple[tuple[str, int | None], ...] = ()  # (host glob, port or None); replaced whole, never mutated
-
 
 @dataclass(frozen=True)
 class Answer:
@@ -59,22 +53,64 @@ class Answer:
             return None
 
 
-def configure(allow: tuple[str, ...]) -> None:
-    """Set the process's allow-list (Settings.egress_allow); an empty tuple allows any host."""
-    parsed = tuple(_pattern(p) for p in allow)
-    global _allow
-    with _lock:
-        _allow = parsed
+class Egress:
+    """The way out to hosts that are not Vault: one session, the allow-list (SIDECAR_EGRESS_ALLOW;
+    empty: any host)."""
 
+    def __init__(self, allow: tuple[str, ...] = ()) -> None:
+        self._allow = tuple(_pattern(p) for p in allow)
+        self._session = requests.Session()
+        # Answers are small; asking for no compression keeps a server from making us unpack anything.
+        self._session.headers["Accept-Encoding"] = "identity"
 
-def allowed(url: str) -> bool:
-    """Whether the configured allow-list lets the sidecar call `url`."""
-    return _matches(url, _allow)
+    def allowed(self, url: str) -> bool:
+        """Whether the allow-list lets the sidecar call `url`."""
+        return _matches(url, self._allow)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        data: Any = None,
+        auth: tuple[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = TIMEOUT,
+    ) -> Answer:
+        """Send one request; `what` names it in messages ("refresh", "discovery", "webhook").
+
+        Raises OAuthPermanent (host not allowed, answer too large) or OAuthTransient (any transport
+        failure), each with one fixed message per kind. Any HTTP status is an Answer, not an error."""
+        try:
+            prepared = self._session.prepare_request(
+                requests.Request(method, url, data=data, auth=auth, headers=dict(headers or {}))
+            )
+        except (requests.RequestException, ValueError) as exc:
+            log.warning("%s: the URL could not be used (%s)", what, type(exc).__name__)
+            raise OAuthTransient(f"{what}: {UNREACHABLE}") from None
+        target = prepared.url or ""
+        host = _host(target)
+        if not self.allowed(target):
+            log.warning("%s: a call to %s was refused: the host is not in SIDECAR_EGRESS_ALLOW", what, host)
+            raise OAuthPermanent(f"{what}: {NOT_ALLOWED}")
+        try:
+            # What Session.request does, minus redirects; proxies and CA bundles still come from the environment.
+            settings = self._session.merge_environment_settings(target, {}, True, None, None)
+            with self._session.send(prepared, timeout=timeout, allow_redirects=False, **settings) as resp:
+                body = _read(resp, time.monotonic() + timeout)
+                answer = Answer(resp.status_code, CaseInsensitiveDict(resp.headers), body)
+        except requests.RequestException as exc:
+            log.warning("%s: %s could not be reached (%s)", what, host, type(exc).__name__)
+            raise OAuthTransient(f"{what}: {UNREACHABLE}") from None
+        except _TooLarge:
+            log.warning("%s: the answer from %s was larger than %d bytes; refused", what, host, MAX_ANSWER_BYTES)
+            raise OAuthPermanent(f"{what}: {TOO_LARGE}") from None
+        return answer
 
 
 def permits(url: str, allow: tuple[str, ...]) -> bool:
-    """Whether `allow` (patterns as in SIDECAR_EGRESS_ALLOW) lets the sidecar call `url`; for
-    checking a setting before `configure` is called."""
+    """Whether `allow` (patterns as in SIDECAR_EGRESS_ALLOW) lets the sidecar call `url`."""
     return _matches(url, tuple(_pattern(p) for p in allow))
 
 
@@ -92,47 +128,6 @@ def _matches(url: str, patterns: tuple[tuple[str, int | None], ...]) -> bool:
         return False
     host = host.rstrip(".")  # "example.com." is the same host as "example.com"
     return any(fnmatchcase(host, glob) and want in (None, port) for glob, want in patterns)
-
-
-def request(
-    method: str,
-    url: str,
-    what: str,
-    *,
-    data: Any = None,
-    auth: tuple[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-    timeout: float = TIMEOUT,
-) -> Answer:
-    """Send one request; `what` names it in messages ("refresh", "discovery", "webhook").
-
-    Raises OAuthPermanent (host not allowed, answer too large) or OAuthTransient (any transport
-    failure), each with one fixed message per kind. Any HTTP status is an Answer, not an error."""
-    try:
-        prepared = _session.prepare_request(
-            requests.Request(method, url, data=data, auth=auth, headers=dict(headers or {}))
-        )
-    except (requests.RequestException, ValueError) as exc:
-        log.warning("%s: the URL could not be used (%s)", what, type(exc).__name__)
-        raise OAuthTransient(f"{what}: {UNREACHABLE}") from None
-    target = prepared.url or ""
-    host = _host(target)
-    if not allowed(target):
-        log.warning("%s: a call to %s was refused: the host is not in SIDECAR_EGRESS_ALLOW", what, host)
-        raise OAuthPermanent(f"{what}: {NOT_ALLOWED}")
-    try:
-        # What Session.request does, minus redirects; proxies and CA bundles still come from the environment.
-        settings = _session.merge_environment_settings(target, {}, True, None, None)
-        with _session.send(prepared, timeout=timeout, allow_redirects=False, **settings) as resp:
-            body = _read(resp, time.monotonic() + timeout)
-            answer = Answer(resp.status_code, CaseInsensitiveDict(resp.headers), body)
-    except requests.RequestException as exc:
-        log.warning("%s: %s could not be reached (%s)", what, host, type(exc).__name__)
-        raise OAuthTransient(f"{what}: {UNREACHABLE}") from None
-    except _TooLarge:
-        log.warning("%s: the answer from %s was larger than %d bytes; refused", what, host, MAX_ANSWER_BYTES)
-        raise OAuthPermanent(f"{what}: {TOO_LARGE}") from None
-    return answer
 
 
 class _TooLarge(Exception):

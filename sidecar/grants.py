@@ -30,7 +30,7 @@ class TokenRefused(SidecarError):
     status = 502
 
 
-def provider_for(store: Store, settings: Settings, name: object, pins: Store) -> Provider:
+def provider_for(store: Store, settings: Settings, client: oauth.Client, name: object, pins: Store) -> Provider:
     """A registered provider, as it stands now (its discovered endpoints re-read when due), once its
     stored endpoints are known to be the ones approved through the sidecar (`pins` reads that)."""
     try:
@@ -41,7 +41,7 @@ def provider_for(store: Store, settings: Settings, name: object, pins: Store) ->
         approvals.check(pins, provider)
     except OAuthPermanent as exc:
         raise Conflict(exc.message) from None
-    return providers.current(provider, settings.discovery_interval)
+    return providers.current(provider, client, settings.discovery_interval)
 
 
 def may_store(store: Store, name: object, envs: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
@@ -86,21 +86,21 @@ def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
     return wanted
 
 
-def create(store: Store, settings: Settings, secret: SecretInput, pins: Store) -> Grant:
+def create(store: Store, settings: Settings, client: oauth.Client, secret: SecretInput, pins: Store) -> Grant:
     """A secret with no browser: client credentials, or a refresh token obtained elsewhere
     (redeemed at once, to prove it). Everything is checked before the provider is asked."""
     if secret.grant_type not in WITHOUT_BROWSER:
         raise Invalid("grant_type must be client_credentials or refresh_token here", {"grant_type": "invalid"})
     envs = check_environments(secret.environments, settings.environments)
     name, _ = may_store(store, secret.name, envs)  # the caller's own token drops views here
-    provider = provider_for(store, settings, secret.provider, pins)
+    provider = provider_for(store, settings, client, secret.provider, pins)
     scopes = wanted_scopes(provider, secret.scopes)
     try:
         if secret.grant_type == GrantType.CLIENT_CREDENTIALS:
-            tokens = oauth.client_credentials(provider, scopes)
+            tokens = client.client_credentials(provider, scopes)
         else:
             imported = (secret.refresh_token or "").strip()
-            tokens = oauth.refresh(provider, imported, scopes)
+            tokens = client.refresh(provider, imported, scopes)
             tokens = replace(tokens, refresh_token=tokens.refresh_token or imported)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
@@ -110,6 +110,7 @@ def create(store: Store, settings: Settings, secret: SecretInput, pins: Store) -
 def device_login(
     store: Store,
     settings: Settings,
+    client: oauth.Client,
     name: object,
     provider_name: object,
     environments: object,
@@ -120,12 +121,12 @@ def device_login(
     """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
     envs = check_environments(environments, settings.environments)
     name, _ = may_store(store, name, envs)
-    provider = provider_for(store, settings, provider_name, pins)
+    provider = provider_for(store, settings, client, provider_name, pins)
     wanted = wanted_scopes(provider, scopes)
     try:
-        authorization = oauth.device_authorization(provider, wanted)
+        authorization = client.device_authorization(provider, wanted)
         show(authorization)
-        tokens = oauth.device_token(provider, authorization, wanted)
+        tokens = client.device_token(provider, authorization, wanted)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
     return connected(store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE)
@@ -192,7 +193,7 @@ def access_token(store: Store, settings: Settings, name: str, environment: str |
     return {"name": name, "environment": env, **view}
 
 
-def delete(store: Store, settings: Settings, name: str, pins: Store, force: bool = False) -> bool:
+def delete(store: Store, settings: Settings, client: oauth.Client, name: str, pins: Store, force: bool = False) -> bool:
     """Revoke at the provider where it can (unless `force` and that fails), then delete everything.
 
     Returns whether the provider confirmed a revocation.
@@ -203,13 +204,13 @@ def delete(store: Store, settings: Settings, name: str, pins: Store, force: bool
     try:
         stored = store.get_provider(grant.provider)
         approvals.check(pins, stored)
-        provider = providers.current(stored, settings.discovery_interval)
+        provider = providers.current(stored, client, settings.discovery_interval)
         token, hint = (
             (grant.tokens.refresh_token, "refresh_token")
             if grant.tokens.refresh_token
             else (grant.tokens.access_token, "access_token")
         )
-        revoked = oauth.revoke(provider, token, hint)
+        revoked = client.revoke(provider, token, hint)
     except (OAuthPermanent, OAuthTransient, NotFound) as exc:
         if not force:
             raise RevocationFailed(

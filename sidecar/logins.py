@@ -89,6 +89,7 @@ def start(
     caller: Store,
     own: Store,
     settings: Settings,
+    client: oauth.Client,
     name: object,
     provider_name: object,
     environments: object = None,
@@ -101,7 +102,7 @@ def start(
     in flight) and return the sidecar's link."""
     envs = check_environments(environments, settings.environments)
     name, drops = may_store(caller, name, envs)
-    provider = provider_for(caller, settings, provider_name, own)
+    provider = provider_for(caller, settings, client, provider_name, own)
     wanted = wanted_scopes(provider, scopes)
     request = oauth.authorization_request(provider, settings.redirect_uri, wanted)
     lid, expires_at = login_id(request.state), datetime.now(UTC) + LOGIN_TTL
@@ -132,13 +133,13 @@ def start(
     return LoginLink(lid, f"{settings.public_url}/login/{lid}", expires_at)
 
 
-def open_link(store: Store, settings: Settings, lid: str) -> tuple[str, str, int]:
+def open_link(store: Store, settings: Settings, client: oauth.Client, lid: str) -> tuple[str, str, int]:
     """Bind the login to the browser that opens the link first: (provider URL, cookie value, seconds left)."""
     try:
         pending = store.read("pending", lid)
     except (NotFound, Invalid):
         raise LoginRefused("This login link is unknown or has expired. Start the connection again.") from None
-    _check_record(store, settings, pending.data)
+    _check_record(store, settings, client, pending.data)
     left = _seconds_left(pending.data)
     if left <= 0 or pending.data.get("consumed_at"):
         raise LoginRefused("This login link has expired or was already used. Start the connection again.")
@@ -166,12 +167,7 @@ def state(store: Store, name: str, lid: str) -> LoginState:
         return LoginState.WAITING  # for its callback
     if _being_saved(pending, name):
         return LoginState.WAITING  # its code is being redeemed, or its tokens stored
-    try:
-        if store.get_grant(name).login_id == lid:
-            return LoginState.CONNECTED
-    except NotFound:
-        pass
-    return LoginState.ENDED
+    return LoginState.CONNECTED if _stored(store, name, lid) else LoginState.ENDED
 
 
 def saving(store: Store, name: str, lid: str) -> Grant | None:
@@ -187,13 +183,19 @@ def saving(store: Store, name: str, lid: str) -> Grant | None:
         raise NotFound("unknown login")
     if _being_saved(_pending(store, lid), name):
         return None
+    grant = _stored(store, name, lid)
+    if grant is None:
+        raise NotFound("unknown login")
+    return grant
+
+
+def _stored(store: Store, name: str, lid: str) -> Grant | None:
+    """The grant `name`, if it holds the tokens of login `lid`."""
     try:
         grant = store.get_grant(name)
     except NotFound:
-        grant = None
-    if grant is None or grant.login_id != lid:
-        raise NotFound("unknown login")
-    return grant
+        return None
+    return grant if grant.login_id == lid else None
 
 
 def _pending(store: Store, lid: str) -> Versioned | None:
@@ -258,6 +260,7 @@ class Redeemed:
 def finish(
     store: Store,
     settings: Settings,
+    client: oauth.Client,
     callback: Callback,
     args: Mapping[str, str],
     cookie_for: Callable[[str], str | None],
@@ -275,11 +278,11 @@ def finish(
     cookie = cookie_for(cookie_name(lid)) or ""
     if not data.get("binding") or not _same(_digest(cookie), str(data["binding"])):
         raise LoginRefused("This login was started in another browser. Finish it in the browser that opened the link.")
-    provider = _check_record(store, settings, data)
+    provider = _check_record(store, settings, client, data)
     _check_issuer(data, args.get("iss"))
     keep_until = _consume(store, lid, pending.version, data)
     try:
-        tokens = _redeem(settings, provider, data, args)
+        tokens = _redeem(settings, client, provider, data, args)
     except BaseException:
         # No tokens: the login ends here, and its page should not wait long on Vault.
         _forget(store.until(time.monotonic() + FORGET_PATIENCE), lid)
@@ -345,14 +348,14 @@ def _report(name: str, done: Future[Grant]) -> None:
         log.error("the tokens of a login for %s were not stored", name, exc_info=exc)
 
 
-def _check_record(store: Store, settings: Settings, data: Mapping[str, Any]) -> Provider:
+def _check_record(store: Store, settings: Settings, client: oauth.Client, data: Mapping[str, Any]) -> Provider:
     """What was written in Vault is checked again before it is acted on: only the sidecar may write
     logins in flight, but a record that does not hold up is refused, never followed. Returns the
     login's provider, as it stands now."""
     try:
         name = check_name(data.get("name"), "name")
         envs = check_environments(data.get("environments"), settings.environments)
-        provider = provider_for(store, settings, data.get("provider"), store)
+        provider = provider_for(store, settings, client, data.get("provider"), store)
     except Invalid:
         raise LoginRefused("This login is not valid. Start the connection again.") from None
     except Conflict as exc:  # the provider was changed outside the sidecar: nothing goes there
@@ -404,7 +407,9 @@ def _consume(store: Store, lid: str, version: int, data: Mapping[str, Any]) -> f
     return keep_until
 
 
-def _redeem(settings: Settings, provider: Provider, data: Mapping[str, Any], args: Mapping[str, str]) -> TokenSet:
+def _redeem(
+    settings: Settings, client: oauth.Client, provider: Provider, data: Mapping[str, Any], args: Mapping[str, str]
+) -> TokenSet:
     if "error" in args:
         detail = printable(args.get("error_description", ""))
         error = printable(args["error"]) or "an error"
@@ -413,7 +418,7 @@ def _redeem(settings: Settings, provider: Provider, data: Mapping[str, Any], arg
     if not code or len(code) > MAX_CODE_LENGTH or not (code.isascii() and code.isprintable()):
         raise LoginRefused("The provider's answer carries no valid authorization code.")
     try:
-        return oauth.exchange_code(
+        return client.exchange_code(
             provider, code, str(data["code_verifier"]) or None, settings.redirect_uri, tuple(data["scopes"])
         )
     except OAuthPermanent as exc:  # the code (the browser's input) is refused: a 400, like other bad input

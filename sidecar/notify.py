@@ -38,8 +38,8 @@ class Event(StrEnum):
 
 
 class Notifier:
-    def __init__(self, settings: Settings) -> None:
-        self.url = settings.webhook_url
+    def __init__(self, settings: Settings, http: egress.Egress) -> None:
+        self.url, self._http = settings.webhook_url, http
         secret = settings.webhook_secret or ""
         self._key = webhook_key(secret)
         self.after = settings.notify_after
@@ -86,7 +86,7 @@ class Notifier:
                 "webhook-signature": "v1," + base64.b64encode(mac).decode(),
             }
             try:
-                answer = egress.request("POST", self.url, "webhook", data=body, headers=headers, timeout=TIMEOUT)
+                answer = self._http.request("POST", self.url, "webhook", data=body, headers=headers, timeout=TIMEOUT)
                 outcome = f"HTTP {answer.status}"
                 if 200 <= answer.status < 300:
                     NOTIFICATIONS.labels(event, "delivered").inc()

@@ -15,7 +15,6 @@ from typing import NoReturn
 
 import click
 
-from . import egress
 from .config import Settings
 from .errors import ConfigError, VaultUnavailable
 from .store import Store
@@ -119,7 +118,6 @@ def refresh(once: bool) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    egress.configure(settings.egress_allow)
     store = Store.own(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from . import approvals, providers
+from . import approvals, oauth, providers
 from .clock import Clock
 from .errors import OAuthPermanent
 from .models import Provider
@@ -14,8 +14,8 @@ PROVIDER_TTL = 30.0  # seconds a provider's settings are cached; a changed clien
 
 
 class ProviderCache:
-    def __init__(self, store: Store, discovery_interval: float, clock: Clock) -> None:
-        self._store, self._discovery_interval, self._clock = store, discovery_interval, clock
+    def __init__(self, store: Store, client: oauth.Client, discovery_interval: float, clock: Clock) -> None:
+        self._store, self._client, self._discovery_interval, self._clock = store, client, discovery_interval, clock
         self._lock = threading.Lock()
         # name -> (monotonic time read, the provider now), for providers whose endpoints are approved
         self._cached: dict[str, tuple[float, Provider]] = {}
@@ -32,7 +32,7 @@ class ProviderCache:
         if cached and self._clock.monotonic() - cached[0] < PROVIDER_TTL:
             return cached[1], ""
         stored = self._store.get_provider(name)
-        provider = providers.current(stored, self._discovery_interval)
+        provider = providers.current(stored, self._client, self._discovery_interval)
         try:
             approvals.check_or_approve(self._store, stored)
         except OAuthPermanent as exc:

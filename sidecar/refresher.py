@@ -16,9 +16,11 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
+from . import oauth
 from .clock import SYSTEM, Clock
 from .config import Settings
 from .duequeue import DueQueue
+from .egress import Egress
 from .errors import Forbidden, NotFound, SidecarError
 from .metrics import REFRESH_SECONDS, REFRESHES
 from .renewal import ERROR_RETRY, Outcome, RefreshResult, Renewal
@@ -31,11 +33,14 @@ log = logging.getLogger(__name__)
 class Refresher:
     """The loop of one replica: the due-queue, the resync that feeds it, the worker pool that drains it."""
 
-    def __init__(self, settings: Settings, store: Store, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, clock: Clock = SYSTEM, client: oauth.Client | None = None
+    ) -> None:
         self.settings, self.store, self._clock = settings, store, clock
+        client = client or oauth.Client(Egress(settings.egress_allow), clock)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.queue = DueQueue(clock)
-        self.renewal = Renewal(settings, store, self.owner, self.queue, clock, lambda: self._stopping)
+        self.renewal = Renewal(settings, store, client, self.owner, self.queue, clock, lambda: self._stopping)
         self.resync = Resync(store, self.queue, settings, clock, self._learn)
         self._pool = ThreadPoolExecutor(settings.refresh_concurrency, thread_name_prefix="refresh")
         self._lock = threading.Lock()  # guards `_in_flight` only; never held while calling the queue

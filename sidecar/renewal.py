@@ -103,13 +103,13 @@ class Renewal:
     """Refreshes one grant at a time; any number of threads may each refresh another grant at once."""
 
     def __init__(
-        self, settings: Settings, store: Store, owner: str, queue: DueQueue, clock: Clock,
+        self, settings: Settings, store: Store, client: oauth.Client, owner: str, queue: DueQueue, clock: Clock,
         stopping: Callable[[], float | None],
     ) -> None:  # fmt: skip
-        self.settings, self.store, self.owner, self.queue = settings, store, owner, queue
+        self.settings, self.store, self.client, self.owner, self.queue = settings, store, client, owner, queue
         self._clock = clock
-        self.announcer = Announcer(store, Notifier(settings), clock)
-        self.providers = ProviderCache(store, settings.discovery_interval, clock)
+        self.announcer = Announcer(store, Notifier(settings, client.http), clock)
+        self.providers = ProviderCache(store, client, settings.discovery_interval, clock)
         self.claims = ClaimWatch(owner, settings.claim_ttl, clock)
         self.results = ResultWriter(store, stopping, clock)
 
@@ -216,10 +216,10 @@ class Renewal:
         if refusal:  # the provider was changed outside the sidecar: send it nothing
             raise OAuthPermanent(refusal, error=approvals.CHANGED)
         if grant.grant_type == GrantType.CLIENT_CREDENTIALS:
-            return oauth.client_credentials(provider, grant.tokens.scopes)
+            return self.client.client_credentials(provider, grant.tokens.scopes)
         if not grant.tokens.refresh_token:  # `renewable` says there is one; never send an empty one
             raise OAuthPermanent("this grant has no refresh token; connect it again")
-        return oauth.refresh(provider, grant.tokens.refresh_token, grant.tokens.scopes)
+        return self.client.refresh(provider, grant.tokens.refresh_token, grant.tokens.scopes)
 
     def _announce(self, grant: Grant, version: int, provider: Provider) -> Outcome:
         """Deliver an announcement owed outside a refresh (a grant died, or a new login fixed it);

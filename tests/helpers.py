@@ -26,7 +26,9 @@ from werkzeug.serving import make_server
 from sidecar.clock import Clock
 from sidecar.config import Settings
 from sidecar.devvault import DevVault, bao_binary
+from sidecar.egress import Egress
 from sidecar.models import Grant, TokenSet
+from sidecar.oauth import Client
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
@@ -63,6 +65,11 @@ class SetClock(Clock):
 
     def step(self, by: timedelta) -> None:
         self.wall += by
+
+
+def provider_client(*allow: str) -> Client:
+    """What a process of the sidecar calls providers with, `allow` its SIDECAR_EGRESS_ALLOW."""
+    return Client(Egress(allow))
 
 
 def provider_body(**overrides: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from .helpers import (
     OAUTH_SIDECAR,
     callback_url,
     finish_saving,
+    provider_client,
     refresher_env,
     seed_grants,
     served_settings,
@@ -97,7 +98,7 @@ def test_refreshing_rides_out_killed_leaders_a_sealed_standby_and_a_cut_off_node
     during the second election), a standby sealed, a node cut off at the balancer."""
     oauth.configure(rotate=True)
     operator = node_store(cluster.addr, cluster_tokens.admin, patience=30)
-    operator.put_provider(providers.build("mock", oauth.registration()))
+    operator.put_provider(providers.build("mock", oauth.registration(), provider_client()))
     names = [f"grant-{i:02d}" for i in range(50)]
     seed_grants(operator, oauth, names, ttl=TTL)
     watcher = node_store(cluster.addr, cluster.root_token)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from flask.testing import FlaskClient
 
-from sidecar import egress, inputs, oauth, providers
+from sidecar import egress, inputs, providers
 from sidecar.config import Settings
 from sidecar.devvault import free_port
 from sidecar.errors import ConfigError, Invalid, OAuthPermanent, OAuthTransient
@@ -25,19 +25,20 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 from sidecar.web import create_app
 
-from .helpers import CLIENT_SECRET, fast_settings, grant_record, provider_body, seed_grants, vault_tree, wait_for
+from .helpers import (
+    CLIENT_SECRET,
+    fast_settings,
+    grant_record,
+    provider_body,
+    provider_client,
+    seed_grants,
+    vault_tree,
+    wait_for,
+)
 
 NO_METADATA = "issuer: discovery: no usable OAuth metadata at the issuer"
 WEBHOOK_SECRET = "whsec_" + "MDEyMzQ1Njc4OWFiY2RlZg=="  # base64 of 16 bytes
 TEN_MB = 10 * 1024 * 1024
-
-
-@pytest.fixture(autouse=True)
-def open_egress() -> Iterator[None]:
-    """Every test starts and ends with no allow-list: the setting is process-wide."""
-    egress.configure(())
-    yield
-    egress.configure(())
 
 
 # -- loopback servers that answer with raw bytes ------------------------------------------------------
@@ -123,15 +124,13 @@ def ten_megabytes(length: bool) -> Callable[[socket.socket], None]:
 
 @pytest.fixture
 def sidecar_with(vault, tokens, root) -> Callable[[str], FlaskClient]:
-    """The web app with SIDECAR_EGRESS_ALLOW set, as a process that configured egress from it."""
+    """The web app with SIDECAR_EGRESS_ALLOW set."""
 
     def make(allow: str) -> FlaskClient:
         settings = Settings.from_env(
             {"VAULT_ADDR": vault.addr, "VAULT_TOKEN": tokens.sidecar, "SIDECAR_EGRESS_ALLOW": allow}
         )
-        app = create_app(settings)
-        egress.configure(settings.egress_allow)
-        return app.test_client()
+        return create_app(settings).test_client()
 
     return make
 
@@ -165,8 +164,7 @@ def from_issuer(issuer: str) -> dict[str, str]:
 )
 def test_the_allow_list_matches_host_and_port(url, allow, ok):
     assert egress.permits(url, allow) is ok
-    egress.configure(allow)
-    assert egress.allowed(url) is ok
+    assert egress.Egress(allow).allowed(url) is ok
 
 
 def test_a_provider_outside_the_allow_list_is_refused_when_saved(sidecar_with, admin, root):
@@ -183,9 +181,9 @@ def test_a_provider_outside_the_allow_list_is_refused_when_saved(sidecar_with, a
 
 @pytest.mark.parametrize("field", ["authorization_url", "revocation_url", "device_authorization_url", "issuer"])
 def test_every_provider_url_is_held_to_the_allow_list(field):
-    egress.configure(("accounts.example.com", "oauth2.example.com"))
     with pytest.raises(Invalid) as refused:
-        providers.build("p", provider_body(**{field: "https://elsewhere.example/x"}))
+        allow = ("accounts.example.com", "oauth2.example.com")
+        providers.build("p", provider_body(**{field: "https://elsewhere.example/x"}), provider_client(*allow))
     assert field in refused.value.fields
 
 
@@ -201,13 +199,12 @@ def test_discovery_of_an_issuer_outside_the_allow_list_sends_nothing(sidecar_wit
 def test_a_refresh_to_a_host_outside_the_allow_list_sends_nothing(vault, tokens, store, oauth, root, serve):
     """A provider written straight into Vault (never through the API) cannot make the sidecar call out."""
     listener = serve(http("200 OK", b'{"access_token": "at", "token_type": "Bearer"}'))
-    stored = providers.build("mock", oauth.registration(token_url=f"{listener.url}/token"))
+    stored = providers.build("mock", oauth.registration(token_url=f"{listener.url}/token"), provider_client())
     root.secrets.kv.v2.create_or_update_secret(
         path="oauth-sidecar/providers/mock", secret=stored.to_record(), mount_point="secret"
     )
     (seeded,) = seed_grants(store, oauth, ["sheets"])
     settings = fast_settings(vault, tokens.sidecar, SIDECAR_EGRESS_ALLOW=oauth.issuer.split("//")[1])
-    egress.configure(settings.egress_allow)
     refresher = Refresher(settings, Store(settings, tokens.sidecar))
     try:
         assert refresher.refresh_one("sheets", force=True).result == "retrying"
@@ -225,7 +222,7 @@ def test_a_refresh_to_a_host_outside_the_allow_list_sends_nothing(vault, tokens,
 @pytest.mark.parametrize("length", [True, False], ids=["declared", "until-close"])
 def test_a_token_answer_of_ten_megabytes_is_refused(vault, tokens, store, oauth, root, serve, length):
     big = serve(ten_megabytes(length))
-    store.put_provider(providers.build("mock", oauth.registration(token_url=f"{big.url}/token")))
+    store.put_provider(providers.build("mock", oauth.registration(token_url=f"{big.url}/token"), provider_client()))
     (seeded,) = seed_grants(store, oauth, ["sheets"])
     settings = fast_settings(vault, tokens.sidecar)
     refresher = Refresher(settings, Store(settings, tokens.sidecar))
@@ -284,7 +281,7 @@ def test_discovery_failures_all_read_the_same(client, admin, serve, root, caplog
 
 def exchange(token_url: str) -> TokenSet:
     p = inputs.provider("p", provider_body(token_url=token_url))
-    return oauth.exchange_code(p, "the-code", None, "https://s.example/callback", ("openid",))
+    return provider_client().exchange_code(p, "the-code", None, "https://s.example/callback", ("openid",))
 
 
 TOKEN_TRANSPORT_FAILURES = {
@@ -351,12 +348,11 @@ def test_the_webhook_is_held_to_the_allow_list(serve):
     settings = Settings.from_env(
         {"VAULT_ADDR": "http://127.0.0.1:8200", "SIDECAR_WEBHOOK_URL": url, "SIDECAR_WEBHOOK_SECRET": WEBHOOK_SECRET}
     )
-    notifier = Notifier(settings)
-    egress.configure(("hooks.example.com",))
-    assert notifier.send("reauthorization_required", announced_grant()) is False
+    refused = Notifier(settings, egress.Egress(("hooks.example.com",)))
+    assert refused.send("reauthorization_required", announced_grant()) is False
     assert receiver.connections == 0
-    egress.configure((f"127.0.0.1:{receiver.port}",))
-    assert notifier.send("reauthorization_required", announced_grant()) is True
+    allowed = Notifier(settings, egress.Egress((f"127.0.0.1:{receiver.port}",)))
+    assert allowed.send("reauthorization_required", announced_grant()) is True
     assert receiver.connections == 1
 
 
@@ -385,7 +381,7 @@ def test_an_answer_trickled_a_byte_at_a_time_is_given_up_at_the_deadline(serve):
 
     slow = serve(trickle)
     with pytest.raises(OAuthTransient) as refused:
-        egress.request("POST", f"{slow.url}/token", "refresh", timeout=1.0)
+        egress.Egress().request("POST", f"{slow.url}/token", "refresh", timeout=1.0)
     assert refused.value.message == f"refresh: {egress.UNREACHABLE}"
     wait_for(lambda: sent and len(sent) < 100 and slow.connections == 1)  # given up after ~10 of 1000 bytes
 
@@ -398,11 +394,11 @@ def gzipped(payload: bytes) -> bytes:
 
 def test_a_gzipped_answer_is_read_and_a_gzip_bomb_refused(serve):
     small = serve(gzipped(b'{"access_token": "a", "token_type": "Bearer"}'))
-    assert egress.request("POST", f"{small.url}/token", "refresh").json() == {
+    assert egress.Egress().request("POST", f"{small.url}/token", "refresh").json() == {
         "access_token": "a",
         "token_type": "Bearer",
     }
     bomb = serve(gzipped(b"0" * TEN_MB))  # about 10 kB on the wire
     with pytest.raises(OAuthPermanent) as refused:
-        egress.request("POST", f"{bomb.url}/token", "refresh")
+        egress.Egress().request("POST", f"{bomb.url}/token", "refresh")
     assert refused.value.message == f"refresh: {egress.TOO_LARGE}"

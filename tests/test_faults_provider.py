@@ -20,7 +20,7 @@ from sidecar.refresher import Refresher
 from sidecar.store import Store
 
 from .faults import FaultProxy
-from .helpers import fast_settings, grant_record, running, seed_grants, sidecar_log, views, wait_for
+from .helpers import fast_settings, grant_record, provider_client, running, seed_grants, sidecar_log, views, wait_for
 
 TOKEN = r"^/token$"
 HTML = b"<!doctype html><html><head><title>Sign in</title></head><body><h1>Sign in</h1></body></html>"
@@ -38,7 +38,7 @@ def refresher(vault, tokens, root) -> Iterator[Refresher]:
 def proxy(store, oauth, fault_proxies) -> FaultProxy:
     """The test provider registered as `mock`, its token endpoint behind a FaultProxy."""
     proxy = fault_proxies(oauth.issuer)
-    store.put_provider(providers.build("mock", oauth.registration(token_url=f"{proxy.addr}/token")))
+    store.put_provider(providers.build("mock", oauth.registration(token_url=f"{proxy.addr}/token"), provider_client()))
     return proxy
 
 
@@ -250,7 +250,7 @@ def test_a_truncated_answer_from_a_rotating_provider_needs_a_new_login(proxy, st
     ],
 )
 def test_odd_expires_in_values(store, oauth, refresher, root, caplog, answer, lifetime):
-    store.put_provider(providers.build("mock", oauth.registration()))  # no max_token_lifetime
+    store.put_provider(providers.build("mock", oauth.registration(), provider_client()))  # no max_token_lifetime
     (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3)
     oauth.next(token=[answer] * 8)  # every refresh gets this answer
     started = datetime.now(UTC)
@@ -277,7 +277,7 @@ def test_odd_expires_in_values(store, oauth, refresher, root, caplog, answer, li
 def test_a_new_token_shorter_lived_than_the_old_one_is_refreshed_before_it_expires(
     store, oauth, refresher, root, caplog
 ):
-    store.put_provider(providers.build("mock", oauth.registration()))
+    store.put_provider(providers.build("mock", oauth.registration(), provider_client()))
     (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=3600)  # e.g. "Refresh now" on an hour-long token
     oauth.configure(ttl=3)  # the provider now issues tokens that live 3 s
     assert refresher.refresh_one("sheets", force=True).result == "refreshed"
@@ -294,7 +294,7 @@ def test_a_new_token_shorter_lived_than_the_old_one_is_refreshed_before_it_expir
 
 
 def test_a_refresh_that_does_not_move_the_expiry_causes_no_storm(store, oauth, refresher, root, caplog):
-    store.put_provider(providers.build("mock", oauth.registration()))
+    store.put_provider(providers.build("mock", oauth.registration(), provider_client()))
     (seeded,) = seed_grants(store, oauth, ["sheets"], ttl=5)
     current = grant_record(root)
     expires = parse_rfc3339(current["expires_at"])

@@ -23,7 +23,16 @@ from sidecar.models import Grant
 from sidecar.refresher import Refresher
 from sidecar.store import Store
 
-from .helpers import ShiftedClock, fast_settings, grant_record, seed_grants, sidecar_log, views, wait_for
+from .helpers import (
+    ShiftedClock,
+    fast_settings,
+    grant_record,
+    provider_client,
+    seed_grants,
+    sidecar_log,
+    views,
+    wait_for,
+)
 
 GRANT_WRITES = "^/v1/secret/data/oauth-sidecar/grants/"  # the claim and the result write
 SLOW = 0.3  # seconds the proxy holds a grant write, and the provider a refresh
@@ -40,7 +49,7 @@ AHEAD = timedelta(minutes=2)
 def operator_with_provider(vault, tokens, oauth) -> Store:
     """An operator's store, with the test provider registered as `mock`."""
     operator = Store(Settings.from_env({"VAULT_ADDR": vault.addr}), tokens.admin)
-    operator.put_provider(providers.build("mock", oauth.registration()))
+    operator.put_provider(providers.build("mock", oauth.registration(), provider_client()))
     return operator
 
 

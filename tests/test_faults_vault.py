@@ -34,6 +34,7 @@ from .helpers import (
     consumed_login,
     fast_settings,
     grant_record,
+    provider_client,
     refresh_target,
     refresher_process,
     running,
@@ -50,7 +51,7 @@ GRANT_PATH = r"^/v1/secret/data/oauth-sidecar/grants/sheets$"  # hvac writes KV 
 
 
 def register_provider(store: Store, oauth) -> None:
-    store.put_provider(providers.build("mock", oauth.registration()))
+    store.put_provider(providers.build("mock", oauth.registration(), provider_client()))
 
 
 def redemptions(oauth, refresh_token: str | None = None) -> list[dict]:

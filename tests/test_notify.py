@@ -23,6 +23,7 @@ from werkzeug.serving import make_server
 
 from sidecar.config import Settings
 from sidecar.devvault import free_port
+from sidecar.egress import Egress
 from sidecar.errors import ConfigError
 from sidecar.models import Grant, TokenSet
 from sidecar.notify import Notifier
@@ -345,7 +346,7 @@ def grant(status: str = "active", notified: str = "", failing_for: float | None 
 
 
 def test_without_a_webhook_nothing_is_owed_or_sent(make_refresher, connect, receiver, root, oauth):
-    quiet = Notifier(Settings())
+    quiet = Notifier(Settings(), Egress())
     now = datetime.now(UTC)
     for g in (
         grant("reauthorization_required", failing_for=5),
@@ -366,7 +367,7 @@ def test_without_a_webhook_nothing_is_owed_or_sent(make_refresher, connect, rece
 
 
 def test_what_is_owed_when():
-    notifier = Notifier(Settings(webhook_url="http://127.0.0.1:9/x", webhook_secret=SECRET, notify_after=60))
+    notifier = Notifier(Settings(webhook_url="http://127.0.0.1:9/x", webhook_secret=SECRET, notify_after=60), Egress())
     now = datetime.now(UTC)
     assert notifier.owed(grant(), now) is None
     assert notifier.owed(grant("active", notified="retrying"), now) == "recovered"

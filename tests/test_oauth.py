@@ -16,10 +16,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from sidecar import inputs, oauth, providers
+from sidecar.clock import Clock
+from sidecar.egress import Egress
 from sidecar.errors import Invalid, OAuthPermanent, OAuthTransient
 from sidecar.models import Provider, TokenSet
+from sidecar.oauth import Client
 
 from .helpers import CLIENT_ID, CLIENT_SECRET, provider_body
+
+CLIENT = Client(Egress())  # what a sidecar process calls providers with
 
 
 def provider(**overrides) -> Provider:
@@ -88,7 +93,7 @@ def endpoint():
 
 def exchange(endpoint: str, **overrides):
     p = provider(token_url=f"{endpoint}/token", **overrides)
-    return oauth.exchange_code(p, "the-code", "v" * 64, "https://s.example/callback", ("openid",))
+    return CLIENT.exchange_code(p, "the-code", "v" * 64, "https://s.example/callback", ("openid",))
 
 
 def test_a_redirect_from_the_token_endpoint_is_not_followed(endpoint):
@@ -133,7 +138,7 @@ def test_failures_are_classified(endpoint, status, headers, body, error, retry_a
 def test_an_unreachable_provider_is_transient():
     p = provider(token_url="http://127.0.0.1:9/token")
     with pytest.raises(OAuthTransient, match="could not be reached"):
-        oauth.exchange_code(p, "c", None, "https://s.example/callback", ("a",))
+        CLIENT.exchange_code(p, "c", None, "https://s.example/callback", ("a",))
     with pytest.raises(requests.ConnectionError):  # and the port really is closed
         requests.post("http://127.0.0.1:9/token", timeout=2)
 
@@ -151,7 +156,7 @@ def server(oauth):
 
 
 def registered(server, **overrides) -> Provider:
-    return providers.build("mock", server.registration(**overrides))
+    return providers.build("mock", server.registration(**overrides), CLIENT)
 
 
 def login(p: Provider) -> TokenSet:
@@ -160,7 +165,7 @@ def login(p: Provider) -> TokenSet:
     back = requests.get(request.url, allow_redirects=False, timeout=5)
     assert back.status_code == 302, back.text
     code = parse_qs(urlsplit(back.headers["Location"]).query)["code"][0]
-    return oauth.exchange_code(p, code, request.code_verifier, REDIRECT, p.scopes)
+    return CLIENT.exchange_code(p, code, request.code_verifier, REDIRECT, p.scopes)
 
 
 def attempts(server, kind: str = "token", since: int = 0) -> list[tuple[int, str | None]]:
@@ -180,11 +185,11 @@ def test_a_refresh_falls_back_to_the_previous_secret(server, caplog, method):
     tokens = login(registered(server, token_auth_method=method))
     rotated = registered(server, token_auth_method=method, **ROTATED)
     before = len(server.log()["token"])
-    fresh = oauth.refresh(rotated, tokens.refresh_token, rotated.scopes)
+    fresh = CLIENT.refresh(rotated, tokens.refresh_token, rotated.scopes)
     assert server.accepts(fresh.access_token)
     assert attempts(server, since=before) == [(401, "bad secret"), (200, None)]
     assert server.log()["reuse"] == 0  # the refresh token was redeemed once, by the second attempt
-    assert server.accepts(oauth.refresh(rotated, fresh.refresh_token, rotated.scopes).access_token)
+    assert server.accepts(CLIENT.refresh(rotated, fresh.refresh_token, rotated.scopes).access_token)
     warning = [r.getMessage() for r in caplog.records if r.name == "sidecar.oauth" and r.levelno == logging.WARNING]
     assert len(warning) == 2 and "provider mock" in warning[0] and "previous one" in warning[0]
     assert CLIENT_SECRET not in caplog.text and NEW_SECRET not in caplog.text
@@ -201,7 +206,7 @@ def test_a_provider_that_accepts_the_new_secret_gets_one_request(server, caplog,
     server.configure(clients={CLIENT_ID: accepted})
     before = len(server.log()["token"])
     rotated = registered(server, **ROTATED)
-    assert server.accepts(oauth.refresh(rotated, tokens.refresh_token, rotated.scopes).access_token)
+    assert server.accepts(CLIENT.refresh(rotated, tokens.refresh_token, rotated.scopes).access_token)
     assert attempts(server, since=before) == expected
     assert "previous one" not in caplog.text
 
@@ -213,11 +218,11 @@ def test_a_provider_that_accepts_neither_secret_refuses_after_two_attempts(serve
     before = len(server.log()["token"])
     rotated = registered(server, **ROTATED)
     with pytest.raises(OAuthPermanent) as caught:
-        oauth.refresh(rotated, tokens.refresh_token, rotated.scopes)
+        CLIENT.refresh(rotated, tokens.refresh_token, rotated.scopes)
     assert caught.value.error == "invalid_client"
     assert attempts(server, since=before) == [(401, "bad secret"), (401, "bad secret")]
     server.configure(clients={CLIENT_ID: CLIENT_SECRET})  # the refresh token was not spent
-    assert server.accepts(oauth.refresh(registered(server), tokens.refresh_token, rotated.scopes).access_token)
+    assert server.accepts(CLIENT.refresh(registered(server), tokens.refresh_token, rotated.scopes).access_token)
 
 
 def test_a_refusal_of_the_token_not_the_client_is_not_sent_again(server):
@@ -228,16 +233,16 @@ def test_a_refusal_of_the_token_not_the_client_is_not_sent_again(server):
     server.next(token={"status": 401, "body": {"error": "invalid_grant"}})
     rotated = registered(server, **ROTATED)
     with pytest.raises(OAuthPermanent) as caught:
-        oauth.refresh(rotated, tokens.refresh_token, rotated.scopes)
+        CLIENT.refresh(rotated, tokens.refresh_token, rotated.scopes)
     assert caught.value.error == "invalid_grant" and len(server.log()["token"]) == before + 1
 
 
 def test_client_credentials_and_revocation_fall_back_too(server, caplog):
     rotated = registered(server, **ROTATED)
-    tokens = oauth.client_credentials(rotated, ("api",))
+    tokens = CLIENT.client_credentials(rotated, ("api",))
     assert server.accepts(tokens.access_token)
     assert attempts(server) == [(401, "bad secret"), (200, None)]
-    assert oauth.revoke(rotated, tokens.access_token, "access_token") is True
+    assert CLIENT.revoke(rotated, tokens.access_token, "access_token") is True
     assert attempts(server, "revoke") == [(401, "bad secret"), (200, None)]
     assert not server.accepts(tokens.access_token)
     assert "client credentials: provider mock" in caplog.text and "revocation: provider mock" in caplog.text
@@ -271,11 +276,11 @@ def test_private_key_jwt_for_every_grant_and_revocation(server, alg):
     p = jwt_client(server, NEW_KEY[alg](), key_id="k-2026")
     assert p.client_secret == ""
     server.configure(clients={}, rotate=True, jwks={CLIENT_ID: p.public()["public_jwk"]})
-    assert server.accepts(oauth.client_credentials(p, ("api",)).access_token)
+    assert server.accepts(CLIENT.client_credentials(p, ("api",)).access_token)
     tokens = login(p)
-    fresh = oauth.refresh(p, tokens.refresh_token, p.scopes)
+    fresh = CLIENT.refresh(p, tokens.refresh_token, p.scopes)
     assert server.accepts(fresh.access_token)
-    assert oauth.revoke(p, fresh.access_token, "access_token") is True
+    assert CLIENT.revoke(p, fresh.access_token, "access_token") is True
     assert not server.accepts(fresh.access_token)
     seen = server.log()["token"] + server.log()["revoke"]
     assert len(seen) == 4  # one request each, every assertion's jti new (else "replayed jti")
@@ -286,7 +291,7 @@ def test_private_key_jwt_with_another_key_than_registered_is_refused(server, alg
     registered_key = jwt_client(server, NEW_KEY[alg]())
     server.configure(clients={}, jwks={CLIENT_ID: registered_key.public()["public_jwk"]})
     with pytest.raises(OAuthPermanent) as caught:
-        oauth.client_credentials(jwt_client(server, NEW_KEY[alg]()), ("api",))
+        CLIENT.client_credentials(jwt_client(server, NEW_KEY[alg]()), ("api",))
     assert caught.value.error == "invalid_client"
     assert attempts(server) == [(401, "bad signature")]
 
@@ -294,7 +299,7 @@ def test_private_key_jwt_with_another_key_than_registered_is_refused(server, alg
 def test_a_client_assertion_is_single_use_and_bound_to_its_endpoint(server, alg):
     p = jwt_client(server, NEW_KEY[alg](), key_id="k-2026")
     url = f"{server.issuer}/token"
-    first, second = oauth._assertion(p, url), oauth._assertion(p, f"{server.issuer}/revoke")
+    first, second = CLIENT._assertion(p, url), CLIENT._assertion(p, f"{server.issuer}/revoke")
     assert jwt.get_unverified_header(first) == {"alg": alg, "kid": "k-2026", "typ": "JWT"}
     key = jwt.PyJWK(p.public()["public_jwk"])
     claims = jwt.decode(first, key, algorithms=[alg], audience=url)
@@ -302,20 +307,20 @@ def test_a_client_assertion_is_single_use_and_bound_to_its_endpoint(server, alg)
     assert claims["exp"] - claims["iat"] == 60 and abs(claims["iat"] - time.time()) < 5
     again = jwt.decode(second, key, algorithms=[alg], audience=f"{server.issuer}/revoke")
     assert len(claims["jti"]) >= 32 and again["jti"] != claims["jti"]
-    assert "kid" not in jwt.get_unverified_header(oauth._assertion(jwt_client(server, p.private_key), url))
+    assert "kid" not in jwt.get_unverified_header(CLIENT._assertion(jwt_client(server, p.private_key), url))
 
 
 # -- the device flow (RFC 8628) ---------------------------------------------------------------------
 
 
-class Sleeps:
-    """An injected sleep: records what was asked, sleeps at most `cap` seconds for real."""
+class Sleeps(Clock):
+    """A clock whose sleep records what was asked, and sleeps at most `cap` seconds for real."""
 
     def __init__(self, cap: float = 1.0) -> None:
         self.asked: list[float] = []
         self.cap = cap
 
-    def __call__(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> None:
         self.asked.append(seconds)
         time.sleep(min(seconds, self.cap))
 
@@ -338,7 +343,7 @@ def decide(server, user_code: str, action: str = "approve", after: float = 0.0) 
 
 def test_a_device_login_approved_while_polling(server):
     p = device_client(server)
-    authorization = oauth.device_authorization(p, p.scopes)
+    authorization = CLIENT.device_authorization(p, p.scopes)
     assert re.fullmatch(r"[B-Z]{4}-[B-Z]{4}", authorization.user_code)
     assert authorization.verification_uri == f"{server.issuer}/device" and authorization.interval == 1.0
     assert authorization.device_code not in repr(authorization) and authorization.user_code in repr(authorization)
@@ -346,7 +351,7 @@ def test_a_device_login_approved_while_polling(server):
     assert pending == [{"user_code": authorization.user_code, "scope": "openid profile email", "status": "pending"}]
     decide(server, authorization.user_code, after=1.5)
     sleeps = Sleeps()
-    tokens = oauth.device_token(p, authorization, p.scopes, sleep=sleeps)
+    tokens = Client(Egress(), sleeps).device_token(p, authorization, p.scopes)
     assert server.accepts(tokens.access_token) and tokens.refresh_token
     assert len(sleeps.asked) >= 2 and set(sleeps.asked) == {1.0}
     polls = [e for e in server.log()["token"] if e["grant_type"] == oauth.DEVICE_GRANT]
@@ -355,29 +360,29 @@ def test_a_device_login_approved_while_polling(server):
 
 def test_slow_down_adds_five_seconds_to_the_interval(server):
     p = device_client(server, deviceEnforceInterval=False)
-    authorization = oauth.device_authorization(p, p.scopes)
+    authorization = CLIENT.device_authorization(p, p.scopes)
     decide(server, authorization.user_code).join()  # approved already: the second poll gets the tokens
     server.next(token={"status": 400, "body": {"error": "slow_down"}})
     sleeps = Sleeps()
-    assert server.accepts(oauth.device_token(p, authorization, p.scopes, sleep=sleeps).access_token)
+    assert server.accepts(Client(Egress(), sleeps).device_token(p, authorization, p.scopes).access_token)
     assert sleeps.asked == [1.0, 6.0]
 
 
 def test_a_denied_device_login_is_refused(server):
     p = device_client(server)
-    authorization = oauth.device_authorization(p, p.scopes)
+    authorization = CLIENT.device_authorization(p, p.scopes)
     decide(server, authorization.user_code, "deny").join()
     with pytest.raises(OAuthPermanent) as caught:
-        oauth.device_token(p, authorization, p.scopes, sleep=Sleeps())
+        Client(Egress(), Sleeps()).device_token(p, authorization, p.scopes)
     assert caught.value.error == "access_denied"
 
 
 def test_a_device_code_never_approved_expires(server):
     p = device_client(server, deviceTtl=2, deviceEnforceInterval=False)
-    authorization = oauth.device_authorization(p, p.scopes)
+    authorization = CLIENT.device_authorization(p, p.scopes)
     started = time.monotonic()
     with pytest.raises(OAuthPermanent) as caught:
-        oauth.device_token(p, authorization, p.scopes, sleep=Sleeps())
+        Client(Egress(), Sleeps()).device_token(p, authorization, p.scopes)
     assert caught.value.error == "expired_token"
     assert time.monotonic() - started < 5
 
@@ -385,7 +390,7 @@ def test_a_device_code_never_approved_expires(server):
 def test_a_provider_without_a_device_endpoint_has_no_device_flow(server):
     p = registered(server)
     with pytest.raises(Invalid) as caught:
-        oauth.device_authorization(p, p.scopes)
+        CLIENT.device_authorization(p, p.scopes)
     assert "provider" in caught.value.fields
     assert server.log()["device"] == []
 
@@ -394,7 +399,7 @@ def device_answer(endpoint: str, **body) -> oauth.DeviceAuthorization:
     answer = {"device_code": "dc-secret", "user_code": "BCDF-GHJK", "expires_in": 600, **body}
     Recorder.answers = [(200, {"Content-Type": "application/json"}, json.dumps(answer).encode())]
     p = provider(token_url=f"{endpoint}/token", device_authorization_url=f"{endpoint}/device")
-    return oauth.device_authorization(p, ("a",))
+    return CLIENT.device_authorization(p, ("a",))
 
 
 @pytest.mark.parametrize(

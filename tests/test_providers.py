@@ -6,7 +6,7 @@ import requests
 from sidecar import providers
 from sidecar.errors import Invalid
 
-from .helpers import CLIENT_ID, CLIENT_SECRET, start, vault_tree, views
+from .helpers import CLIENT_ID, CLIENT_SECRET, provider_client, start, vault_tree, views
 
 
 def from_issuer(oauth, **extra) -> dict:
@@ -78,25 +78,28 @@ def test_explicit_urls_win_over_discovery(api, oauth):
     # What was typed stays typed: the provider does not follow its metadata later.
     assert shown["discovered_at"] == ""
     oauth.configure(discovery={"revocation_endpoint": f"{oauth.issuer}/moved"})
-    stored = providers.build("mock", body)
-    assert providers.current(stored, max_age=0).revocation_url == "https://revoke.example/r"
+    stored = providers.build("mock", body, provider_client())
+    assert providers.current(stored, provider_client(), max_age=0).revocation_url == "https://revoke.example/r"
 
 
 def test_metadata_is_re_read_when_older_than_the_interval(api, oauth, store):
     api("PUT", "/v1/providers/mock", json=from_issuer(oauth))
     stored = store.get_provider("mock")
+    client = provider_client()
     oauth.configure(discovery={"revocation_endpoint": f"{oauth.issuer}/revoke-v2"})
-    assert providers.current(stored, max_age=3600).revocation_url == f"{oauth.issuer}/revoke"  # read just now
-    assert providers.current(stored, max_age=0).revocation_url == f"{oauth.issuer}/revoke-v2"
+    assert providers.current(stored, client, max_age=3600).revocation_url == f"{oauth.issuer}/revoke-v2"  # unread
+    oauth.configure(discovery={"revocation_endpoint": f"{oauth.issuer}/revoke-v3"})
+    assert providers.current(stored, client, max_age=3600).revocation_url == f"{oauth.issuer}/revoke-v2"  # read now
+    assert providers.current(stored, client, max_age=0).revocation_url == f"{oauth.issuer}/revoke-v3"
     # Metadata that cannot be read, or names a bad endpoint, leaves the stored endpoints in place.
     oauth.configure(discoveryStatus=500)
-    assert providers.current(stored, max_age=0).token_url == f"{oauth.issuer}/token"
+    assert providers.current(stored, client, max_age=0).token_url == f"{oauth.issuer}/token"
     oauth.configure(discoveryStatus=200, discovery={"token_endpoint": "http://evil.example/token"})
-    assert providers.current(stored, max_age=0).token_url == f"{oauth.issuer}/token"
+    assert providers.current(stored, client, max_age=0).token_url == f"{oauth.issuer}/token"
     # A provider registered by URLs is never re-read.
     before = len(oauth.log()["discovery"])
-    by_urls = providers.build("urls", oauth.registration())
-    assert providers.current(by_urls, max_age=0) is by_urls and len(oauth.log()["discovery"]) == before
+    by_urls = providers.build("urls", oauth.registration(), client)
+    assert providers.current(by_urls, client, max_age=0) is by_urls and len(oauth.log()["discovery"]) == before
 
 
 def test_a_preset_fills_in_the_provider(api, root):
@@ -122,12 +125,14 @@ def test_a_preset_fills_in_the_provider(api, root):
 
 def test_a_preset_keeps_its_quirks_unless_overridden():
     google = providers.build("google", {"preset": "google", "client_id": "i", "client_secret": "s",
-                                        "extra_authorize_params": {"login_hint": "a@example.com"}})  # fmt: skip
+                                        "extra_authorize_params": {"login_hint": "a@example.com"}},
+                             provider_client())  # fmt: skip
     assert dict(google.extra_authorize_params) == {"access_type": "offline", "prompt": "consent",
                                                   "login_hint": "a@example.com"}  # fmt: skip
     assert google.scopes == ("openid", "email")
     mine = providers.build("google", {"preset": "google", "client_id": "i", "client_secret": "s",
-                                      "token_url": "https://proxy.example/token", "scopes": ["openid"]})  # fmt: skip
+                                      "token_url": "https://proxy.example/token", "scopes": ["openid"]},
+                           provider_client())  # fmt: skip
     assert (mine.token_url, mine.scopes) == ("https://proxy.example/token", ("openid",))
 
 
@@ -142,7 +147,7 @@ def test_a_preset_keeps_its_quirks_unless_overridden():
 )
 def test_bad_presets_are_refused_by_field(body, field):
     with pytest.raises(Invalid) as refused:
-        providers.build("p", {"client_id": "i", "client_secret": "s", **body})
+        providers.build("p", {"client_id": "i", "client_secret": "s", **body}, provider_client())
     assert field in refused.value.fields
 
 

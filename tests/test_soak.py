@@ -18,7 +18,7 @@ from sidecar.config import Settings
 from sidecar.store import Store
 
 from .faults import Rule
-from .helpers import grant_record, seed_grants, vault_tree, wait_for
+from .helpers import grant_record, provider_client, seed_grants, vault_tree, wait_for
 
 GRANTS = int(os.environ.get("SOAK_GRANTS", "300"))
 SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
@@ -62,7 +62,9 @@ def test_soak(vault, tokens, root, oauth, fault_proxies, tmp_path):
     oauth.configure(rotate=True)
     to_vault, to_provider = fault_proxies(vault.addr), fault_proxies(oauth.issuer)
     operator = Store(Settings.from_env({"VAULT_ADDR": vault.addr}), tokens.admin)
-    operator.put_provider(providers.build("mock", oauth.registration(token_url=f"{to_provider.addr}/token")))
+    operator.put_provider(
+        providers.build("mock", oauth.registration(token_url=f"{to_provider.addr}/token"), provider_client())
+    )
     names = [f"soak-{i:03d}" for i in range(GRANTS)]
     seed_grants(operator, oauth, names, ttl=TTL)
     logs = [tmp_path / "replica-a.log", tmp_path / "replica-b.log"]

@@ -15,7 +15,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import WSGIRequestHandler
 
-from .. import egress
+from .. import egress, oauth
 from ..accesslog import loggable_path
 from ..audit import Auditor
 from ..config import Settings
@@ -38,6 +38,7 @@ class Runtime:
     settings: Settings
     session: requests.Session
     own_store: Store
+    oauth: oauth.Client  # every call to a provider, with its HTTP session and the allow-list
     refresher: Refresher
     audit: Auditor
     # sha256 of a caller's token -> who it is, for TOKEN_CHECK_TTL seconds
@@ -101,7 +102,7 @@ def error_body(code: str, message: str, status: int, fields: dict[str, str] | No
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    egress.configure(settings.egress_allow)
+    client = oauth.Client(egress.Egress(settings.egress_allow))
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     app.json = OrderedJSON(app)
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     # for the settings page's banner.
     app.session_interface = VaultSessions(settings, own_store)
     app.extensions["sidecar"] = Runtime(
-        settings, session, own_store, Refresher(settings, own_store), Auditor(settings.audit_log)
+        settings, session, own_store, client, Refresher(settings, own_store, client=client), Auditor(settings.audit_log)
     )
 
     from . import api, auth, health, ui

@@ -91,7 +91,7 @@ def get_provider(name: str):
 def put_provider(name: str):
     with audited(Action.PROVIDER_PUT, name):
         approvals.may_write(store(), name)
-        provider = providers.build(name, json_object())
+        provider = providers.build(name, json_object(), runtime(current_app).oauth)
         version = approvals.save(store(), runtime(current_app).own_store, provider)
     return provider.public(), 201 if version == 1 else 200
 
@@ -114,11 +114,11 @@ def create_secret():
     secret = inputs.secret(json_object(), rt.settings.environments)
     if secret.grant_type != GrantType.AUTHORIZATION_CODE:
         with audited(Action.CREATED, secret.name):
-            return grants.create(store(), rt.settings, secret, rt.own_store).public(), 201
+            return grants.create(store(), rt.settings, rt.oauth, secret, rt.own_store).public(), 201
     with audited(Action.LOGIN_STARTED, secret.name):
         login = logins.start(
-            store(), rt.own_store, rt.settings, secret.name, secret.provider, secret.environments, secret.scopes,
-            started_by=g.who,
+            store(), rt.own_store, rt.settings, rt.oauth, secret.name, secret.provider, secret.environments,
+            secret.scopes, started_by=g.who,
         )  # fmt: skip
     return {"name": secret.name, "authorization_url": login.url, "expires_at": rfc3339(login.expires_at)}, 201
 
@@ -144,7 +144,7 @@ def delete_secret(name: str):
     force = request.args.get("force", "").lower() in ("1", "true", "yes")
     with audited(Action.DELETED, name):
         rt = runtime(current_app)
-        revoked = grants.delete(store(), rt.settings, name, rt.own_store, force=force)
+        revoked = grants.delete(store(), rt.settings, rt.oauth, name, rt.own_store, force=force)
     return {"name": name, "deleted": True, "revoked": revoked}
 
 

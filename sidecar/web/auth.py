@@ -43,7 +43,9 @@ def _page(status: int, title: str, message: str, grant: Grant | None = None, ref
 def login(lid: str) -> BaseResponse:
     settings = runtime(current_app).settings
     try:
-        target, cookie, max_age = logins.open_link(runtime(current_app).own_store, settings, lid)
+        target, cookie, max_age = logins.open_link(
+            runtime(current_app).own_store, settings, runtime(current_app).oauth, lid
+        )
     except logins.LoginRefused as exc:
         return _page(exc.status, "Login link not valid", exc.message)
     response = redirect(target, code=302)
@@ -91,7 +93,7 @@ def _finish(matched: logins.Callback, args: Mapping[str, str], audited: logins.A
     when its save ends (so a save that outlives this request is recorded once, with its outcome)."""
     rt = runtime(current_app)
     try:
-        redeemed = logins.finish(rt.own_store, rt.settings, matched, args, request.cookies.get)
+        redeemed = logins.finish(rt.own_store, rt.settings, rt.oauth, matched, args, request.cookies.get)
     except Exception:
         with audited():
             raise  # recorded as the login's outcome, and on to the page

@@ -237,7 +237,7 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
         if raw and not raw.isdecimal():
             raise Invalid(f"{key} must be a whole number of seconds", {key: "a whole number of seconds"})
         body[key] = int(raw) if raw else None
-    return build_provider(name, {k: v for k, v in body.items() if v is not None})
+    return build_provider(name, {k: v for k, v in body.items() if v is not None}, runtime(current_app).oauth)
 
 
 def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
@@ -389,7 +389,7 @@ def reconnect_secret(name: str):
 def start_login(name: str, provider: str, environments: list[str]) -> logins.LoginLink:
     rt = runtime(current_app)
     return logins.start(
-        user_store(), rt.own_store, rt.settings, name, provider, environments,
+        user_store(), rt.own_store, rt.settings, rt.oauth, name, provider, environments,
         return_to_settings=True, started_by=server_session().who,
     )  # fmt: skip
 
@@ -414,7 +414,7 @@ def delete_secret(name: str):
     try:
         with audited(Action.DELETED, name):
             rt, force = runtime(current_app), request.form.get("force") == "on"
-            revoked = grants.delete(store, rt.settings, name, rt.own_store, force=force)
+            revoked = grants.delete(store, rt.settings, rt.oauth, name, rt.own_store, force=force)
     except grants.RevocationFailed as exc:
         flash(exc.message, "error")
         return redirect(url_for("ui.delete_secret", name=name), code=303)
