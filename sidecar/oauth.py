@@ -88,8 +88,8 @@ class Client:
             if answer.status != 200 or not isinstance(metadata, dict) or metadata.get("issuer") != issuer:
                 _no_metadata(issuer, answer.status, metadata)
             fields = _provider_fields(metadata)
-        self._remember(issuer, fields)
-        return fields
+            self._remember(issuer, fields)
+            return fields
         log.warning("discovery: %s publishes no OAuth or OpenID Connect metadata", parts.netloc)
         raise OAuthPermanent(NO_METADATA)
 

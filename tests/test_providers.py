@@ -179,7 +179,7 @@ def test_a_re_read_never_turns_off_a_required_iss(api, oauth, store):
     api("PUT", "/v1/providers/mock", json=from_issuer(oauth, authorization_response_iss_parameter_supported=True))
     stored = store.get_provider("mock")
     assert stored.authorization_response_iss_parameter_supported  # the metadata did not say so; the operator did
-    assert providers.current(stored, max_age=0).authorization_response_iss_parameter_supported
+    assert providers.current(stored, provider_client(), max_age=0).authorization_response_iss_parameter_supported
 
 
 def test_a_preset_with_extra_parameters_that_are_not_an_object_is_a_400(api):
