@@ -404,10 +404,6 @@ class SecretInput(Body):
             raise _error("refresh_token is only for grant_type refresh_token", "unknown", "refresh_token")
         return self
 
-    @property
-    def kind(self) -> GrantType:
-        return GrantType(self.grant_type)
-
 
 # -- validating ---------------------------------------------------------------------------------
 

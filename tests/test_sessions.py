@@ -36,7 +36,7 @@ from sidecar.store import Store
 from sidecar.web import QuietHandler, create_app
 from sidecar.web import sessions as web_sessions
 
-from .helpers import LiveSidecar, bao, bao_kv_get, provider_body, vault_tree
+from .helpers import LiveSidecar, bao, bao_kv_get, provider_body, provider_client, vault_tree
 
 COOKIE = "oauth_sidecar_session"
 LOGIN_COOKIE = "oauth_sidecar_login_csrf"
@@ -141,7 +141,7 @@ def provider_exists(root: hvac.Client, name: str) -> bool:
 @pytest.fixture
 def provider(settings, tokens, root) -> str:
     """A provider `mock` in Vault, put there with the operator's token."""
-    Store(settings, tokens.admin).put_provider(build_provider("mock", provider_body()))
+    Store(settings, tokens.admin).put_provider(build_provider("mock", provider_body(), provider_client()))
     assert provider_exists(root, "mock")
     return "mock"
 
