@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..inputs import NAME_RE, ProviderDraft, SecretInput
-from ..models import GrantType, Status
+from ..models import SECRET_FIELDS, GrantType, Status
 from ..presets import PRESETS
 
 NAME = {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}
@@ -42,10 +42,6 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def _name_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": NAME}
-
-
-# Write-only credentials: stored in Vault, never answered; the public view says only `<field>_set`.
-CREDENTIALS = ("client_secret", "previous_client_secret", "private_key")
 
 
 def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
@@ -324,9 +320,9 @@ def document() -> dict[str, Any]:
                 "Provider": {
                     "type": "object",
                     "properties": {
-                        **{k: v for k, v in PROVIDER_FIELDS.items() if k not in CREDENTIALS},
+                        **{k: v for k, v in PROVIDER_FIELDS.items() if k not in SECRET_FIELDS},
                         "scopes": {"type": "array", "items": {"type": "string"}},
-                        **{f"{k}_set": {"type": "boolean"} for k in CREDENTIALS},
+                        **{f"{k}_set": {"type": "boolean"} for k in SECRET_FIELDS},
                         "public_jwk": PUBLIC_JWK,
                     },
                 },
