@@ -229,7 +229,7 @@ def _absent(empty: object, given: Any) -> BeforeValidator:
     return BeforeValidator(lambda value: empty if value is None else value, json_schema_input_type=given | None)
 
 
-WRITE_ONLY: JsonDict = {"writeOnly": True}  # credentials: stored in Vault, never answered
+WRITE_ONLY: JsonDict = {"writeOnly": True}  # credentials: stored in Vault, never answered nor in a repr
 Name = Annotated[str, Field(json_schema_extra={"pattern": f"^{NAME_RE.pattern}$"}), _ours(check_name)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), _ours(_required_text)]
 Blankable = Annotated[str, _absent("", str), Field(max_length=MAX_TEXT_LENGTH), _ours(_text)]
@@ -271,12 +271,14 @@ class ProviderDraft(Body):
         "",
         description="Required on every PUT unless token_auth_method is private_key_jwt.",
         json_schema_extra=WRITE_ONLY,
+        repr=False,
     )
     previous_client_secret: Blankable = Field(
         "",
         description="During a rotation: sent once more when the provider refuses the client secret as "
         "invalid_client (401, or 400 with invalid_client). Not used with private_key_jwt.",
         json_schema_extra=WRITE_ONLY,
+        repr=False,
     )
     authorization_url: OptionalUrl = Field(
         None, description="Required unless a preset or the issuer's metadata (discovery) fills it in."
@@ -300,6 +302,7 @@ class ProviderDraft(Body):
         description="For private_key_jwt: an unencrypted PEM private key, RSA of 2048 bits or more (RS256) or "
         "EC P-256 (ES256). Stored in Vault; the public view shows public_jwk instead.",
         json_schema_extra={**WRITE_ONLY, "maxLength": MAX_PEM_LENGTH},
+        repr=False,
     )
     key_id: Blankable = Field("", description="The kid header of private_key_jwt assertions.")
     pkce: bool | None = Field(
@@ -382,6 +385,7 @@ class SecretInput(Body):
         description="Required with grant_type refresh_token, refused otherwise. Redeemed at once to prove it; if "
         "the provider refuses it, the answer is 502 token_refused and nothing is written.",
         json_schema_extra=WRITE_ONLY,
+        repr=False,
     )
 
     @field_validator("environments")

@@ -326,3 +326,12 @@ def test_a_secret_body_keeps_what_it_was_given():
         ("a", "b"),
         GrantType.CLIENT_CREDENTIALS,
     )
+
+
+def test_no_credential_shows_in_the_repr_of_a_validated_body():
+    key = pem(ec.generate_private_key(ec.SECP256R1()))
+    body = provider_body(previous_client_secret="cs-previous-never-show", private_key=key)
+    shown = repr(inputs.validated(inputs.ProviderInput, body)) + repr(inputs.validated(inputs.ProviderDraft, body))
+    assert CLIENT_SECRET not in shown and "cs-previous-never-show" not in shown and "PRIVATE KEY" not in shown
+    imported = {"name": "sheets", "provider": "google", "grant_type": "refresh_token", "refresh_token": "rt-never-show"}
+    assert "rt-never-show" not in repr(inputs.secret(imported, ENVIRONMENTS))
