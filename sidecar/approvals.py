@@ -19,7 +19,7 @@ import logging
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from .errors import Forbidden, Invalid, NotFound, OAuthPermanent
+from .errors import Exists, Forbidden, Invalid, NotFound, OAuthPermanent
 from .inputs import check_name
 from .models import Provider, rfc3339
 from .store import Store
@@ -71,11 +71,14 @@ def may_repoint(caller: Store, own: Store, provider: Provider) -> None:
         )
 
 
-def save(caller: Store, own: Store, provider: Provider) -> int:
+def save(caller: Store, own: Store, provider: Provider, create: bool = False) -> int:
     """Save a provider through the sidecar: the repoint check, the caller's own write, then the pin.
+    With `create`, only a new name is saved (Exists otherwise, said before any other refusal).
     Returns the provider's new version (1: created)."""
+    if create and _stored(own, provider.name):
+        raise Exists(f"provider {provider.name!r} already exists: edit it instead")
     may_repoint(caller, own, provider)
-    version = caller.put_provider(provider)
+    version = caller.put_provider(provider, create)
     approve(own, provider)
     return version
 
@@ -107,6 +110,14 @@ def check_or_approve(own: Store, provider: Provider) -> None:
         approve(own, provider)
     elif approved != pin(provider):
         _refuse(provider)
+
+
+def _stored(own: Store, name: str) -> bool:
+    try:
+        own.read("providers", name)
+    except NotFound:
+        return False
+    return True
 
 
 def _same_as_stored(own: Store, provider: Provider) -> bool:

@@ -14,7 +14,7 @@ import requests
 
 from . import egress, grants, inputs, oauth, presets, processes
 from .config import Settings
-from .errors import ConfigError, Invalid, SidecarError
+from .errors import ConfigError, Exists, Invalid, SidecarError, VaultUnavailable
 from .inputs import check_name, key_values
 from .models import GrantType, TokenAuthMethod, parse_rfc3339
 from .oauth import DeviceAuthorization
@@ -31,8 +31,18 @@ class Group(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             fail(f"configuration: {exc}", 2)
+        except VaultUnavailable as exc:
+            fail(exc.message if ctx.invoked_subcommand == "dev" else f"{exc.message}; {_vault_tried()}", 1)
         except SidecarError as exc:
             fail(exc.message, 1)
+
+
+def _vault_tried() -> str:
+    """Where the command looked for Vault, and the variable that says where (dev picks its own)."""
+    for variable in ("VAULT_ADDR", "BAO_ADDR"):
+        if os.environ.get(variable):
+            return f"tried {os.environ[variable]} ({variable})"
+    return f"tried {Settings.vault_addr}, the default: set VAULT_ADDR to your Vault's address"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -41,14 +51,18 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vault-oauth-sidecar", prog_name="oauth-sidecar")
 def main() -> None:
     """Keeps OAuth 2.0 tokens fresh inside Vault or OpenBao."""
 
 
 @main.command()
-def dev() -> None:
-    """Run everything locally: a throwaway OpenBao dev server and the sidecar on SIDECAR_BIND."""
-    processes.dev()
+@click.option("--verbose", is_flag=True, help="Log every HTTP request too.")
+@click.option("--no-demo", "no_demo", is_flag=True, help="Do not run the built-in demo OAuth provider.")
+def dev(verbose: bool, no_demo: bool) -> None:
+    """Run everything locally: a throwaway OpenBao dev server, the sidecar on SIDECAR_BIND and a demo
+    OAuth provider (registered as `demo`) to connect a first secret to."""
+    processes.dev(verbose=verbose, demo=not no_demo)
 
 
 @main.command()
@@ -108,6 +122,8 @@ def providers_list(as_json: bool) -> None:
         return
     if not found:
         click.echo("no providers")
+        return
+    click.echo(f"{'NAME':<24} {'CLIENT ID':<32} SCOPES")
     for p in found:
         click.echo(f"{p['name']:<24} {p['client_id']:<32} {' '.join(p['scopes'])}")
 
@@ -127,6 +143,7 @@ def providers_presets(as_json: bool) -> None:
     if as_json:
         print_json({"presets": found})
         return
+    click.echo(f"{'NAME':<12} {'TITLE':<22} PARAMETERS")
     for p in found:
         params = " ".join(f"{k}={v['default'] or '(required)'}" for k, v in p["params"].items())
         click.echo(f"{p['name']:<12} {p['title']:<22} {params}")
@@ -137,7 +154,7 @@ def providers_presets(as_json: bool) -> None:
 @click.option("--preset", help="A well-known provider (see `providers presets`); other options override it.")
 @click.option("--preset-param", "preset_params", multiple=True, metavar="KEY=VALUE", help="A preset's parameter.")
 @click.option("--issuer", help="The issuer URL: without --authorization-url/--token-url, its metadata fills them in.")
-@click.option("--client-id", required=True)
+@click.option("--client-id", required=True, help="The client ID the provider gave this app.")
 @click.option(
     "--client-secret-file",
     type=click.File("r"),
@@ -151,11 +168,11 @@ def providers_presets(as_json: bool) -> None:
 )
 @click.option("--private-key-file", type=click.File("r"), help="PEM key for private_key_jwt (RSA or EC P-256).")
 @click.option("--key-id", help="The key's kid, as registered at the provider.")
-@click.option("--authorization-url")
-@click.option("--token-url")
+@click.option("--authorization-url", help="Where a person logs in (https; http only on loopback).")
+@click.option("--token-url", help="Where codes and refresh tokens are redeemed (https; http only on loopback).")
 @click.option("--scopes", help="Scopes separated by spaces, commas or newlines.")
 @click.option("--scopes-file", type=click.File("r"), help="File of scopes, one a line ('-' for standard input).")
-@click.option("--revocation-url")
+@click.option("--revocation-url", help="RFC 7009 endpoint; deleting a secret revokes its token there first.")
 @click.option("--device-authorization-url", help="RFC 8628 endpoint, for `secrets connect --device`.")
 @click.option(
     "--token-auth-method",
@@ -171,9 +188,11 @@ def providers_presets(as_json: bool) -> None:
     default=None,
     help="The provider always sends iss with its answers; refuse answers without it.",
 )
+@click.option("--replace", is_flag=True, help="Replace the provider if it exists (without it, an existing name fails).")
 @SIDECAR_OPTION
 def providers_put(name: str, **opts: Any) -> None:
-    """Create or replace a provider: from a preset, from its issuer's metadata, or from its URLs."""
+    """Create a provider (or with --replace, replace one): from a preset, from its issuer's metadata,
+    or from its URLs. Prints the redirect URI to register at the provider."""
     if opts["scopes"] is not None and opts["scopes_file"] is not None:
         raise Invalid("give the scopes with at most one of --scopes or --scopes-file")
     scopes = opts["scopes_file"].read() if opts["scopes_file"] else opts["scopes"]
@@ -202,10 +221,13 @@ def providers_put(name: str, **opts: Any) -> None:
     # Saved by the running sidecar, which alone may approve where a provider sends tokens.
     settings = Settings.from_env()
     filled = {k: v for k, v in body.items() if v not in (None, "", {})}
-    status, shown = _sidecar_call(
-        opts["sidecar"] or settings.public_url, settings, "PUT", f"/v1/providers/{check_name(name, 'provider')}", filled
-    )
+    sidecar, checked = opts["sidecar"] or settings.public_url, check_name(name, "provider")
+    if opts["replace"]:
+        status, shown = _sidecar_call(sidecar, settings, "PUT", f"/v1/providers/{checked}", filled)
+    else:
+        status, shown = _sidecar_call(sidecar, settings, "POST", "/v1/providers", {"name": checked, **filled})
     click.echo(f"{'created' if status == 201 else 'replaced'} provider {name}", err=True)
+    click.echo(f"Register this redirect URI at the provider: {shown.get('redirect_uri')}", err=True)
     print_json(shown)
 
 
@@ -254,6 +276,7 @@ def secrets_group() -> None:
     type=click.File("r"),
     help="Import a refresh token obtained elsewhere ('-' for standard input); it is redeemed at once.",
 )
+@click.option("--replace", is_flag=True, help="Replace the secret if it exists (its old tokens are not revoked).")
 @SIDECAR_OPTION
 @click.option("--poll", default=1.0, show_default=True, help="Seconds between checks.", hidden=True)
 def secrets_connect(
@@ -266,29 +289,34 @@ def secrets_connect(
         raise Invalid("choose at most one of --device, --client-credentials and --refresh-token-file")
     settings, store, envs = Settings.from_env(), operator_store(), list(environments) or None
     client = provider_client(settings)
+    replace = opts["replace"] or None
     if opts["device"]:
-        grant = grants.device_login(
-            store, settings, client, name, provider_name, envs, scopes, show=_show_device_code, pins=store
+        grant, replaced = grants.device_login(
+            store, settings, client, name, provider_name, envs, scopes, _show_device_code, store, opts["replace"]
         )
-        click.echo("login completed", err=True)
+        click.echo("login completed" + (f"; this {replaced}" if replaced else ""), err=True)
         print_json(grant.public())
         return
+    body = {"name": name, "provider": provider_name, "environments": envs, "scopes": scopes, "replace": replace}
     if opts["client_credentials"] or opts["refresh_token_file"]:
-        body = {"name": name, "provider": provider_name, "environments": envs, "scopes": scopes}
         if opts["client_credentials"]:
             body["grant_type"] = GrantType.CLIENT_CREDENTIALS
         else:
             body.update(grant_type=GrantType.REFRESH_TOKEN, refresh_token=opts["refresh_token_file"].read().strip())
         secret = inputs.secret({k: v for k, v in body.items() if v is not None}, settings.environments)
-        print_json(grants.create(store, settings, client, secret, store).public())
+        grant, replaced = grants.create(store, settings, client, secret, store)
+        if replaced:
+            click.echo(f"this {replaced}", err=True)
+        print_json(grant.public())
         return
     # A browser login is started by the sidecar itself: only its own token may write logins in
     # flight, and its /callback finishes them.
     sidecar = opts["sidecar"] or settings.public_url
-    body = {"name": name, "provider": provider_name, "environments": envs, "scopes": scopes}
     _, started = _sidecar_call(
         sidecar, settings, "POST", "/v1/secrets", {k: v for k, v in body.items() if v is not None}
     )
+    if started.get("replaces"):
+        click.echo(f"this {started['replaces']}", err=True)
     url = started["authorization_url"]
     click.echo(url)
     if opts["open_browser"]:
@@ -314,7 +342,7 @@ def _sidecar_call(
     sidecar: str, settings: Settings, method: str, path: str, body: dict[str, Any] | None = None
 ) -> tuple[int, dict[str, Any]]:
     """A call to the running sidecar's API with your own VAULT_TOKEN: (status, JSON answer); its
-    errors become CLI errors."""
+    errors become CLI errors (a name that exists names --replace)."""
     try:
         resp = requests.request(
             method, f"{sidecar}{path}", json=body, headers={"X-Vault-Token": settings.vault_token or ""}, timeout=60
@@ -330,7 +358,9 @@ def _sidecar_call(
     if not isinstance(answer, dict):
         fail(f"the sidecar at {sidecar} answered HTTP {resp.status_code} without a JSON body")
     if resp.status_code >= 400:
-        fail(str((answer.get("error") or {}).get("message") or f"HTTP {resp.status_code}"))
+        error = answer.get("error") or {}
+        message = str(error.get("message") or f"HTTP {resp.status_code}")
+        fail(f"{message} (or add --replace)" if error.get("code") == Exists.code else message)
     return resp.status_code, answer
 
 
@@ -365,6 +395,8 @@ def secrets_list(as_json: bool) -> None:
         return
     if not found:
         click.echo("no secrets")
+        return
+    click.echo(f"{'NAME':<24} {'PROVIDER':<16} {'STATUS':<26} {'ENVIRONMENTS':<24} EXPIRES")
     for s in found:
         envs = ",".join(s["environments"])
         click.echo(f"{s['name']:<24} {s['provider']:<16} {s['status']:<26} {envs:<24} {s['expires_at'] or '-'}")
@@ -375,6 +407,17 @@ def secrets_list(as_json: bool) -> None:
 def secrets_get(name: str) -> None:
     """Show one secret's status as JSON (never token values)."""
     print_json(operator_store().get_grant(name).public())
+
+
+@secrets_group.command("refresh")
+@click.argument("name")
+@SIDECAR_OPTION
+def secrets_refresh(name: str, sidecar: str | None) -> None:
+    """Refresh one secret now, through the running sidecar (the same claim as its refresher)."""
+    settings, path = Settings.from_env(), f"/v1/secrets/{check_name(name, 'secret')}/refresh"
+    _, shown = _sidecar_call(sidecar or settings.public_url, settings, "POST", path)
+    click.echo(f"refreshed secret {name}; it expires at {shown.get('expires_at') or '(no expiry)'}", err=True)
+    print_json(shown)
 
 
 @secrets_group.command("delete")

@@ -78,6 +78,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate; raises `ConfigError` naming the first bad variable."""
         get = partial(_variable, os.environ if env is None else env)
+        bind = get("SIDECAR_BIND", _bind, cls.bind)
         return cls(
             vault_addr=get("VAULT_ADDR", _vault_addr, cls.vault_addr, "BAO_ADDR"),
             vault_token=get("VAULT_TOKEN", str, None, "BAO_TOKEN") or _token_helper_file(),
@@ -85,8 +86,8 @@ class Settings:
             vault_cacert=get("VAULT_CACERT", _existing_file, None, "BAO_CACERT"),
             vault_skip_verify=get("VAULT_SKIP_VERIFY", _go_bool, False, "BAO_SKIP_VERIFY"),
             vault_auth=get("SIDECAR_VAULT_AUTH", _one_of(VAULT_AUTH_METHODS), cls.vault_auth),
-            public_url=get("SIDECAR_PUBLIC_URL", _public_url, cls.public_url),
-            bind=get("SIDECAR_BIND", _bind, cls.bind),
+            public_url=get("SIDECAR_PUBLIC_URL", _public_url, None) or _public_url_of(bind),
+            bind=bind,
             kv_mount=get("SIDECAR_KV_MOUNT", _path, cls.kv_mount),
             prefix=get("SIDECAR_PREFIX", _path, cls.prefix),
             state_prefix=get("SIDECAR_STATE_PREFIX", _path, cls.state_prefix),
@@ -170,6 +171,20 @@ def _public_url(raw: str) -> str:
     if urlsplit(url).query:
         raise ValueError("must not contain a query string")
     return url.rstrip("/")
+
+
+def _public_url_of(bind: str) -> str:
+    """SIDECAR_PUBLIC_URL's default: the address the sidecar listens on (loopback for a wildcard bind,
+    which a browser on this machine reaches that way)."""
+    host, _, port = bind.rpartition(":")
+    host = "127.0.0.1" if host.strip("[]") in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared, not bound
+    try:
+        return _public_url(f"http://{host}:{port}")
+    except (ValueError, Invalid):
+        raise ConfigError(
+            f"SIDECAR_PUBLIC_URL: unset, and http://{host}:{port} (from SIDECAR_BIND) is not loopback; "
+            "set it to the https URL that browsers and providers reach the sidecar at"
+        ) from None
 
 
 def _bind(raw: str) -> str:

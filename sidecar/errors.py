@@ -60,6 +60,16 @@ class Conflict(SidecarError):
     status = 409
 
 
+class Exists(Conflict):
+    """A create met a name already taken: nothing is replaced unless the request says it replaces."""
+
+    code = "exists"
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = dict(fields or {"name": "exists"})
+
+
 class VaultUnavailable(SidecarError):
     """Vault is unreachable, sealed, or answered with a server error."""
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import approvals, oauth, providers
 from .config import Settings
-from .errors import Conflict, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
+from .errors import Conflict, Exists, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .inputs import SecretInput, check_environments, check_name, parse_scopes
 from .models import Grant, GrantType, Provider, TokenSet
 from .store import Store
@@ -44,30 +44,51 @@ def provider_for(store: Store, settings: Settings, client: oauth.Client, name: o
     return providers.current(provider, client, settings.discovery_interval)
 
 
-def may_store(store: Store, name: object, envs: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+class Storing(NamedTuple):
+    """A secret the caller may store: its checked name, the environments whose views storing it
+    drops, and the grant it replaces (None: a new name)."""
+
+    name: str
+    drops: tuple[str, ...]
+    replaces: Grant | None
+
+
+def may_store(store: Store, name: object, envs: tuple[str, ...], replace: bool = False) -> Storing:
     """The secret's name, once the caller is known to be allowed to store it: create or update on
     the grant and on each chosen environment's view, however it is stored (a browser login, a
     device login, client credentials, an import). Checked before a provider is asked or anything
-    is written, so that no token (least of all a spent refresh token) is got for nothing.
-    Returns the name, and the environments whose views storing it will drop (checked for delete)."""
+    is written, so that no token (least of all a spent refresh token) is got for nothing. A name
+    already taken is refused (Exists) unless the request says it `replace`s. Storing needs `read`
+    on the grant too, to tell whether it exists and which views it drops."""
     checked = check_name(name, "name")
+    try:
+        before: Grant | None = store.get_grant(checked)
+    except NotFound:
+        before = None
+    if before is not None and not replace:
+        raise _exists(checked)
     paths = [store.api_path(store.path("grants", checked))]
     paths += [store.api_path(store.view_path(env, checked)) for env in envs]
-    drops = _dropped(store, checked, envs)
+    drops = tuple(env for env in (before.environments if before else ()) if env not in envs)
     dropped = [store.api_path(store.view_path(env, checked), metadata=True) for env in drops]
     if store.lacking(paths, "create", "update") or store.lacking(dropped, "delete"):
         raise Forbidden(f"permission denied on secret {checked!r} or one of its environments")
-    return checked, drops
+    return Storing(checked, drops, before)
 
 
-def _dropped(store: Store, name: str, envs: tuple[str, ...]) -> tuple[str, ...]:
-    """The environments whose views storing `name` for `envs` will delete: those the grant has now
-    and `envs` leaves out. Storing needs `read` on the grant too, to tell which those are."""
-    try:
-        had: tuple[str, ...] = store.get_grant(name).environments
-    except NotFound:
-        return ()
-    return tuple(env for env in had if env not in envs)
+def replacing(before: Grant | None) -> str | None:
+    """What storing over `before` does to it, said to whoever asked for the replacement."""
+    if before is None:
+        return None
+    return (
+        f"replaces secret {before.name!r} (provider {before.provider}, environments "
+        f"{', '.join(before.environments)}) once the new tokens are stored; its old tokens are not revoked "
+        f"at {before.provider}: revoke them there if they must stop working"
+    )
+
+
+def _exists(name: str) -> Exists:
+    return Exists(f"secret {name!r} already exists: reconnect it to replace its tokens, or delete it first")
 
 
 def may_delete(store: Store, settings: Settings, grant: Grant) -> None:
@@ -86,13 +107,20 @@ def wanted_scopes(provider: Provider, scopes: object) -> tuple[str, ...]:
     return wanted
 
 
-def create(store: Store, settings: Settings, client: oauth.Client, secret: SecretInput, pins: Store) -> Grant:
+class Stored(NamedTuple):
+    """A secret just stored, and what that did to the one it replaced (`replacing`)."""
+
+    grant: Grant
+    replaced: str | None
+
+
+def create(store: Store, settings: Settings, client: oauth.Client, secret: SecretInput, pins: Store) -> Stored:
     """A secret with no browser: client credentials, or a refresh token obtained elsewhere
     (redeemed at once, to prove it). Everything is checked before the provider is asked."""
     if secret.grant_type not in WITHOUT_BROWSER:
         raise Invalid("grant_type must be client_credentials or refresh_token here", {"grant_type": "invalid"})
     envs = check_environments(secret.environments, settings.environments)
-    name, _ = may_store(store, secret.name, envs)  # the caller's own token drops views here
+    name, _, before = may_store(store, secret.name, envs, secret.replace)  # the caller's token drops views
     provider = provider_for(store, settings, client, secret.provider, pins)
     scopes = wanted_scopes(provider, secret.scopes)
     try:
@@ -104,7 +132,9 @@ def create(store: Store, settings: Settings, client: oauth.Client, secret: Secre
             tokens = replace(tokens, refresh_token=tokens.refresh_token or imported)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
-    return connected(store, settings, name, provider, envs, tokens, GrantType(secret.grant_type))
+    grant_type = GrantType(secret.grant_type)
+    grant = connected(store, settings, name, provider, envs, tokens, grant_type, replace=secret.replace)
+    return Stored(grant, replacing(before))
 
 
 def device_login(
@@ -117,10 +147,11 @@ def device_login(
     scopes: object,
     show: Callable[[oauth.DeviceAuthorization], None],
     pins: Store,
-) -> Grant:
+    replace: bool = False,
+) -> Stored:
     """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
     envs = check_environments(environments, settings.environments)
-    name, _ = may_store(store, name, envs)
+    name, _, before = may_store(store, name, envs, replace)
     provider = provider_for(store, settings, client, provider_name, pins)
     wanted = wanted_scopes(provider, scopes)
     try:
@@ -129,7 +160,8 @@ def device_login(
         tokens = client.device_token(provider, authorization, wanted)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
-    return connected(store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE)
+    grant = connected(store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE, replace=replace)
+    return Stored(grant, replacing(before))
 
 
 def connected(
@@ -141,14 +173,18 @@ def connected(
     tokens: TokenSet,
     grant_type: GrantType,
     login_id: str = "",
+    replace: bool = False,
 ) -> Grant:
-    """Store tokens just obtained as a fresh, active grant. If it replaces a grant whose failure was
-    announced, the refresher announces the recovery (a callback never waits for a webhook). Each
-    Vault call rides out unavailability as the store allows (`Store.until`)."""
+    """Store tokens just obtained as a fresh, active grant; over an existing one only if `replace`
+    (a name taken meanwhile is Exists: the create is a check-and-set). If it replaces a grant whose
+    failure was announced, the refresher announces the recovery (a callback never waits for a
+    webhook). Each Vault call rides out unavailability as the store allows (`Store.until`)."""
     try:
         before: Grant | None = store.get_grant(name)
     except NotFound:
         before = None
+    if before is not None and not replace:
+        raise _exists(name)
     announced = before.notified if before else ""
     now = datetime.now(UTC)
     grant = Grant(
@@ -163,7 +199,12 @@ def connected(
         notified=announced,
         failing_since=before.failing_since if before and announced else None,
     )
-    store.put_grant(grant)
+    try:
+        store.put_grant(grant, cas=None if replace else 0)
+    except Conflict:
+        if replace:
+            raise
+        raise _exists(name) from None
     for env in grant.environments:
         store.write_view(env, grant)
     for env in before.environments if before else ():

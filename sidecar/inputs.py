@@ -387,6 +387,11 @@ class SecretInput(Body):
         json_schema_extra=WRITE_ONLY,
         repr=False,
     )
+    replace: bool = Field(
+        False,
+        description="Store over a secret of this name that exists (its old tokens are not revoked); without it, "
+        "an existing name is 409 exists.",
+    )
 
     @field_validator("environments")
     @classmethod

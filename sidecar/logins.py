@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from . import approvals, oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError, printable
-from .grants import connected, may_store, provider_for, wanted_scopes
+from .grants import connected, may_store, provider_for, replacing, wanted_scopes
 from .inputs import check_environments, check_name
 from .models import Grant, GrantType, Identity, Provider, TokenSet, parse_rfc3339, rfc3339
 from .store import Store, Versioned
@@ -70,6 +70,7 @@ class LoginLink:
     id: str
     url: str
     expires_at: datetime
+    replaces: str | None = None  # what storing this login does to the secret it replaces (grants.replacing)
 
 
 def login_id(state: str) -> str:
@@ -96,12 +97,13 @@ def start(
     scopes: object = None,
     return_to_settings: bool = False,
     started_by: Identity | None = None,
+    replace: bool = False,
 ) -> LoginLink:
     """Check that the caller may store this secret exactly as the callback will, validate the rest,
     then record the login in Vault with the sidecar's own token (no other policy may write a login
     in flight) and return the sidecar's link."""
     envs = check_environments(environments, settings.environments)
-    name, drops = may_store(caller, name, envs)
+    name, drops, replaces = may_store(caller, name, envs, replace)
     provider = provider_for(caller, settings, client, provider_name, own)
     wanted = wanted_scopes(provider, scopes)
     request = oauth.authorization_request(provider, settings.redirect_uri, wanted)
@@ -126,11 +128,12 @@ def start(
             # What the caller was checked for: the provider as it was, and the views it may drop.
             "provider_pin": approvals.pin(provider),
             "may_drop": list(drops),
+            "replace": replace,
             "expires_at": rfc3339(expires_at),
         },
         cas=0,
     )
-    return LoginLink(lid, f"{settings.public_url}/login/{lid}", expires_at)
+    return LoginLink(lid, f"{settings.public_url}/login/{lid}", expires_at, replacing(replaces))
 
 
 def open_link(store: Store, settings: Settings, client: oauth.Client, lid: str) -> tuple[str, str, int]:
@@ -255,6 +258,7 @@ class Redeemed:
     provider: Provider = field(repr=False)
     tokens: TokenSet = field(repr=False)
     keep_until: float
+    replace: bool
 
 
 def finish(
@@ -288,7 +292,8 @@ def finish(
         _forget(store.until(time.monotonic() + FORGET_PATIENCE), lid)
         raise
     envs = tuple(data["environments"])
-    return Redeemed(lid, str(data["name"]), envs, provider, tokens, keep_until)
+    # A login started before `replace` was recorded was started to replace, as every login then was.
+    return Redeemed(lid, str(data["name"]), envs, provider, tokens, keep_until, bool(data.get("replace", True)))
 
 
 def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
@@ -299,7 +304,7 @@ def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
     try:
         return connected(
             patient, settings, redeemed.name, redeemed.provider, redeemed.environments, redeemed.tokens,
-            GrantType.AUTHORIZATION_CODE, login_id=redeemed.lid,
+            GrantType.AUTHORIZATION_CODE, login_id=redeemed.lid, replace=redeemed.replace,
         )  # fmt: skip
     finally:
         _forget(patient, redeemed.lid)

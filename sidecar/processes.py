@@ -11,26 +11,37 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import NoReturn
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from .config import Settings
+from .devvault import DevTokens, DevVault, bao_binary, bootstrap
 from .errors import ConfigError, VaultUnavailable
 from .store import Store
 
+if TYPE_CHECKING:
+    from .demo import DemoProvider
 
-def dev() -> None:
-    """A throwaway OpenBao dev server, the web app and the refresher in one process."""
+DEMO = "demo"  # the demo provider's name in dev
+
+
+def dev(verbose: bool = False, demo: bool = True) -> None:
+    """A throwaway OpenBao dev server, the web app, the refresher and (unless not `demo`) the demo
+    provider in one process."""
     from werkzeug.serving import make_server
 
-    from .devvault import DevVault, bootstrap
     from .refresher import Refresher
     from .web import QuietHandler, create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:  # the tokens printed at the start should not scroll away under request lines
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
     base = Settings.from_env({k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))})
-    with DevVault() as vault:
+    with DevVault() as vault, ExitStack() as stack:
         tokens = bootstrap(vault, base)
         settings = Settings.from_env(
             {
@@ -40,21 +51,13 @@ def dev() -> None:
             }
         )
         host, port = settings.bind_host_port
+        app = create_app(settings)
         try:
-            server = make_server(host, port, create_app(settings), threaded=True, request_handler=QuietHandler)
+            server = make_server(host, port, app, threaded=True, request_handler=QuietHandler)
         except OSError as exc:
             raise ConfigError(f"SIDECAR_BIND: cannot listen on {settings.bind}: {exc.strerror}") from None
-        reader_env = "production" if "production" in tokens.reader else next(iter(tokens.reader))
-        click.echo(
-            f"\nOpenBao dev server  {vault.addr}  (in memory: everything is gone when you stop)\n"
-            f"Sidecar             {settings.public_url}\n"
-            f"Login token         {tokens.admin}  (policy oauth-admin)\n"
-            f"Reader token        {tokens.reader[reader_env]}  (policy oauth-reader-{reader_env})\n\n"
-            "Try it:\n"
-            f"  export VAULT_ADDR={vault.addr} VAULT_TOKEN={tokens.admin}\n"
-            f'  curl -H "X-Vault-Token: $VAULT_TOKEN" {settings.public_url}/v1/providers\n\n'
-            "Press Ctrl-C to stop.\n"
-        )
+        provider = stack.enter_context(_demo_provider(settings, tokens.admin)) if demo else None
+        click.echo(_banner(vault.addr, settings, tokens, provider))
         stop = threading.Event()
         loop = threading.Thread(target=Refresher(settings, Store.own(settings)).run, args=(stop,))
         loop.start()
@@ -65,6 +68,58 @@ def dev() -> None:
             stop.set()
             loop.join()
     click.echo("stopped", err=True)
+
+
+@contextmanager
+def _demo_provider(settings: Settings, admin_token: str) -> Iterator[DemoProvider]:
+    """The demo provider, registered as `demo` with the operator's token, as a user would."""
+    from . import approvals, egress, oauth, providers
+    from .demo import DemoProvider
+
+    with DemoProvider(settings.redirect_uri).start() as demo:
+        client = oauth.Client(egress.Egress(settings.egress_allow))
+        provider = providers.build(DEMO, demo.provider_body(), client)
+        approvals.save(Store(settings, admin_token), Store.own(settings), provider)
+        yield demo
+
+
+def _banner(vault_addr: str, settings: Settings, tokens: DevTokens, demo: DemoProvider | None) -> str:
+    env = "production" if "production" in tokens.reader else next(iter(tokens.reader))
+    reader = tokens.reader[env]
+    read = f"VAULT_ADDR={vault_addr} VAULT_TOKEN={reader} {_bao()} kv get -field=access_token"
+    path = f"{settings.kv_mount}/{settings.prefix}/{env}"
+    lines = [
+        "",
+        f"OpenBao dev server  {vault_addr}  (in memory: everything is gone when you stop)",
+        f"Sidecar             {settings.public_url}",
+        *([f"Demo provider       {demo.url}  (registered as provider {DEMO!r})"] if demo else []),
+        f"Login token         {tokens.admin}  (policy oauth-admin)",
+        f"Reader token        {reader}  (policy oauth-reader-{env})",
+        "",
+        "Connect a first secret:",
+        f"  1. Open {settings.public_url}/settings",
+        "  2. Log in with the login token above",
+        '  3. Click "Add OAuth 2.0 provider secret", name it "first"'
+        + (f", pick provider {DEMO} and log in there with any user name" if demo else " and pick a provider"),
+        "Read its access token with the reader token:",
+        f"  {read} {path}/first",
+        "",
+        "Or, as the operator (CLI and API):",
+        f"  export VAULT_ADDR={vault_addr} VAULT_TOKEN={tokens.admin}",
+        f'  curl -H "X-Vault-Token: $VAULT_TOKEN" {settings.public_url}/v1/secrets',
+        "",
+        "Press Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _bao() -> str:
+    """The `bao` command as this shell can run it: by name if on PATH, else beside this Python."""
+    if shutil.which("bao"):
+        return "bao"
+    beside = Path(sys.executable).parent / "bao"
+    return str(beside) if beside.exists() else bao_binary()
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:

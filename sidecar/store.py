@@ -21,7 +21,7 @@ import hvac.exceptions as vault_errors
 import requests
 
 from .config import Settings
-from .errors import Conflict, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
+from .errors import Conflict, Exists, Forbidden, NotFound, SidecarError, Unauthorized, VaultUnavailable
 from .inputs import check_name, stored_provider
 from .metrics import VAULT_ERRORS
 from .models import Grant, Identity, Provider
@@ -486,10 +486,16 @@ class Store:
                 continue
         return providers
 
-    def put_provider(self, provider: Provider) -> int:
-        """Create or replace; returns the new version (1 when created)."""
+    def put_provider(self, provider: Provider, create: bool = False) -> int:
+        """Replace, or with `create` only create (Exists if the name is taken); returns the new
+        version (1 when created)."""
         path = self.path("providers", provider.name)
-        return self._write(path, f"provider {provider.name!r}", provider.to_record(), None, capped=True)
+        try:
+            return self._write(path, f"provider {provider.name!r}", provider.to_record(), 0 if create else None, True)
+        except Conflict:
+            if not create:
+                raise
+            raise Exists(f"provider {provider.name!r} already exists: edit it instead") from None
 
     def delete_provider(self, name: str) -> None:
         self.read("providers", name)  # 404 for a provider that does not exist

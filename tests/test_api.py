@@ -112,6 +112,27 @@ def test_a_refused_replace_keeps_the_old_provider(client, admin, root):
     assert vault_tree(root) == before
 
 
+def test_post_creates_a_provider_and_never_replaces_one(client, admin, root, settings):
+    created = client.post("/v1/providers", json={"name": "google", **provider_body()}, headers=admin)
+    assert created.status_code == 201, created.json
+    assert created.json["redirect_uri"] == f"{settings.public_url}/callback"
+    before = vault_tree(root)
+    again = client.post(
+        "/v1/providers", json={"name": "google", **provider_body(client_id="someone-else")}, headers=admin
+    )
+    assert again.status_code == 409 and again.json["error"]["code"] == "exists"
+    assert again.json["error"]["fields"] == {"name": "exists"} and "edit it instead" in again.json["error"]["message"]
+    assert vault_tree(root) == before  # the client ID typed by mistake replaced nothing
+    assert client.put("/v1/providers/google", json=provider_body(client_id="b"), headers=admin).status_code == 200
+
+
+def test_post_without_a_valid_name_is_refused(client, admin, root):
+    for body in ({**provider_body()}, {"name": "../x", **provider_body()}, {"name": 3, **provider_body()}):
+        response = client.post("/v1/providers", json=body, headers=admin)
+        assert response.status_code == 400 and "name" in response.json["error"]["fields"], body
+    assert vault_tree(root) == {}
+
+
 @pytest.mark.parametrize(
     "headers",
     [

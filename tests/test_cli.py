@@ -74,7 +74,8 @@ def test_client_secret_from_a_file(run, tmp_path, vault, tokens):
 def test_list_get_delete(run, root):
     put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET)
     listed = run("providers", "list")
-    assert listed.exit_code == 0 and listed.stdout.startswith("google ")
+    assert listed.exit_code == 0 and listed.stdout.splitlines()[0].split() == ["NAME", "CLIENT", "ID", "SCOPES"]
+    assert listed.stdout.splitlines()[1].startswith("google ")
     as_json = json.loads(run("providers", "list", "--json").stdout)
     assert [p["name"] for p in as_json["providers"]] == ["google"]
     got = run("providers", "get", "google")
@@ -133,13 +134,83 @@ def test_put_cannot_repoint_a_provider_whose_secrets_are_not_yours(run, api, roo
     moved = run(
         "providers", "put", "mock", "--client-id", oauth.registration()["client_id"],
         "--authorization-url", f"{oauth.issuer}/authorize", "--token-url", "http://127.0.0.1:9/steal",
-        "--scopes", "openid", VAULT_TOKEN=token, OAUTH_CLIENT_SECRET=CLIENT_SECRET,
+        "--scopes", "openid", "--replace", VAULT_TOKEN=token, OAUTH_CLIENT_SECRET=CLIENT_SECRET,
     )  # fmt: skip
     assert moved.exit_code == 1 and "1 of 1 are not yours" in moved.stderr
     stored = root.secrets.kv.v2.read_secret_version(
         path="oauth-sidecar/providers/mock", mount_point="secret", raise_on_deleted_version=True
     )
     assert stored["data"]["data"]["token_url"] == f"{oauth.issuer}/token"
+
+
+def test_put_creates_and_replaces_only_when_told(run, root, live):
+    created = put_google(run, OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+    assert created.exit_code == 0 and "created provider google" in created.stderr
+    assert f"Register this redirect URI at the provider: {live.url}/callback" in created.stderr
+    before = vault_tree(root)
+    again = put_google(run, OAUTH_CLIENT_SECRET="a-typo")
+    assert again.exit_code == 1 and "already exists" in again.stderr and "--replace" in again.stderr
+    assert vault_tree(root) == before
+    replaced = put_google(run, "--replace", OAUTH_CLIENT_SECRET="the-new-secret")
+    assert replaced.exit_code == 0 and "replaced provider google" in replaced.stderr
+    stored = root.secrets.kv.v2.read_secret_version(
+        path="oauth-sidecar/providers/google", mount_point="secret", raise_on_deleted_version=True
+    )
+    assert stored["data"]["data"]["client_secret"] == "the-new-secret"
+
+
+def test_every_option_is_described():
+    def commands(group, path=()):
+        for name, command in group.commands.items():
+            yield (*path, name), command
+            if hasattr(command, "commands"):
+                yield from commands(command, (*path, name))
+
+    undescribed = [
+        (" ".join(path), param.name)
+        for path, command in commands(main)
+        for param in command.params
+        if param.param_type_name == "option" and not param.hidden and not param.help
+    ]
+    assert undescribed == []
+
+
+def test_version_and_list_headers(run):
+    version = CliRunner().invoke(main, ["--version"])
+    assert version.exit_code == 0 and re.fullmatch(r"oauth-sidecar, version \d+\.\d+\.\d+\n", version.output)
+    presets = run("providers", "presets")
+    assert presets.stdout.splitlines()[0].split() == ["NAME", "TITLE", "PARAMETERS"]
+
+
+def test_an_unreachable_vault_names_the_address_and_the_variable(tmp_path):
+    port = free_port()  # nothing listens there
+    env = {"VAULT_ADDR": f"http://127.0.0.1:{port}", "VAULT_TOKEN": "s.any", "HOME": str(tmp_path)}
+    told = CliRunner().invoke(main, ["providers", "list"], env=env)
+    assert told.exit_code == 1 and f"tried http://127.0.0.1:{port} (VAULT_ADDR)" in told.stderr
+    unset = CliRunner().invoke(main, ["secrets", "list"], env={**env, "VAULT_ADDR": "", "BAO_ADDR": ""})
+    assert unset.exit_code == 1 and "the default: set VAULT_ADDR" in unset.stderr, unset.stderr
+
+
+def test_secrets_refresh_through_the_sidecar(api, run, oauth, root):
+    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    before = grant_record(root)["access_token"]
+    refreshed = run("secrets", "refresh", "sheets")
+    assert refreshed.exit_code == 0 and "refreshed secret sheets" in refreshed.stderr, refreshed.output
+    assert grant_record(root)["access_token"] != before
+    assert before not in refreshed.output and grant_record(root)["access_token"] not in refreshed.output
+    missing = run("secrets", "refresh", "nope")
+    assert missing.exit_code == 1 and "not found" in missing.stderr
+
+
+def test_connect_refuses_an_existing_name_unless_it_replaces(api, run, oauth, root):
+    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    before = grant_record(root)
+    taken = run("secrets", "connect", "sheets", "--provider", "mock", "--client-credentials")
+    assert taken.exit_code == 1 and "already exists" in taken.stderr
+    assert grant_record(root) == before
+    replaced = run("secrets", "connect", "sheets", "--provider", "mock", "--client-credentials", "--replace")
+    assert replaced.exit_code == 0, replaced.output
+    assert "not revoked at mock" in replaced.stderr and grant_record(root)["grant_type"] == "client_credentials"
 
 
 def test_token_problems_are_clear(run):
@@ -322,7 +393,8 @@ def test_secrets_connect_reports_a_failed_login(api, live, vault, tokens, oauth,
 def test_secrets_list_get_delete(api, run, oauth, root):
     assert requests.Session().get(start(api), timeout=30).status_code == 200
     listed = run("secrets", "list")
-    assert listed.exit_code == 0 and listed.stdout.split()[:3] == ["sheets", "mock", "active"]
+    assert listed.exit_code == 0 and listed.stdout.split()[:3] == ["NAME", "PROVIDER", "STATUS"]
+    assert listed.stdout.splitlines()[1].split()[:3] == ["sheets", "mock", "active"]
     got = json.loads(run("secrets", "get", "sheets").stdout)
     assert got["has_refresh_token"] is True and "access_token" not in got
     assert grant_record(root)["refresh_token"] not in listed.output + json.dumps(got)

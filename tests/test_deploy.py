@@ -83,3 +83,14 @@ def test_the_app_reads_the_view_path_and_the_roles_name_real_policies():
     assert role and role[1] in readers and f'path "{view}"' in readers[role[1]]
     roles = re.findall(r"auth/kubernetes/role/([\w-]+)", setup)
     assert {sidecar_env()["SIDECAR_KUBERNETES_ROLE"], annotations["vault.hashicorp.com/role"]} <= set(roles)
+
+
+def test_the_agent_renders_well_within_the_refresh_margin():
+    """Left at its default (5 minutes), the agent could keep a token in the file past its expiry."""
+    (reader,) = [d for d in kind("Deployment") if d["metadata"]["name"] == "sheets-report"]
+    interval = reader["spec"]["template"]["metadata"]["annotations"][
+        "vault.hashicorp.com/template-static-secret-render-interval"
+    ]
+    number, unit = re.fullmatch(r"(\d+)([sm])", interval).groups()
+    margin = Settings.from_env(sidecar_env()).refresh_margin
+    assert int(number) * {"s": 1, "m": 60}[unit] <= margin / 2

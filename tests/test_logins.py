@@ -110,14 +110,34 @@ def test_client_secret_post(api, oauth, root):
     assert oauth.log()["token"][0]["auth_method"] == "client_secret_post"
 
 
-def test_reconnect_replaces_tokens_and_drops_environments(api, root, oauth):
+def test_an_existing_name_is_refused_unless_the_login_replaces_it(api, root, oauth):
     requests.Session().get(start(api), timeout=30)
     first = views(root)["production"]["access_token"]
-    page = requests.Session().get(start(api, environments=["production"]), timeout=30)
+    taken = api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock", "environments": ["production"]})
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "exists", taken.text
+    assert "reconnect" in taken.json()["error"]["message"] and taken.json()["error"]["fields"] == {"name": "exists"}
+    assert not [k for k in vault_tree(root) if k.startswith("oauth-sidecar/pending/")]  # no login was started
+    assert views(root)["production"]["access_token"] == first
+
+    body = {"name": "sheets", "provider": "mock", "environments": ["production"], "replace": True}
+    started = api("POST", "/v1/secrets", json=body)
+    assert started.status_code == 201, started.text
+    assert "not revoked at mock" in started.json()["replaces"]  # said, not silent
+    page = requests.Session().get(started.json()["authorization_url"], timeout=30)
     assert page.status_code == 200
     current = views(root)
     assert list(current) == ["production"] and current["production"]["access_token"] != first
     assert grant_record(root)["environments"] == ["production"]
+
+
+def test_a_name_taken_while_its_login_is_out_is_not_overwritten(api, root, oauth):
+    """The check at the start is not the only one: the callback's write creates only."""
+    link = start(api)
+    api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock", "grant_type": "client_credentials"})
+    taken = grant_record(root)
+    page = requests.Session().get(link, timeout=30)
+    assert page.status_code == 409 and "already exists" in page.text, page.text
+    assert grant_record(root) == taken and taken["grant_type"] == "client_credentials"
 
 
 def assert_refused(page: requests.Response, oauth, root, phrase: str, redeemed: int = 0) -> None:
@@ -497,7 +517,7 @@ def test_a_login_cannot_delete_a_view_its_starter_has_no_rights_on(api, oauth, r
             "secret/data/oauth/production/sheets": ["create", "update"],
         },
     )
-    body = {"name": "sheets", "provider": "mock", "environments": ["production"]}
+    body = {"name": "sheets", "provider": "mock", "environments": ["production"], "replace": True}
     started = api("POST", "/v1/secrets", json=body, headers=caller)
     assert started.status_code == 403 and "one of its environments" in started.json()["error"]["message"]
     assert views(root).get("development") == development
@@ -516,12 +536,12 @@ def test_a_login_cannot_drop_a_view_added_after_it_started(api, oauth, root):
             "secret/data/oauth/development/sheets": ["create", "update"],
         },
     )
-    started = api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock", "environments": ["development"]},
-                  headers=caller)  # fmt: skip
+    body = {"name": "sheets", "provider": "mock", "environments": ["development"], "replace": True}
+    started = api("POST", "/v1/secrets", json=body, headers=caller)
     assert started.status_code == 201, started.text
     browser = requests.Session()
     back = callback_url(browser, started.json()["authorization_url"])
-    assert requests.Session().get(start(api), timeout=30).status_code == 200  # the operator: both environments
+    assert requests.Session().get(start(api, replace=True), timeout=30).status_code == 200  # the operator: both
     page = browser.get(back, timeout=30)
     assert page.status_code == 400 and "secret was changed since this login started" in page.text
     assert sorted(views(root)) == ["development", "production"]

@@ -144,7 +144,7 @@ def test_invalid_grant_needs_a_new_login_and_stops_attempts(connect, refresher, 
     assert views(root)["production"]["status"] == "reauthorization_required"
     assert api("GET", "/v1/secrets/sheets").json()["status"] == "reauthorization_required"
     # Reconnecting brings it back.
-    assert requests.Session().get(start(api), timeout=30).status_code == 200
+    assert requests.Session().get(start(api, replace=True), timeout=30).status_code == 200
     assert grant_record(root, "sheets")["status"] == "active"
 
 

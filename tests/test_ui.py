@@ -121,10 +121,51 @@ def test_a_validation_error_is_shown_next_to_its_field(page: Page, live, tokens,
     expect(page.locator("#authorization_url-error")).to_have_text("Must be an absolute https URL")
     expect(page.get_by_label("Client ID")).to_have_value("typed-client-id")  # what was typed is kept
     expect(page.get_by_label("Scopes")).to_have_value("openid\nemail")
-    expect(page.get_by_label("Client secret")).to_have_value("")  # but never the secret
+    expect(page.get_by_label("Client secret")).to_have_value("")  # never the secret in the page,
+    expect(page.get_by_text("The secret you typed is kept")).to_be_visible()  # but it is kept server-side
     shoot(page, tmp_path, "validation")
     assert set(vault_tree(root)) == set(sessions(root))  # nothing but the person's own UI session
+
+    page.get_by_label("Authorization URL").fill(f"{oauth.issuer}/authorize")
+    page.get_by_label("Token URL").fill(f"{oauth.issuer}/token")
+    page.get_by_role("button", name="Save provider").click()  # the secret field left empty
+    expect(page.get_by_role("status")).to_have_text("Provider mock saved.")
+    assert read_provider(root)["client_secret"] == CLIENT_SECRET
+    page.get_by_role("link", name="Add provider").click()  # a new form starts without it
+    expect(page.get_by_text("The secret you typed is kept")).to_have_count(0)
     assert all(CLIENT_SECRET not in html for html in seen)
+
+
+def read_provider(root, name: str = "mock") -> dict:
+    return root.secrets.kv.v2.read_secret_version(
+        path=f"oauth-sidecar/providers/{name}", mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]
+
+
+def test_add_never_replaces_what_exists(page: Page, live, tokens, api, oauth, root, tmp_path):
+    """A typo in a name must not cost a working connection: "Add" creates only; edit and Reconnect replace."""
+    assert requests.Session().get(start_link(api), timeout=30).status_code == 200  # provider mock, secret sheets
+    before = read_provider(root)
+    log_in(page, live, tokens.admin)
+    page.get_by_role("link", name="Add provider").click()
+    expect(page.get_by_label("Redirect URI")).to_have_value(f"{live.url}/callback")
+    page.get_by_label("Name").fill("mock")
+    page.get_by_label("Client ID").fill("someone-else")
+    page.get_by_label("Client secret").fill("another-secret")
+    page.get_by_label("Authorization URL").fill(f"{oauth.issuer}/authorize")
+    page.get_by_label("Token URL").fill(f"{oauth.issuer}/token")
+    page.get_by_label("Scopes").fill("openid")
+    page.get_by_role("button", name="Save provider").click()
+    expect(page.locator("#name-error")).to_have_text("Already exists: edit it instead.")
+    assert read_provider(root) == before
+
+    page.goto(f"{live.url}/settings/secrets/new")
+    page.get_by_label("Name").fill("sheets")
+    page.get_by_label("development").uncheck()
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#name-error")).to_have_text("Already exists: reconnect it from its row instead.")
+    assert grant_record(root)["environments"] == ["development", "production"]
+    shoot(page, tmp_path, "exists")
 
 
 def test_editing_keeps_the_secret_unless_a_new_one_is_typed(page: Page, live, tokens, oauth, root, seen):
@@ -136,9 +177,7 @@ def test_editing_keeps_the_secret_unless_a_new_one_is_typed(page: Page, live, to
     page.get_by_label("Client ID").fill("renamed-client")
     page.get_by_role("button", name="Save provider").click()
     expect(page.get_by_role("status")).to_have_text("Provider mock saved.")
-    stored = root.secrets.kv.v2.read_secret_version(
-        path="oauth-sidecar/providers/mock", mount_point="secret", raise_on_deleted_version=True
-    )["data"]["data"]
+    stored = read_provider(root)
     assert (stored["client_id"], stored["client_secret"]) == ("renamed-client", CLIENT_SECRET)
     assert all(CLIENT_SECRET not in html for html in seen)
 
@@ -208,7 +247,8 @@ def test_reconnect_is_offered_when_a_login_is_needed(page: Page, live, tokens, a
     expect(row.get_by_text("reauthorization required")).to_be_visible()
     expect(row.get_by_text("refresh: invalid_grant")).to_be_visible()
     page.get_by_role("button", name="Reconnect sheets").click()  # the provider's login, and back
-    expect(page.get_by_role("status")).to_have_text("sheets is connected to mock.")
+    expect(page.get_by_role("status").last).to_have_text("sheets is connected to mock.")
+    expect(page.get_by_role("status").first).to_contain_text("its old tokens are not revoked at mock")
     expect(page.get_by_role("row", name="sheets").get_by_text("active")).to_be_visible()
     expect(page.get_by_role("button", name="Reconnect sheets")).to_have_count(0)
 

@@ -11,7 +11,7 @@ from .. import approvals, grants, inputs, logins, presets, providers
 from ..audit import Action
 from ..errors import Conflict, Forbidden, Invalid, NotFound, Unauthorized
 from ..inputs import check_name
-from ..models import GrantType, rfc3339
+from ..models import GrantType, Provider, rfc3339
 from ..policies import render_reader
 from ..renewal import ELSEWHERE, Outcome, RefreshFailed, RefreshResult
 from ..store import Store
@@ -79,21 +79,37 @@ def _depth(value: Any) -> int:
 
 @bp.get("/providers")
 def list_providers():
-    return {"providers": [p.public() for p in store().list_providers()]}
+    return {"providers": [_shown(p) for p in store().list_providers()]}
 
 
 @bp.get("/providers/<name>")
 def get_provider(name: str):
-    return store().get_provider(name).public()
+    return _shown(store().get_provider(name))
 
 
 @bp.put("/providers/<name>")
 def put_provider(name: str):
-    with audited(Action.PROVIDER_PUT, name):
+    """Create or replace, as PUT means; `POST /v1/providers` only creates."""
+    return _save_provider(name, json_object(), create=False)
+
+
+@bp.post("/providers")
+def create_provider():
+    body = json_object()
+    return _save_provider(check_name(body.pop("name", None), "name"), body, create=True)
+
+
+def _save_provider(name: str, body: dict[str, Any], create: bool):
+    with audited(Action.PROVIDER_PUT, name[:64]):
         approvals.may_write(store(), name)
-        provider = providers.build(name, json_object(), runtime(current_app).oauth)
-        version = approvals.save(store(), runtime(current_app).own_store, provider)
-    return provider.public(), 201 if version == 1 else 200
+        provider = providers.build(name, body, runtime(current_app).oauth)
+        version = approvals.save(store(), runtime(current_app).own_store, provider, create)
+    return _shown(provider), 201 if version == 1 else 200
+
+
+def _shown(provider: Provider) -> dict[str, Any]:
+    """A provider as the API shows it, with the redirect URI to register at it."""
+    return {**provider.public(), "redirect_uri": runtime(current_app).settings.redirect_uri}
 
 
 @bp.get("/presets")
@@ -114,13 +130,20 @@ def create_secret():
     secret = inputs.secret(json_object(), rt.settings.environments)
     if secret.grant_type != GrantType.AUTHORIZATION_CODE:
         with audited(Action.CREATED, secret.name):
-            return grants.create(store(), rt.settings, rt.oauth, secret, rt.own_store).public(), 201
+            grant, replaced = grants.create(store(), rt.settings, rt.oauth, secret, rt.own_store)
+        return _with_replaced(grant.public(), replaced), 201
     with audited(Action.LOGIN_STARTED, secret.name):
         login = logins.start(
             store(), rt.own_store, rt.settings, rt.oauth, secret.name, secret.provider, secret.environments,
-            secret.scopes, started_by=g.who,
+            secret.scopes, started_by=g.who, replace=secret.replace,
         )  # fmt: skip
-    return {"name": secret.name, "authorization_url": login.url, "expires_at": rfc3339(login.expires_at)}, 201
+    started = {"name": secret.name, "authorization_url": login.url, "expires_at": rfc3339(login.expires_at)}
+    return _with_replaced(started, login.replaces), 201
+
+
+def _with_replaced(answer: dict[str, Any], replaced: str | None) -> dict[str, Any]:
+    """Say what a replacement does to the old secret (nothing is replaced silently)."""
+    return {**answer, "replaces": replaced} if replaced else answer
 
 
 @bp.get("/secrets")

@@ -1,10 +1,12 @@
-"""Liveness and readiness probes."""
+"""The service's own routes: the front door, liveness and readiness probes, the API document and
+the metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, redirect, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
 from ..errors import VaultUnavailable
 from ..metrics import exposition
@@ -12,6 +14,12 @@ from . import error_body, runtime
 from .openapi import document
 
 bp = Blueprint("health", __name__)
+
+
+@bp.get("/")
+def front_door() -> BaseResponse:
+    """A person who opens the sidecar's address wants the settings page."""
+    return redirect(url_for("ui.settings"), code=302)
 
 
 @bp.get("/healthz")

@@ -32,7 +32,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "no valid Vault token",
         403: "the token's Vault policies do not allow it",
         404: "not found",
-        409: "in use, or changed meanwhile",
+        409: "exists (a create), in use, or changed meanwhile",
         413: "body over 64 KiB",
         502: "the provider refused or failed",
         503: "Vault unavailable",
@@ -67,6 +67,11 @@ PUBLIC_JWK: dict[str, Any] = {
         "kid": {"type": "string"},
     },
 }
+REPLACES: dict[str, Any] = {
+    "type": "string",
+    "description": 'With "replace": true over a secret that exists: what happens to it (its old tokens are '
+    "not revoked).",
+}
 LOGIN_LINK: dict[str, Any] = {
     "type": "object",
     "description": "grant_type authorization_code: the sidecar's login link, valid ten minutes.",
@@ -75,6 +80,7 @@ LOGIN_LINK: dict[str, Any] = {
         "name": NAME,
         "authorization_url": URL,
         "expires_at": {"type": "string", "format": "date-time"},
+        "replaces": REPLACES,
     },
 }
 PRESET: dict[str, Any] = {
@@ -120,7 +126,18 @@ def document() -> dict[str, Any]:
                         ),
                         **_errors(401, 403, 503),
                     },
-                }
+                },
+                "post": {
+                    "summary": "Create a provider; a name that exists is 409 exists (PUT replaces)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewProvider")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("Provider"), "created"),
+                        **_errors(400, 401, 403, 409, 413, 503),
+                    },
+                },
             },
             "/v1/providers/{provider}": {
                 "parameters": [provider_name],
@@ -182,7 +199,7 @@ def document() -> dict[str, Any]:
                             "authorization_code: the login link; client_credentials and refresh_token: the stored "
                             "secret's status",
                         ),
-                        **_errors(400, 401, 403, 413, 503),
+                        **_errors(400, 401, 403, 409, 413, 503),
                         "502": _json(
                             _ref("Error"),
                             "token_refused: the provider issued no token (client_credentials, refresh_token); "
@@ -324,7 +341,16 @@ def document() -> dict[str, Any]:
                         "scopes": {"type": "array", "items": {"type": "string"}},
                         **{f"{k}_set": {"type": "boolean"} for k in SECRET_FIELDS},
                         "public_jwk": PUBLIC_JWK,
+                        "redirect_uri": {
+                            **URL,
+                            "description": "The sidecar's callback, to register at the provider as a redirect URI.",
+                        },
                     },
+                },
+                "NewProvider": {
+                    **INPUTS["ProviderDraft"],
+                    "required": ["name", *INPUTS["ProviderDraft"].get("required", ())],
+                    "properties": {"name": NAME, **PROVIDER_FIELDS},
                 },
                 "Preset": PRESET,
                 **INPUTS,
@@ -349,6 +375,7 @@ def document() -> dict[str, Any]:
                             "type": "string",
                             "description": "When it last left active; empty while it is healthy.",
                         },
+                        "replaces": REPLACES,
                     },
                     # Always all there: so a login link (name, authorization_url, expires_at) is no Secret.
                     "required": ["name", "provider", "grant_type", "environments", "status", "scopes"],

@@ -31,7 +31,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from .. import approvals, grants, inputs, logins, presets
 from ..audit import Action, Result
-from ..errors import Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
+from ..errors import Exists, Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
 from ..inputs import key_values
 from ..models import Provider, TokenAuthMethod
 from ..providers import build as build_provider
@@ -198,10 +198,20 @@ def settings() -> str:
 # -- providers ---------------------------------------------------------------------------------
 
 
+# The session key of a client secret typed into a provider form that came back with errors: kept
+# server-side (never sent back into the page) for that form's next submission only.
+KEPT_SECRET = "kept_client_secret"  # noqa: S105 - the name of a session key
+
+
 def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
-    """Form fields to a validated provider; an empty client secret on edit keeps the stored one."""
-    form = request.form
+    """Form fields to a validated provider. An empty client secret takes the one typed into this
+    form before it came back with errors, else on edit the stored one."""
+    form, kept = request.form, session.pop(KEPT_SECRET, None)
     secret = form.get("client_secret", "")
+    if not secret and kept and kept.get("form") == _form_key(keep_secret_of):
+        secret = kept["value"]
+    if secret:
+        session[KEPT_SECRET] = {"form": _form_key(keep_secret_of), "value": secret}  # until it is saved
     if not secret and keep_secret_of is not None:
         secret = keep_secret_of.client_secret
     body: dict[str, Any] = {
@@ -240,8 +250,13 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
     return build_provider(name, {k: v for k, v in body.items() if v is not None}, runtime(current_app).oauth)
 
 
+def _form_key(editing: Provider | None) -> str:
+    return f"edit:{editing.name}" if editing else "new"
+
+
 def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
-    """The add/edit form: typed values kept on error, the client secret never sent back."""
+    """The add/edit form: typed values kept on error, the client secret never sent back (kept
+    server-side instead, see KEPT_SECRET)."""
     values: dict[str, Any]
     if request.method == "POST":
         values = {k: v for k, v in request.form.items() if k not in ("client_secret", "csrf_token")}
@@ -267,6 +282,8 @@ def provider_form(editing: Provider | None = None, errors: dict[str, str] | None
             advanced_open=bool(set(errors or {}) & ADVANCED_FIELDS),
             methods=list(TokenAuthMethod),
             presets=presets.catalogue(),
+            secret_kept=(session.get(KEPT_SECRET) or {}).get("form") == _form_key(editing),
+            redirect_uri=runtime(current_app).settings.redirect_uri,
         ),
         status,
     )
@@ -283,6 +300,7 @@ def field_errors(exc: Invalid) -> dict[str, str]:
 
 @bp.get("/providers/new")
 def new_provider():
+    session.pop(KEPT_SECRET, None)  # a new form starts empty
     return provider_form()
 
 
@@ -293,7 +311,10 @@ def create_provider():
         with audited(Action.PROVIDER_PUT, name[:64]):
             approvals.may_write(user_store(), name)
             provider = provider_from_form(name, None)
-            approvals.save(user_store(), runtime(current_app).own_store, provider)
+            approvals.save(user_store(), runtime(current_app).own_store, provider, create=True)
+        session.pop(KEPT_SECRET, None)
+    except Exists:
+        return provider_form(errors={"name": "Already exists: edit it instead."}, status=409)
     except Invalid as exc:
         errors = field_errors(exc)
         if "provider" in errors:
@@ -305,6 +326,7 @@ def create_provider():
 
 @bp.get("/providers/<name>/edit")
 def edit_provider(name: str):
+    session.pop(KEPT_SECRET, None)
     return provider_form(editing=user_store().get_provider(name))
 
 
@@ -317,6 +339,7 @@ def update_provider(name: str):
         with audited(Action.PROVIDER_PUT, name):
             provider = provider_from_form(name, current)
             approvals.save(store, runtime(current_app).own_store, provider)
+        session.pop(KEPT_SECRET, None)
     except Invalid as exc:
         return provider_form(editing=current, errors=field_errors(exc), status=400)
     flash(f"Provider {name} saved.", "success")
@@ -373,6 +396,8 @@ def create_secret():
         secret = inputs.secret(body, runtime(current_app).settings.environments)
         with audited(Action.LOGIN_STARTED, secret.name):
             login = start_login(secret.name, secret.provider, list(secret.environments or ()))
+    except Exists:
+        return secret_form(errors={"name": "Already exists: reconnect it from its row instead."}, status=409)
     except Invalid as exc:
         return secret_form(errors=field_errors(exc), status=400)
     return redirect(login.url, code=303)
@@ -382,15 +407,17 @@ def create_secret():
 def reconnect_secret(name: str):
     grant = user_store().get_grant(name)
     with audited(Action.LOGIN_STARTED, name):
-        login = start_login(name, grant.provider, list(grant.environments))
+        login = start_login(name, grant.provider, list(grant.environments), replace=True)
+    if login.replaces:  # shown when the login brings the browser back
+        flash(f"Reconnecting {name}: this {login.replaces}.", "info")
     return redirect(login.url, code=303)
 
 
-def start_login(name: str, provider: str, environments: list[str]) -> logins.LoginLink:
+def start_login(name: str, provider: str, environments: list[str], replace: bool = False) -> logins.LoginLink:
     rt = runtime(current_app)
     return logins.start(
         user_store(), rt.own_store, rt.settings, rt.oauth, name, provider, environments,
-        return_to_settings=True, started_by=server_session().who,
+        return_to_settings=True, started_by=server_session().who, replace=replace,
     )  # fmt: skip
 
 
