@@ -106,3 +106,24 @@ def test_each_vault_login_method_reads_its_credentials(tmp_path):
     kubernetes = Settings.from_env({"SIDECAR_VAULT_AUTH": "kubernetes", "SIDECAR_KUBERNETES_ROLE": "oauth-sidecar"})
     assert kubernetes.kubernetes_token_file == "/var/run/secrets/kubernetes.io/serviceaccount/token"
     assert Settings.from_env({"VAULT_TOKEN_FILE": "/run/vault/token"}).vault_token_file == "/run/vault/token"
+
+
+@pytest.mark.parametrize(
+    ("bind", "public_url"),
+    [
+        ("127.0.0.1:18181", "http://127.0.0.1:18181"),
+        ("0.0.0.0:8080", "http://127.0.0.1:8080"),  # a wildcard bind answers on loopback too
+        ("[::1]:9000", "http://[::1]:9000"),
+        ("localhost:5000", "http://localhost:5000"),
+    ],
+)
+def test_the_public_url_follows_the_bind_unless_set(bind, public_url):
+    assert Settings.from_env({"SIDECAR_BIND": bind}).public_url == public_url
+    assert Settings.from_env({"SIDECAR_BIND": bind}).redirect_uri == f"{public_url}/callback"
+    set_ = Settings.from_env({"SIDECAR_BIND": bind, "SIDECAR_PUBLIC_URL": "https://oauth.example.com/"})
+    assert set_.public_url == "https://oauth.example.com"
+
+
+def test_a_bind_no_browser_reaches_by_http_needs_a_public_url():
+    with pytest.raises(ConfigError, match="SIDECAR_PUBLIC_URL: unset, and http://10.1.2.3:80"):
+        Settings.from_env({"SIDECAR_BIND": "10.1.2.3:80"})

@@ -11,6 +11,12 @@ def test_healthz_needs_nothing(settings):
     assert client.get("/healthz").json == {"status": "ok"}
 
 
+def test_the_front_door_leads_to_the_settings_page():
+    client = create_app(Settings.from_env({"VAULT_ADDR": "http://127.0.0.1:9"})).test_client()
+    answer = client.get("/")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/settings"
+
+
 @pytest.mark.process
 def test_readyz_follows_vault_down_and_back():
     first = DevVault().start()
