@@ -224,16 +224,16 @@ def test_token_problems_are_clear(run):
 
 @pytest.mark.process
 def test_dev_runs_everything_and_stops_cleanly(tmp_path):
-    """The README's run command: OpenBao plus the sidecar, a provider round trip, Ctrl-C."""
+    """The README's run command without the demo provider: OpenBao plus the sidecar on the port of
+    SIDECAR_BIND (its links too), a provider round trip, Ctrl-C."""
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "SIDECAR_"))},
         "SIDECAR_BIND": f"127.0.0.1:{port}",
-        "SIDECAR_PUBLIC_URL": f"http://127.0.0.1:{port}",
         "HOME": str(tmp_path),
     }
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "oauth-sidecar"), "dev"],
+        [str(Path(sys.executable).parent / "oauth-sidecar"), "dev", "--no-demo"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -248,6 +248,8 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
         token = re.search(r"Login token\s+(\S+)", banner).group(1)
         vault_addr = re.search(r"OpenBao dev server\s+(\S+)", banner).group(1)
         base = f"http://127.0.0.1:{port}"
+        assert f"Open {base}/settings" in banner and "Demo provider" not in banner
+        assert requests.get(f"{base}/v1/providers", headers={"X-Vault-Token": token}).json() == {"providers": []}
         put = requests.put(f"{base}/v1/providers/google", json=provider_body(), headers={"X-Vault-Token": token})
         assert put.status_code == 201
         got = requests.get(f"{base}/v1/providers/google", headers={"X-Vault-Token": token}).json()
@@ -264,6 +266,7 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert CLIENT_SECRET not in out + err
+    assert "GET /readyz" not in err  # no request log under the tokens unless --verbose
     time.sleep(0.2)
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{vault_addr}/v1/sys/health", timeout=2)
