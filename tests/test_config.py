@@ -125,5 +125,5 @@ def test_the_public_url_follows_the_bind_unless_set(bind, public_url):
 
 
 def test_a_bind_no_browser_reaches_by_http_needs_a_public_url():
-    with pytest.raises(ConfigError, match="SIDECAR_PUBLIC_URL: unset, and http://10.1.2.3:80"):
+    with pytest.raises(ConfigError, match=r"SIDECAR_PUBLIC_URL: unset, and http://10\.1\.2\.3:80"):
         Settings.from_env({"SIDECAR_BIND": "10.1.2.3:80"})
