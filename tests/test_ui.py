@@ -6,7 +6,11 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
-from .helpers import CLIENT_ID, CLIENT_SECRET, grant_record, vault_tree
+from sidecar import logins, web
+from sidecar.models import Provider
+from sidecar.store import Store
+
+from .helpers import CLIENT_ID, CLIENT_SECRET, grant_record, narrow_token, seed_grants, vault_tree
 
 SHOTS = "/tmp/oauth-sidecar-ui-shots"  # a copy for people to look at; the tests' own go to tmp_path
 
@@ -79,7 +83,11 @@ def test_the_whole_journey(page: Page, live, tokens, oauth, root, tmp_path, seen
     secret_row = page.get_by_role("row", name="sheets")
     expect(secret_row.get_by_text("active")).to_be_visible()
     expect(secret_row.locator("td").nth(3)).to_contain_text("UTC")  # expires at
-    expect(page.get_by_text("vault kv get -field=access_token secret/oauth/production/sheets")).to_be_visible()
+    # The CLI installed here (the dev extra's `bao`), and what reading takes besides.
+    expect(page.get_by_text("bao kv get -field=access_token secret/oauth/production/sheets")).to_be_visible()
+    expect(page.locator("#reading-note")).to_contain_text("VAULT_ADDR")
+    expect(page.locator("#reading-note")).to_contain_text("oauth-reader-<environment>")
+    expect(page.locator("#reading-note")).to_contain_text("vault and bao take the same arguments")
     shoot(page, tmp_path, "secrets")
 
     first = grant_record(root, "sheets")["access_token"]
@@ -211,9 +219,43 @@ def test_a_logged_out_browser_is_sent_to_the_login_form(page: Page, live, tokens
     expect(page).to_have_url(f"{live.url}/settings/login")
 
 
-def test_vault_policies_decide_what_the_page_shows(page: Page, live, tokens, root):
+def test_vault_policies_decide_what_the_page_shows(page: Page, live, tokens, oauth, root):
+    providers, secrets = page.locator("#providers"), page.locator("#secrets")
+    add_provider = page.get_by_role("link", name="Add provider")
+    add_secret = page.get_by_role("link", name="Add OAuth 2.0 provider secret")
+
+    # With nothing stored, an operator is told to add a provider, and to add one first for a secret.
+    log_in(page, live, tokens.admin)
+    expect(providers).to_contain_text("No providers yet. Add one with its client ID")
+    expect(add_provider).to_be_visible()
+    expect(secrets).to_contain_text("No secrets yet. Add a provider first")
+    expect(add_secret).to_have_count(0)
+    page.get_by_role("button", name="Log out").click()
+
+    operator = Store(live.settings, tokens.admin)
+    operator.put_provider(Provider("mock", CLIENT_ID, CLIENT_SECRET, f"{oauth.issuer}/authorize",
+                                   f"{oauth.issuer}/token", ("openid",)))  # fmt: skip
+    seed_grants(operator, oauth, ["sheets"])
+
+    # A reader may list neither: each section says so, and claims no emptiness it cannot know.
     log_in(page, live, tokens.reader["production"])
-    expect(page.get_by_role("alert").first).to_contain_text("may not list providers")
+    expect(providers).to_contain_text("Your Vault token may not list providers.")
+    expect(secrets).to_contain_text("Your Vault token may not list secrets.")
+    expect(page.get_by_text("yet")).to_have_count(0)
+    expect(add_provider).to_have_count(0)
+    expect(add_secret).to_have_count(0)
+    page.get_by_role("button", name="Log out").click()
+
+    # A token that may look but not add sees what there is, and no Add button.
+    looker = narrow_token(root, "ui-looker", {
+        "secret/metadata/oauth-sidecar/providers/*": ["list"], "secret/data/oauth-sidecar/providers/*": ["read"],
+        "secret/metadata/oauth-sidecar/grants/*": ["list"], "secret/data/oauth-sidecar/grants/*": ["read"],
+    })  # fmt: skip
+    log_in(page, live, looker["X-Vault-Token"])
+    expect(providers.get_by_role("rowheader", name="mock")).to_be_visible()
+    expect(secrets.get_by_role("rowheader", name="sheets")).to_be_visible()
+    expect(add_provider).to_have_count(0)
+    expect(add_secret).to_have_count(0)
 
 
 def test_readable_on_a_phone(chromium, live, tokens, api, oauth, tmp_path):
@@ -251,6 +293,113 @@ def test_reconnect_is_offered_when_a_login_is_needed(page: Page, live, tokens, a
     expect(page.get_by_role("status").first).to_contain_text("its old tokens are not revoked at mock")
     expect(page.get_by_role("row", name="sheets").get_by_text("active")).to_be_visible()
     expect(page.get_by_role("button", name="Reconnect sheets")).to_have_count(0)
+
+
+def seed_troubled(root, operator: Store, oauth) -> None:
+    """Three secrets: `sheets` fine, a long-named one retrying, `drive` refused for good."""
+    long_name = "calendar-sync-for-the-production-reporting-team"
+    seed_grants(operator, oauth, ["sheets", long_name, "drive"])
+    trouble = {
+        long_name: {"status": "retrying", "failures": 3, "next_attempt_at": "2026-12-03T12:05:00.000000Z",
+                    "last_error": "refresh: the provider could not be reached (connection refused)"},
+        "drive": {"status": "reauthorization_required",
+                  "last_error": "refresh: invalid_grant (the refresh token was revoked by the user or an admin)"},
+    }  # fmt: skip
+    for name, fields in trouble.items():
+        root.secrets.kv.v2.create_or_update_secret(
+            path=f"oauth-sidecar/grants/{name}", secret={**grant_record(root, name), **fields}, mount_point="secret"
+        )
+
+
+def test_each_row_says_what_to_do_and_shows_all_its_buttons(chromium, live, tokens, api, oauth, root, tmp_path):
+    seed_troubled(root, Store(live.settings, tokens.admin), oauth)
+    for width, height in ((1280, 900), (390, 844)):
+        context = chromium.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        log_in(page, live, tokens.admin)
+        drive = page.locator("tr", has=page.get_by_role("rowheader", name="drive"))
+        # Refused for good: Reconnect comes first, and the Refresh now that cannot succeed is not offered.
+        expect(drive.get_by_role("button").first).to_have_text("Reconnect")
+        expect(page.get_by_role("button", name="Refresh drive now")).to_have_count(0)
+        expect(page.locator("#note-drive")).to_contain_text("Reconnect to log in at mock again")
+        # Retrying: how often it failed, and when the next attempt comes.
+        expect(page.locator("#note-calendar-sync-for-the-production-reporting-team")).to_contain_text(
+            "Refreshing failed 3 times in a row; the next attempt is at 2026-12-03 12:05:00 UTC."
+        )
+        expect(page.get_by_role("button", name="Refresh sheets now")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        for card in page.locator("section.card").all():
+            box = card.bounding_box()
+            buttons = card.locator(".row-actions .button").all()
+            assert buttons
+            for button in buttons:
+                inner = button.bounding_box()
+                assert box and inner, button
+                assert box["x"] <= inner["x"] and inner["x"] + inner["width"] <= box["x"] + box["width"], (
+                    width, button.text_content(), inner, box,
+                )  # fmt: skip
+        shoot(page, tmp_path, f"rows-{width}")
+        context.close()
+
+
+def test_refresh_of_a_refused_secret_says_to_reconnect(page: Page, live, tokens, api, oauth, root):
+    seed_troubled(root, Store(live.settings, tokens.admin), oauth)
+    log_in(page, live, tokens.admin)
+    # A page loaded before the provider refused it still offers Refresh now: its answer leads to Reconnect.
+    csrf = page.locator("input[name=csrf_token]").first.input_value()
+    answer = page.request.post(f"{live.url}/settings/secrets/drive/refresh", form={"csrf_token": csrf})
+    assert answer.ok
+    assert "drive was not refreshed: the provider refused it for good. Reconnect to log in again." in answer.text()
+
+
+def styled(page: Page) -> None:
+    """The page wears the settings UI's stylesheet (its background and card), which its CSP allowed."""
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(245, 247, 250)"
+    expect(page.locator("section.card")).to_be_visible()
+
+
+def test_the_login_pages_say_what_happened_and_what_next(page: Page, live, api, oauth, tmp_path, monkeypatch):
+    refused: list[str] = []
+    page.on(
+        "console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None
+    )
+    back = page.get_by_role("link", name="Go to settings")
+
+    page.goto(f"{live.url}/login/{'0' * 32}")
+    expect(page.get_by_role("heading", name="Login link not valid")).to_be_visible()
+    expect(page.get_by_role("alert")).to_have_text(
+        "This login link is unknown or has expired. Start the connection again."
+    )
+    expect(page.get_by_text("start the connection again there (Reconnect")).to_be_visible()
+    styled(page)
+    shoot(page, tmp_path, "login-refused")
+
+    # The callback answers before the save ends: the "being saved" page, which reloads itself until
+    # the secret is stored.
+    monkeypatch.setattr(logins, "LOGIN_WAIT", 0.0)
+    page.goto(start_link(api))  # the provider's login, and back to the callback
+    expect(page.get_by_role("heading", name="Saving sheets…")).to_be_visible()
+    expect(page.get_by_text("You can close this window: the saving goes on without it.")).to_be_visible()
+    styled(page)
+    shoot(page, tmp_path, "login-saving")
+    expect(page.get_by_role("heading", name="Connected")).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("status")).to_have_text("sheets is connected to mock.")
+    expect(page.get_by_text("Apps of each environment read its access token with the command below.")).to_be_visible()
+    expect(page.get_by_text("bao kv get -field=access_token secret/oauth/production/sheets")).to_be_visible()
+    expect(page.locator(".reading")).to_contain_text("reader policy of that environment (oauth-reader-<environment>)")
+    expect(page.locator(".reading")).to_contain_text("vault and bao take the same arguments")
+    styled(page)
+    shoot(page, tmp_path, "login-connected")
+
+    back.click()  # no UI session in this browser: the way in
+    expect(page).to_have_url(f"{live.url}/settings/login")
+    assert refused == []
+
+
+def test_the_commands_name_vault_where_bao_is_not_installed(settings, monkeypatch):
+    monkeypatch.setattr(web, "find_bao", lambda: None)
+    command = web.runtime(web.create_app(settings)).read_command("production", "sheets")
+    assert command == "vault kv get -field=access_token secret/oauth/production/sheets"
 
 
 def test_a_preset_is_chosen_in_the_form(page: Page, live, tokens, root, tmp_path, seen):

@@ -19,8 +19,10 @@ from .. import egress, oauth
 from ..accesslog import loggable_path
 from ..audit import Auditor
 from ..config import Settings
+from ..devvault import find_bao
 from ..errors import SidecarError
 from ..models import Identity
+from ..policies import READER
 from ..refresher import Refresher
 from ..store import Store
 from .sessions import VaultSessions
@@ -41,12 +43,20 @@ class Runtime:
     oauth: oauth.Client  # every call to a provider, with its HTTP session and the allow-list
     refresher: Refresher
     audit: Auditor
+    # The CLI that the read commands shown to people name: `bao` where the sidecar finds it (the dev
+    # extra installs only that), else `vault`. Both take the same arguments.
+    vault_cli: str = "vault"
     # sha256 of a caller's token -> who it is, for TOKEN_CHECK_TTL seconds
     live_tokens: TTLCache = field(default_factory=lambda: TTLCache(maxsize=10_000, ttl=TOKEN_CHECK_TTL))
     lock: threading.Lock = field(default_factory=threading.Lock)  # cachetools caches are not thread-safe
 
     def store_for(self, token: str | None) -> Store:
         return Store(self.settings, token, self.session)
+
+    def read_command(self, environment: str, name: str) -> str:
+        """What an app of `environment` runs to read the access token of the secret `name`."""
+        path = self.own_store.view_path(environment, name)
+        return f"{self.vault_cli} kv get -field=access_token {self.settings.kv_mount}/{path}"
 
     def authenticated(self, token: str) -> tuple[Store, Identity]:
         """A store acting with the caller's token, which Vault knows (401 otherwise), and who it is.
@@ -111,8 +121,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     # The session cookie is Lax, not Strict: the provider's redirect back to /callback must carry it
     # for the settings page's banner.
     app.session_interface = VaultSessions(settings, own_store)
+    refresher = Refresher(settings, own_store, client=client)
+    cli = "bao" if find_bao() else "vault"  # once: a lookup on PATH per request would be wasted
     app.extensions["sidecar"] = Runtime(
-        settings, session, own_store, client, Refresher(settings, own_store, client=client), Auditor(settings.audit_log)
+        settings, session, own_store, client, refresher, Auditor(settings.audit_log), vault_cli=cli
     )
 
     from . import api, auth, health, ui
@@ -121,6 +133,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(auth.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
+
+    @app.context_processor
+    def _reading() -> dict[str, str]:
+        """For the note beside the read commands, on the settings page and the login pages."""
+        return {"reader_policy": f"{READER}<environment>"}
 
     @app.after_request
     def _security_headers(response: Response) -> Response:

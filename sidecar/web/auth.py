@@ -22,16 +22,37 @@ SAVING_REFRESH = 2  # seconds between two looks of the "being saved" page
 SAVED_PATIENCE = 1.0  # seconds /callback/saved waits for Vault before it answers "still saving"
 
 
-def _page(status: int, title: str, message: str, grant: Grant | None = None, refresh: str = "") -> Response:
-    """A login page; with `refresh`, one that reloads itself at that URL every SAVING_REFRESH seconds."""
-    settings = runtime(current_app).settings
-    paths = [f"{settings.kv_mount}/{settings.prefix}/{env}/{grant.name}" for env in grant.environments] if grant else []
+# The next step after a login that did not end in stored tokens. Conditional, since one refusal is
+# a second look at a login whose tokens are being saved.
+START_AGAIN = (
+    "If the secret does not show as connected on the settings page, start the connection again there "
+    "(Reconnect, or Add OAuth 2.0 provider secret), or ask whoever sent you the login link for a new one."
+)
+
+
+@bp.after_request
+def _csp(response: BaseResponse) -> BaseResponse:
+    """These pages use the settings UI's stylesheet and nothing else: no script, nothing inline."""
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+    return response
+
+
+def _page(
+    status: int, title: str, message: str, next_step: str, grant: Grant | None = None, refresh: str = ""
+) -> Response:
+    """A login page: what happened, what to do next, and the way to the settings. With `refresh`,
+    one that reloads itself at that URL every SAVING_REFRESH seconds."""
+    rt = runtime(current_app)
     html = render_template(
         "login_result.html",
         title=title,
         message=message,
+        next_step=next_step,
+        tone="success" if status == 200 else "info" if status < 400 else "error",
         grant=grant,
-        paths=paths,
+        commands=[rt.read_command(env, grant.name) for env in grant.environments] if grant else [],
         expires_at=rfc3339(grant.tokens.expires_at) if grant else "",
         refresh=refresh,
         every=SAVING_REFRESH,
@@ -47,7 +68,7 @@ def login(lid: str) -> BaseResponse:
             runtime(current_app).own_store, settings, runtime(current_app).oauth, lid
         )
     except logins.LoginRefused as exc:
-        return _page(exc.status, "Login link not valid", exc.message)
+        return _page(exc.status, "Login link not valid", exc.message, START_AGAIN)
     response = redirect(target, code=302)
     response.set_cookie(
         logins.cookie_name(lid),
@@ -64,13 +85,13 @@ def login(lid: str) -> BaseResponse:
 @bp.get("/callback")
 def callback() -> BaseResponse:
     if any(len(values) > 1 for values in request.args.listvalues()):
-        return _page(400, "Login refused", "A parameter appears more than once in the provider's answer.")
+        return _page(400, "Login refused", "A parameter appears more than once in the provider's answer.", START_AGAIN)
     args = request.args.to_dict()
     rt = runtime(current_app)
     try:
         matched = logins.match(rt.own_store, args)
     except logins.LoginRefused as exc:
-        return _page(exc.status, "Login refused", exc.message)
+        return _page(exc.status, "Login refused", exc.message, START_AGAIN)
     name = str(matched.pending.data.get("name", ""))
     audited = partial(rt.audit.audited, Action.CONNECTED, name, matched.started_by)
     try:
@@ -80,7 +101,7 @@ def callback() -> BaseResponse:
             flash(exc.message, "error")
             return redirect(url_for("ui.settings"), code=303)
         title = "Login refused" if isinstance(exc, logins.LoginRefused) else "Login not completed"
-        return _page(exc.status, title, exc.message)
+        return _page(exc.status, title, exc.message, START_AGAIN)
     # The login is used up and its tokens are in hand: the binding cookie has served its purpose.
     response = _connected(grant, matched.to_settings) if grant else _saving(name, matched.lid, matched.to_settings)
     response.delete_cookie(logins.cookie_name(matched.lid), path="/callback")
@@ -117,7 +138,7 @@ def saved() -> BaseResponse:
         if to_settings:
             flash(message, "error")
             return redirect(url_for("ui.settings"), code=303)
-        return _page(404, "Login not found", message)
+        return _page(404, "Login not found", message, START_AGAIN)
     return _connected(grant, to_settings) if grant else _saving(name, lid, to_settings)
 
 
@@ -125,7 +146,8 @@ def _connected(grant: Grant, to_settings: bool) -> BaseResponse:
     if to_settings:
         flash(f"{grant.name} is connected to {grant.provider}.", "success")
         return redirect(url_for("ui.settings"), code=303)
-    return _page(200, "Connected", f"{grant.name} is connected to {grant.provider}.", grant)
+    done = "Apps of each environment read its access token with the command below. You can close this window."
+    return _page(200, "Connected", f"{grant.name} is connected to {grant.provider}.", done, grant)
 
 
 def _saving(name: str, lid: str, to_settings: bool) -> Response:
@@ -135,4 +157,5 @@ def _saving(name: str, lid: str, to_settings: bool) -> Response:
         f"The provider has issued the tokens of {name}; the secret is being saved to Vault and will "
         "appear shortly. This page refreshes until it has."
     )
-    return _page(202, f"Saving {name}…", message, refresh=again)
+    meanwhile = "You can close this window: the saving goes on without it."
+    return _page(202, f"Saving {name}…", message, meanwhile, refresh=again)

@@ -31,6 +31,9 @@ COOKIE = "oauth_sidecar_session"
 TOUCH_EVERY = timedelta(seconds=60)
 # Paths that use the session; anything else (the API, health, metrics) never reads it from Vault.
 SESSION_PATHS = ("/settings", "/callback")
+# ...but not the stylesheet and script: the login pages load them too, and the "being saved" page must
+# render (and reload) at once while Vault is out, not after a session read has waited on Vault.
+STATIC_PATH = "/settings/static/"
 
 
 def cookie_name(settings: Settings, name: str) -> str:
@@ -86,7 +89,7 @@ class VaultSessions(SessionInterface):
 
     def open_session(self, app: Flask, request: Request) -> ServerSession:
         sid = request.cookies.get(self._cookie, "")
-        if not (sid and request.path.startswith(SESSION_PATHS)):
+        if not (sid and request.path.startswith(SESSION_PATHS)) or request.path.startswith(STATIC_PATH):
             return ServerSession()
         try:
             stored = self._store.read("sessions", record_key(sid))

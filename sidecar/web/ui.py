@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -33,7 +34,7 @@ from .. import approvals, grants, inputs, logins, presets
 from ..audit import Action, Result
 from ..errors import Exists, Forbidden, Invalid, SidecarError, Unauthorized, VaultUnavailable
 from ..inputs import key_values
-from ..models import Provider, TokenAuthMethod
+from ..models import Provider, Status, TokenAuthMethod
 from ..providers import build as build_provider
 from ..renewal import RefreshResult
 from ..store import Store
@@ -118,7 +119,11 @@ def _origin(url: str) -> str:
 
 @bp.context_processor
 def _template_helpers() -> dict[str, Any]:
-    return {"csrf_token": session.get("csrf_token", ""), "logged_in": bool(session.get("vault_token"))}
+    return {
+        "csrf_token": session.get("csrf_token", ""),
+        "logged_in": bool(session.get("vault_token")),
+        "Status": Status,
+    }
 
 
 @bp.after_request
@@ -177,22 +182,40 @@ def logout() -> BaseResponse:
 
 @bp.get("")
 def settings() -> str:
-    store, config = user_store(), runtime(current_app).settings
-    providers, secrets_, problems = [], [], []
-    try:
+    """Each section says what the token may do there: a list it may not read is said to be hidden
+    (never shown as empty), and an Add button appears only where it may add."""
+    rt, store = runtime(current_app), user_store()
+    providers: list[dict[str, Any]] | None = None  # None: the token may not list them
+    secrets_: list[dict[str, Any]] | None = None
+    with suppress(Forbidden):
         providers = [p.public() for p in store.list_providers()]
-    except Forbidden:
-        problems.append("Your Vault token may not list providers.")
-    try:
+    with suppress(Forbidden):
         secrets_ = grants.status_all(store)
-    except Forbidden:
-        problems.append("Your Vault token may not list secrets.")
-    for secret in secrets_:
-        secret["commands"] = [
-            (env, f"vault kv get -field=access_token {config.kv_mount}/{config.prefix}/{env}/{secret['name']}")
-            for env in secret["environments"]
-        ]
-    return render_template("ui/settings.html", providers=providers, secrets=secrets_, problems=problems)
+    for secret in secrets_ or ():
+        secret["commands"] = [(env, rt.read_command(env, secret["name"])) for env in secret["environments"]]
+    may = may_add(store, rt.settings.environments)
+    return render_template("ui/settings.html", providers=providers, secrets=secrets_, may=may)
+
+
+@dataclass(frozen=True)
+class MayAdd:
+    """Whether the token may add a provider, and a secret, under a name not yet chosen."""
+
+    providers: bool
+    secrets: bool
+
+
+def may_add(store: Store, environments: tuple[str, ...]) -> MayAdd:
+    """Before any name is typed, what approvals.may_write and grants.may_store will ask of it: create
+    on a provider; create on a grant and on the view of at least one environment. One question to
+    Vault for the page. A policy that grants only named objects hides the button, not the form."""
+    provider, grant = store.any_name("providers"), store.any_name("grants")
+    views = [store.any_view(env) for env in environments]
+    try:
+        missing = set(store.lacking([provider, grant, *views], "create"))
+    except Forbidden:  # a token without Vault's default policy may not even ask
+        return MayAdd(providers=False, secrets=False)
+    return MayAdd(provider not in missing, grant not in missing and any(view not in missing for view in views))
 
 
 # -- providers ---------------------------------------------------------------------------------
@@ -427,6 +450,9 @@ def refresh_secret(name: str):
         outcome = runtime(current_app).refresher.refresh_for(user_store(), name)
     if outcome.result == RefreshResult.REFRESHED:
         flash(f"{name} refreshed.", "success")
+    elif outcome.result == RefreshResult.REAUTHORIZATION_REQUIRED:
+        # No refresh can bring it back (the detail says "connect it again", the CLI's words): say what does here.
+        flash(f"{name} was not refreshed: the provider refused it for good. Reconnect to log in again.", "error")
     else:
         flash(f"{name} was not refreshed: {outcome.detail or outcome.result.replace('_', ' ')}", "error")
     return redirect(url_for("ui.settings", _anchor="secrets"), code=303)
