@@ -1,5 +1,6 @@
 """The settings UI in a real browser (Debian's Chromium), against real OpenBao and OAuth servers."""
 
+import re
 import shutil
 
 import pytest
@@ -175,6 +176,10 @@ def test_add_never_replaces_what_exists(page: Page, live, tokens, api, oauth, ro
     assert grant_record(root)["environments"] == ["development", "production"]
     shoot(page, tmp_path, "exists")
 
+    page.goto(f"{live.url}/settings")  # "reconnect it from its row": there, on purpose, it replaces
+    page.get_by_role("button", name="Reconnect sheets").click()
+    expect(page.get_by_role("status").first).to_contain_text("its old tokens are not revoked at mock")
+
 
 def test_editing_keeps_the_secret_unless_a_new_one_is_typed(page: Page, live, tokens, oauth, root, seen):
     log_in(page, live, tokens.admin)
@@ -292,7 +297,8 @@ def test_reconnect_is_offered_when_a_login_is_needed(page: Page, live, tokens, a
     expect(page.get_by_role("status").last).to_have_text("sheets is connected to mock.")
     expect(page.get_by_role("status").first).to_contain_text("its old tokens are not revoked at mock")
     expect(page.get_by_role("row", name="sheets").get_by_text("active")).to_be_visible()
-    expect(page.get_by_role("button", name="Reconnect sheets")).to_have_count(0)
+    expect(page.get_by_role("button", name="Refresh sheets now")).to_be_visible()  # healthy again: Reconnect
+    expect(page.get_by_role("button", name="Reconnect sheets")).not_to_have_class(re.compile("primary"))  # no lead
 
 
 def seed_troubled(root, operator: Store, oauth) -> None:
