@@ -61,12 +61,7 @@ def may_store(store: Store, name: object, envs: tuple[str, ...], replace: bool =
     already taken is refused (Exists) unless the request says it `replace`s. Storing needs `read`
     on the grant too, to tell whether it exists and which views it drops."""
     checked = check_name(name, "name")
-    try:
-        before: Grant | None = store.get_grant(checked)
-    except NotFound:
-        before = None
-    if before is not None and not replace:
-        raise _exists(checked)
+    before = _existing(store, checked, replace)
     paths = [store.api_path(store.path("grants", checked))]
     paths += [store.api_path(store.view_path(env, checked)) for env in envs]
     drops = tuple(env for env in (before.environments if before else ()) if env not in envs)
@@ -85,6 +80,17 @@ def replacing(before: Grant | None) -> str | None:
         f"{', '.join(before.environments)}) once the new tokens are stored; its old tokens are not revoked "
         f"at {before.provider}: revoke them there if they must stop working"
     )
+
+
+def _existing(store: Store, name: str, replace: bool) -> Grant | None:
+    """The grant stored under `name`, if any; Exists when there is one and the request does not replace."""
+    try:
+        before = store.get_grant(name)
+    except NotFound:
+        return None
+    if not replace:
+        raise _exists(name)
+    return before
 
 
 def _exists(name: str) -> Exists:
@@ -179,12 +185,7 @@ def connected(
     (a name taken meanwhile is Exists: the create is a check-and-set). If it replaces a grant whose
     failure was announced, the refresher announces the recovery (a callback never waits for a
     webhook). Each Vault call rides out unavailability as the store allows (`Store.until`)."""
-    try:
-        before: Grant | None = store.get_grant(name)
-    except NotFound:
-        before = None
-    if before is not None and not replace:
-        raise _exists(name)
+    before = _existing(store, name, replace)
     announced = before.notified if before else ""
     now = datetime.now(UTC)
     grant = Grant(
