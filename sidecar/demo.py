@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_plus, urlencode
 
-from flask import Flask, Response, jsonify, redirect, render_template, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, redirect, render_template, request
 from oauthlib.oauth2 import FatalClientError, OAuth2Error, RequestValidator, WebApplicationServer
 from oauthlib.oauth2.rfc6749.errors import UnsupportedCodeChallengeMethodError
 from werkzeug.datastructures import Authorization, MultiDict
@@ -264,81 +264,98 @@ class DemoProvider:
     def _app(self) -> Flask:
         app = Flask(__name__, template_folder=WEB / "templates", static_folder=WEB / "static")
         app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
-        oauth = self._oauth
-
-        def login_page(fields: list[tuple[str, str]], scopes: list[str], user_name: str = "", error: str = "") -> str:
-            return render_template("demo.html", fields=fields, scopes=scopes, user_name=user_name, error=error)
-
-        def error_page(exc: OAuth2Error) -> tuple[str, int]:
-            return render_template("demo.html", message=exc.description), exc.status_code
-
-        @app.get("/authorize")
-        def authorize_page() -> Any:
-            try:
-                scopes, _ = oauth.validate_authorization_request(_uri(), "GET", None, dict(request.headers))
-            except FatalClientError as exc:  # a bad client or redirect_uri: never redirect there
-                return error_page(exc)
-            except OAuth2Error as exc:
-                return redirect(exc.in_uri(exc.redirect_uri))
-            return login_page(_params(request.args), scopes)
-
-        # A forged POST (CSRF) gets nowhere: oauthlib checks the re-posted request again, its code goes only
-        # to the sidecar's callback, and that callback takes only a state it issued itself.
-        @app.post("/authorize")
-        def authorize() -> Any:
-            fields = [(k, v) for k, v in _params(request.form) if k != "user_name"]
-            uri, body = _uri(), urlencode(fields)
-            user_name, headers = request.form.get("user_name", "").strip(), dict(request.headers)
-            try:
-                if not 0 < len(user_name) <= MAX_USER_NAME or not user_name.isprintable():
-                    scopes, _ = oauth.validate_authorization_request(uri, "POST", body, headers)
-                    error = f"Type a user name of at most {MAX_USER_NAME} characters."
-                    return login_page(fields, scopes, user_name, error), 400
-                answer, _, _ = oauth.create_authorization_response(
-                    uri, "POST", body, headers, credentials={"user": user_name}
-                )
-            except FatalClientError as exc:
-                return error_page(exc)
-            return redirect(answer["Location"])
-
-        @app.post("/token")
-        def token() -> Response:
-            return _answer(*oauth.create_token_response(_uri(), "POST", *_body_and_headers()))
-
-        @app.post("/revoke")
-        def revoke() -> Response:
-            return _answer(*oauth.create_revocation_response(_uri(), "POST", *_body_and_headers()))
-
-        @app.get("/userinfo")
-        def userinfo() -> Any:
-            valid, checked = oauth.verify_request(_uri(), "GET", None, dict(request.headers), scopes=[])
-            if not valid:
-                return jsonify(error="invalid_token"), 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-            return jsonify(sub=checked.user, preferred_username=checked.user)
-
-        @app.get("/.well-known/oauth-authorization-server")
-        def metadata() -> Any:
-            return jsonify(
-                issuer=self.url,
-                authorization_endpoint=f"{self.url}/authorize",
-                token_endpoint=f"{self.url}/token",
-                revocation_endpoint=f"{self.url}/revoke",
-                userinfo_endpoint=f"{self.url}/userinfo",
-                scopes_supported=list(SCOPES),
-                response_types_supported=["code"],
-                grant_types_supported=["authorization_code", "refresh_token"],
-                code_challenge_methods_supported=["S256"],
-                token_endpoint_auth_methods_supported=["client_secret_basic", "client_secret_post"],
-            )
-
-        @app.after_request
-        def guarded(response: Response) -> Response:
-            # No framing (a click in a frame would log in), no Referer with the query, nothing cached.
-            response.headers.update({"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
-                                     "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})  # fmt: skip
-            return response
-
+        app.extensions["demo"] = self
+        app.register_blueprint(bp)
         return app
+
+
+bp = Blueprint("demo", __name__)
+
+
+def _server() -> WebApplicationServer:
+    return cast(DemoProvider, current_app.extensions["demo"])._oauth
+
+
+def _login_page(fields: list[tuple[str, str]], scopes: list[str], user_name: str = "", error: str = "") -> str:
+    return render_template("demo.html", fields=fields, scopes=scopes, user_name=user_name, error=error)
+
+
+def _error_page(exc: OAuth2Error) -> tuple[str, int]:
+    return render_template("demo.html", message=exc.description), exc.status_code
+
+
+@bp.get("/authorize")
+def authorize_page() -> Any:
+    try:
+        scopes, _ = _server().validate_authorization_request(_uri(), "GET", None, dict(request.headers))
+    except FatalClientError as exc:  # a bad client or redirect_uri: never redirect there
+        return _error_page(exc)
+    except OAuth2Error as exc:
+        return redirect(exc.in_uri(exc.redirect_uri))
+    return _login_page(_params(request.args), scopes)
+
+
+# A forged POST (CSRF) gets nowhere: oauthlib checks the re-posted request again, its code goes only
+# to the sidecar's callback, and that callback takes only a state it issued itself.
+@bp.post("/authorize")
+def authorize() -> Any:
+    fields = [(k, v) for k, v in _params(request.form) if k != "user_name"]
+    uri, body = _uri(), urlencode(fields)
+    user_name, headers = request.form.get("user_name", "").strip(), dict(request.headers)
+    try:
+        if not 0 < len(user_name) <= MAX_USER_NAME or not user_name.isprintable():
+            scopes, _ = _server().validate_authorization_request(uri, "POST", body, headers)
+            error = f"Type a user name of at most {MAX_USER_NAME} characters."
+            return _login_page(fields, scopes, user_name, error), 400
+        answer, _, _ = _server().create_authorization_response(
+            uri, "POST", body, headers, credentials={"user": user_name}
+        )
+    except FatalClientError as exc:
+        return _error_page(exc)
+    return redirect(answer["Location"])
+
+
+@bp.post("/token")
+def token() -> Response:
+    return _answer(*_server().create_token_response(_uri(), "POST", *_body_and_headers()))
+
+
+@bp.post("/revoke")
+def revoke() -> Response:
+    return _answer(*_server().create_revocation_response(_uri(), "POST", *_body_and_headers()))
+
+
+@bp.get("/userinfo")
+def userinfo() -> Any:
+    valid, checked = _server().verify_request(_uri(), "GET", None, dict(request.headers), scopes=[])
+    if not valid:
+        return jsonify(error="invalid_token"), 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+    return jsonify(sub=checked.user, preferred_username=checked.user)
+
+
+@bp.get("/.well-known/oauth-authorization-server")
+def metadata() -> Any:
+    url = cast(DemoProvider, current_app.extensions["demo"]).url
+    return jsonify(
+        issuer=url,
+        authorization_endpoint=f"{url}/authorize",
+        token_endpoint=f"{url}/token",
+        revocation_endpoint=f"{url}/revoke",
+        userinfo_endpoint=f"{url}/userinfo",
+        scopes_supported=list(SCOPES),
+        response_types_supported=["code"],
+        grant_types_supported=["authorization_code", "refresh_token"],
+        code_challenge_methods_supported=["S256"],
+        token_endpoint_auth_methods_supported=["client_secret_basic", "client_secret_post"],
+    )
+
+
+@bp.after_app_request
+def guarded(response: Response) -> Response:
+    # No framing (a click in a frame would log in), no Referer with the query, nothing cached.
+    response.headers.update({"X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'",
+                             "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"})  # fmt: skip
+    return response
 
 
 # oauthlib reads the query and the form again from text, and a character that form encoding would have

@@ -134,10 +134,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(ui.bp)
 
-    @app.context_processor
-    def _reading() -> dict[str, str]:
-        """For the note beside the read commands, on the settings page and the login pages."""
-        return {"reader_policy": f"{READER}<environment>"}
+    app.jinja_env.globals["reader_policy"] = f"{READER}<environment>"  # the note beside the read commands
 
     @app.after_request
     def _security_headers(response: Response) -> Response:
