@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
 import requests
@@ -41,7 +42,9 @@ def _vault_tried() -> str:
     """Where the command looked for Vault, and the variable that says where (dev picks its own)."""
     for variable in ("VAULT_ADDR", "BAO_ADDR"):
         if os.environ.get(variable):
-            return f"tried {os.environ[variable]} ({variable})"
+            where = urlsplit(os.environ[variable].strip())
+            shown = where._replace(netloc=where.netloc.rpartition("@")[2]).geturl()  # never a user:password@
+            return f"tried {shown} ({variable})"
     return f"tried {Settings.vault_addr}, the default: set VAULT_ADDR to your Vault's address"
 
 

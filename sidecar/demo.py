@@ -312,6 +312,8 @@ def authorize() -> Any:
         )
     except FatalClientError as exc:
         return _error_page(exc)
+    except OAuth2Error as exc:  # e.g. no PKCE: told to the client, as on GET
+        return redirect(exc.in_uri(exc.redirect_uri))
     return redirect(answer["Location"])
 
 

@@ -14,6 +14,7 @@ from .inputs import SecretInput, check_environments, check_name, parse_scopes
 from .models import Grant, GrantType, Provider, TokenSet
 from .store import Store
 
+STORE_ATTEMPTS = 3  # writes of a new connection that a refresh of the old one may overtake
 # What a body may ask for without a browser (the API's and the CLI's `grant_type`).
 WITHOUT_BROWSER = (GrantType.CLIENT_CREDENTIALS, GrantType.REFRESH_TOKEN)
 
@@ -54,21 +55,31 @@ class Storing(NamedTuple):
 
 
 def may_store(store: Store, name: object, envs: tuple[str, ...], replace: bool = False) -> Storing:
-    """The secret's name, once the caller is known to be allowed to store it: create or update on
-    the grant and on each chosen environment's view, however it is stored (a browser login, a
-    device login, client credentials, an import). Checked before a provider is asked or anything
-    is written, so that no token (least of all a spent refresh token) is got for nothing. A name
-    already taken is refused (Exists) unless the request says it `replace`s. Storing needs `read`
-    on the grant too, to tell whether it exists and which views it drops."""
+    """The secret's name, once the caller is known to be allowed to store it, however it is stored
+    (a browser login, a device login, client credentials, an import): `create` on what is new (the
+    grant, or a view it lacks), `update` on what it replaces, `delete` on the views it drops. Vault
+    cannot tell those apart for us: a login's tokens are written with the sidecar's own token.
+    Checked before a provider is asked or anything is written, so that no token (least of all a
+    spent refresh token) is got for nothing. A name already taken is refused (Exists) unless the
+    request says it `replace`s. Storing needs `read` on the grant too, to tell what exists."""
     checked = check_name(name, "name")
     before = _existing(store, checked, replace)
-    paths = [store.api_path(store.path("grants", checked))]
-    paths += [store.api_path(store.view_path(env, checked)) for env in envs]
-    drops = tuple(env for env in (before.environments if before else ()) if env not in envs)
+    grant = store.api_path(store.path("grants", checked))
+    had = before.environments if before else ()
+    views = {env: store.api_path(store.view_path(env, checked)) for env in envs}
+    updated = [grant] * bool(before) + [path for env, path in views.items() if env in had]
+    created = [grant] * (not before) + [path for env, path in views.items() if env not in had]
+    drops = tuple(env for env in had if env not in envs)
     dropped = [store.api_path(store.view_path(env, checked), metadata=True) for env in drops]
-    if store.lacking(paths, "create", "update") or store.lacking(dropped, "delete"):
+    if store.lacking(updated, "update") or store.lacking(created, "create") or store.lacking(dropped, "delete"):
         raise Forbidden(f"permission denied on secret {checked!r} or one of its environments")
     return Storing(checked, drops, before)
+
+
+def connection_of(grant: Grant | None) -> str:
+    """What one connection of a secret is known by ("" for none), to tell at the write whether the
+    secret there is still the one the caller was approved to replace (a refresh keeps it)."""
+    return grant.connection if grant else ""
 
 
 def replacing(before: Grant | None) -> str | None:
@@ -95,6 +106,15 @@ def _existing(store: Store, name: str, replace: bool) -> Grant | None:
 
 def _exists(name: str) -> Exists:
     return Exists(f"secret {name!r} already exists: reconnect it to replace its tokens, or delete it first")
+
+
+def changed(name: str, seen: str, now: Grant | None) -> SidecarError | None:
+    """The refusal for storing over `now` when the caller was approved against `seen`, if they differ."""
+    if connection_of(now) == seen:
+        return None
+    if now is not None and not seen:
+        return _exists(name)
+    return Conflict(f"secret {name!r} was replaced, created or deleted since this connection started; start again")
 
 
 def may_delete(store: Store, settings: Settings, grant: Grant) -> None:
@@ -139,7 +159,7 @@ def create(store: Store, settings: Settings, client: oauth.Client, secret: Secre
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
     grant_type = GrantType(secret.grant_type)
-    grant = connected(store, settings, name, provider, envs, tokens, grant_type, replace=secret.replace)
+    grant = connected(store, settings, name, provider, envs, tokens, grant_type, seen=connection_of(before))
     return Stored(grant, replacing(before))
 
 
@@ -166,7 +186,7 @@ def device_login(
         tokens = client.device_token(provider, authorization, wanted)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
-    grant = connected(store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE, replace=replace)
+    grant = connected(store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE, seen=connection_of(before))
     return Stored(grant, replacing(before))
 
 
@@ -179,39 +199,54 @@ def connected(
     tokens: TokenSet,
     grant_type: GrantType,
     login_id: str = "",
-    replace: bool = False,
+    seen: str | None = "",
 ) -> Grant:
-    """Store tokens just obtained as a fresh, active grant; over an existing one only if `replace`
-    (a name taken meanwhile is Exists: the create is a check-and-set). If it replaces a grant whose
-    failure was announced, the refresher announces the recovery (a callback never waits for a
-    webhook). Each Vault call rides out unavailability as the store allows (`Store.until`)."""
-    before = _existing(store, name, replace)
-    announced = before.notified if before else ""
-    now = datetime.now(UTC)
-    grant = Grant(
-        name=name,
-        provider=provider.name,
-        environments=envs,
-        tokens=tokens,
-        login_id=login_id,
-        connected_at=now,
-        last_refreshed_at=now,
-        grant_type=grant_type,
-        notified=announced,
-        failing_since=before.failing_since if before and announced else None,
-    )
-    try:
-        store.put_grant(grant, cas=None if replace else 0)
-    except Conflict:
-        if replace:
-            raise
-        raise _exists(name) from None
+    """Store tokens just obtained as a fresh, active grant, over the connection the caller was
+    approved against (`seen`, `connection_of`; "": none, a create), written with check-and-set so
+    that nothing else is overwritten; None skips the check (a login recorded before it was kept).
+    If it replaces a grant whose failure was announced, the refresher announces the recovery (a
+    callback never waits for a webhook). Each Vault call rides out unavailability as the store
+    allows (`Store.until`)."""
+    for _ in range(STORE_ATTEMPTS):
+        before, version = _current(store, name)
+        if seen is not None and (refusal := changed(name, seen, before)):
+            raise refusal
+        announced = before.notified if before else ""
+        now = datetime.now(UTC)
+        grant = Grant(
+            name=name,
+            provider=provider.name,
+            environments=envs,
+            tokens=tokens,
+            login_id=login_id,
+            connected_at=now,
+            last_refreshed_at=now,
+            grant_type=grant_type,
+            notified=announced,
+            failing_since=before.failing_since if before and announced else None,
+        )
+        try:
+            store.put_grant(grant, cas=None if seen is None else version)
+            break
+        except Conflict:  # a refresh of the same connection wrote meanwhile: look again
+            continue
+    else:
+        raise Conflict(f"secret {name!r} kept changing while it was being stored; start again")
     for env in grant.environments:
         store.write_view(env, grant)
     for env in before.environments if before else ():
         if env not in grant.environments:
             store.delete_view(env, grant.name)
     return grant
+
+
+def _current(store: Store, name: str) -> tuple[Grant | None, int]:
+    """The grant stored under `name` and its version (None, 0: none)."""
+    try:
+        stored = store.read("grants", name)
+    except NotFound:
+        return None, 0
+    return Grant.from_record(name, stored.data), stored.version
 
 
 def status_all(store: Store) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from . import approvals, oauth
 from .config import Settings
 from .errors import Conflict, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError, printable
-from .grants import connected, may_store, provider_for, replacing, wanted_scopes
+from .grants import changed, connected, connection_of, may_store, provider_for, replacing, wanted_scopes
 from .inputs import check_environments, check_name
 from .models import Grant, GrantType, Identity, Provider, TokenSet, parse_rfc3339, rfc3339
 from .store import Store, Versioned
@@ -128,7 +128,7 @@ def start(
             # What the caller was checked for: the provider as it was, and the views it may drop.
             "provider_pin": approvals.pin(provider),
             "may_drop": list(drops),
-            "replace": replace,
+            "seen": connection_of(replaces),  # what the starter may replace: `grants.connected` holds to it
             "expires_at": rfc3339(expires_at),
         },
         cas=0,
@@ -258,7 +258,7 @@ class Redeemed:
     provider: Provider = field(repr=False)
     tokens: TokenSet = field(repr=False)
     keep_until: float
-    replace: bool
+    seen: str | None  # the connection the starter was approved to replace (grants.connection_of)
 
 
 def finish(
@@ -292,8 +292,9 @@ def finish(
         _forget(store.until(time.monotonic() + FORGET_PATIENCE), lid)
         raise
     envs = tuple(data["environments"])
-    # A login started before `replace` was recorded was started to replace, as every login then was.
-    return Redeemed(lid, str(data["name"]), envs, provider, tokens, keep_until, bool(data.get("replace", True)))
+    # A login recorded before `seen` was kept replaces whatever is there, as every login then did.
+    seen = str(data["seen"]) if "seen" in data else None
+    return Redeemed(lid, str(data["name"]), envs, provider, tokens, keep_until, seen)
 
 
 def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
@@ -304,7 +305,7 @@ def save(store: Store, settings: Settings, redeemed: Redeemed) -> Grant:
     try:
         return connected(
             patient, settings, redeemed.name, redeemed.provider, redeemed.environments, redeemed.tokens,
-            GrantType.AUTHORIZATION_CODE, login_id=redeemed.lid, replace=redeemed.replace,
+            GrantType.AUTHORIZATION_CODE, login_id=redeemed.lid, seen=redeemed.seen,
         )  # fmt: skip
     finally:
         _forget(patient, redeemed.lid)
@@ -373,16 +374,20 @@ def _check_record(store: Store, settings: Settings, client: oauth.Client, data: 
     # dropped that they were not allowed to drop (the secret may have been reconnected meanwhile).
     if data.get("provider_pin") != approvals.pin(provider):
         raise LoginRefused("The provider was changed since this login started. Start the connection again.")
-    if any(env not in envs and env not in data.get("may_drop", ()) for env in _environments_now(store, name)):
+    now = _grant_now(store, name)
+    if any(env not in envs and env not in data.get("may_drop", ()) for env in (now.environments if now else ())):
         raise LoginRefused("The secret was changed since this login started. Start the connection again.")
+    # Checked before the code is redeemed, so that no token is got only to be refused at the save.
+    if "seen" in data and (refusal := changed(name, str(data["seen"]), now)):
+        raise LoginRefused(f"This login cannot be stored: {refusal.message}.")
     return provider
 
 
-def _environments_now(store: Store, name: str) -> tuple[str, ...]:
+def _grant_now(store: Store, name: str) -> Grant | None:
     try:
-        return store.get_grant(name).environments
+        return store.get_grant(name)
     except NotFound:
-        return ()
+        return None
 
 
 def _check_issuer(data: Mapping[str, Any], iss: str | None) -> None:

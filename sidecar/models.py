@@ -294,6 +294,11 @@ class Grant:
             notified=record.get("notified") or "",
         )
 
+    @property
+    def connection(self) -> str:
+        """What this connection of the secret is known by: a refresh keeps it, a new login changes it."""
+        return f"{self.provider} {self.grant_type} {rfc3339(self.connected_at, precise=True)}"
+
     def public(self) -> dict[str, Any]:
         """Status and health for the API: never a token value."""
         return {

@@ -187,6 +187,10 @@ def test_an_unreachable_vault_names_the_address_and_the_variable(tmp_path):
     env = {"VAULT_ADDR": f"http://127.0.0.1:{port}", "VAULT_TOKEN": "s.any", "HOME": str(tmp_path)}
     told = CliRunner().invoke(main, ["providers", "list"], env=env)
     assert told.exit_code == 1 and f"tried http://127.0.0.1:{port} (VAULT_ADDR)" in told.stderr
+    with_password = CliRunner().invoke(
+        main, ["providers", "list"], env={**env, "VAULT_ADDR": f"http://u:pw@127.0.0.1:{port}"}
+    )
+    assert f"tried http://127.0.0.1:{port} (VAULT_ADDR)" in with_password.stderr and "pw" not in with_password.stderr
     unset = CliRunner().invoke(main, ["secrets", "list"], env={**env, "VAULT_ADDR": "", "BAO_ADDR": ""})
     assert unset.exit_code == 1 and "the default: set VAULT_ADDR" in unset.stderr, unset.stderr
 

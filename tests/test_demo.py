@@ -158,6 +158,16 @@ def test_a_login_without_pkce_s256_is_refused(provider_server: DemoProvider, pkc
     assert query == {"error": ["invalid_request"], "error_description": [error], "state": ["s1"]}
 
 
+def test_a_posted_login_without_pkce_is_told_to_the_client_not_a_500(provider_server: DemoProvider) -> None:
+    form = {"response_type": "code", "client_id": "demo-client", "redirect_uri": CALLBACK, "state": "s1"}
+    for user_name in ("", "ada"):  # a bad user name too: the request's own error comes first
+        answer = requests.post(
+            f"{provider_server.url}/authorize", data={**form, "user_name": user_name}, allow_redirects=False, timeout=10
+        )
+        assert answer.status_code == 302, answer.text
+        assert parse_qs(urlsplit(answer.headers["Location"]).query)["error"] == ["invalid_request"]
+
+
 def test_scopes_any_subset_of_the_offered_ones_else_invalid_scope(
     provider_server: DemoProvider, provider: Provider
 ) -> None:

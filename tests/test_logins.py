@@ -130,14 +130,59 @@ def test_an_existing_name_is_refused_unless_the_login_replaces_it(api, root, oau
     assert grant_record(root)["environments"] == ["production"]
 
 
-def test_a_name_taken_while_its_login_is_out_is_not_overwritten(api, root, oauth):
-    """The check at the start is not the only one: the callback's write creates only."""
+def test_a_name_taken_while_its_login_is_out_is_refused_before_any_token(api, root, oauth):
+    """The check at the start is not the only one: the callback checks again before it redeems the
+    code (no token got for nothing), and the write itself creates only."""
     link = start(api)
     api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock", "grant_type": "client_credentials"})
-    taken = grant_record(root)
+    taken, redeemed = grant_record(root), oauth.log()["tokenRequests"]
     page = requests.Session().get(link, timeout=30)
-    assert page.status_code == 409 and "already exists" in page.text, page.text
+    assert page.status_code == 400 and "already exists" in page.text, page.text
     assert grant_record(root) == taken and taken["grant_type"] == "client_credentials"
+    assert oauth.log()["tokenRequests"] == redeemed  # the code was never redeemed
+
+
+def test_a_replacement_holds_to_the_secret_it_was_approved_against(api, root, oauth):
+    """A Reconnect replaces the connection it saw, not one made meanwhile, nor one deleted meanwhile."""
+    out = start(api, replace=True)  # nothing exists yet: the answer says it replaces nothing
+    api("POST", "/v1/secrets", json={"name": "sheets", "provider": "mock", "grant_type": "client_credentials"})
+    assert requests.Session().get(out, timeout=30).status_code == 400
+    assert grant_record(root)["grant_type"] == "client_credentials"
+
+    reconnect = start(api, replace=True)
+    assert api("DELETE", "/v1/secrets/sheets").status_code == 200
+    refused = requests.Session().get(reconnect, timeout=30)
+    assert refused.status_code == 400 and "replaced, created or deleted since" in refused.text
+    assert "oauth-sidecar/grants/sheets" not in vault_tree(root)  # not brought back
+
+
+def test_a_reconnect_survives_a_refresh_while_it_is_out(api, root, oauth):
+    requests.Session().get(start(api), timeout=30)
+    link = start(api, replace=True)
+    assert api("POST", "/v1/secrets/sheets/refresh").status_code == 200  # the same connection, a new version
+    assert requests.Session().get(link, timeout=30).status_code == 200
+    assert grant_record(root)["login_id"] == link.rsplit("/", 1)[-1]
+
+
+def test_a_token_that_may_only_create_cannot_replace(api, root, oauth):
+    """Vault cannot tell a create from an update for us: the callback writes with the sidecar's token."""
+    requests.Session().get(start(api), timeout=30)
+    before = grant_record(root)
+    caller = narrow_token(
+        root,
+        "test-create-only",
+        {
+            **LOGINS_AND_PROVIDERS,
+            "secret/data/oauth-sidecar/grants/*": ["create", "read"],
+            "secret/data/oauth/+/*": ["create"],
+        },
+    )
+    body = {"name": "sheets", "provider": "mock", "replace": True}
+    refused = api("POST", "/v1/secrets", json=body, headers=caller)
+    assert refused.status_code == 403, refused.text
+    assert grant_record(root) == before
+    fresh = api("POST", "/v1/secrets", json={**body, "name": "other", "replace": False}, headers=caller)
+    assert fresh.status_code == 201, fresh.text  # a new name it may create
 
 
 def assert_refused(page: requests.Response, oauth, root, phrase: str, redeemed: int = 0) -> None:

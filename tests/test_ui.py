@@ -145,6 +145,26 @@ def test_a_validation_error_is_shown_next_to_its_field(page: Page, live, tokens,
     assert all(CLIENT_SECRET not in html for html in seen)
 
 
+def test_a_kept_secret_serves_only_the_client_it_was_typed_for(page: Page, live, tokens, oauth, root, seen):
+    log_in(page, live, tokens.admin)
+    page.get_by_role("link", name="Add provider").click()
+    page.get_by_label("Name").fill("mock")
+    page.get_by_label("Client ID").fill("client-a")
+    page.get_by_label("Client secret").fill(CLIENT_SECRET)
+    page.get_by_label("Authorization URL").fill(f"{oauth.issuer}/authorize")
+    page.get_by_label("Token URL").fill("ftp://wrong")
+    page.get_by_label("Scopes").fill("openid")
+    page.get_by_role("button", name="Save provider").click()
+    expect(page.get_by_text("The secret you typed is kept")).to_be_visible()
+    page.get_by_label("Client ID").fill("client-b")  # another client: the kept secret is not its
+    page.get_by_label("Token URL").fill(f"{oauth.issuer}/token")
+    page.get_by_role("button", name="Save provider").click()
+    expect(page.locator("#client_secret-error")).to_be_visible()
+    expect(page.get_by_text("The secret you typed is kept")).to_have_count(0)
+    assert "oauth-sidecar/providers/mock" not in vault_tree(root)
+    assert all(CLIENT_SECRET not in html for html in seen)
+
+
 def read_provider(root, name: str = "mock") -> dict:
     return root.secrets.kv.v2.read_secret_version(
         path=f"oauth-sidecar/providers/{name}", mount_point="secret", raise_on_deleted_version=True

@@ -9,6 +9,7 @@ login form, before there is a session, carries the token of a login cookie (doub
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
@@ -222,19 +223,33 @@ def may_add(store: Store, environments: tuple[str, ...]) -> MayAdd:
 
 
 # The session key of a client secret typed into a provider form that came back with errors: kept
-# server-side (never sent back into the page) for that form's next submission only.
+# server-side (never sent back into the page) for the next submission of that form, going to the
+# same place (`_form_key`), and dropped by any other outcome.
 KEPT_SECRET = "kept_client_secret"  # noqa: S105 - the name of a session key
 
 
-def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
-    """Form fields to a validated provider. An empty client secret takes the one typed into this
-    form before it came back with errors, else on edit the stored one."""
-    form, kept = request.form, session.pop(KEPT_SECRET, None)
-    secret = form.get("client_secret", "")
-    if not secret and kept and kept.get("form") == _form_key(keep_secret_of):
-        secret = kept["value"]
+def _client_secret(editing: Provider | None) -> str:
+    """The client secret this submission carries: typed now, else kept from this form's last try."""
+    kept = session.pop(KEPT_SECRET, None) or {}
+    typed = request.form.get("client_secret", "")
+    return typed or (str(kept.get("value", "")) if kept.get("form") == _form_key(editing) else "")
+
+
+def _keep(secret: str, editing: Provider | None) -> None:
     if secret:
-        session[KEPT_SECRET] = {"form": _form_key(keep_secret_of), "value": secret}  # until it is saved
+        session[KEPT_SECRET] = {"form": _form_key(editing), "value": secret}
+
+
+def _form_key(editing: Provider | None) -> str:
+    """The form and whose secret it is: a kept secret serves the provider and client it was typed
+    for (mending a URL keeps it), never another name or client ID."""
+    name = f"edit:{editing.name}" if editing else f"new:{request.form.get('name', '').strip()}"
+    return json.dumps([name, request.form.get("client_id", "").strip()])
+
+
+def provider_from_form(name: str, keep_secret_of: Provider | None, secret: str) -> Provider:
+    """Form fields to a validated provider. An empty client secret on edit keeps the stored one."""
+    form = request.form
     if not secret and keep_secret_of is not None:
         secret = keep_secret_of.client_secret
     body: dict[str, Any] = {
@@ -271,10 +286,6 @@ def provider_from_form(name: str, keep_secret_of: Provider | None) -> Provider:
             raise Invalid(f"{key} must be a whole number of seconds", {key: "a whole number of seconds"})
         body[key] = int(raw) if raw else None
     return build_provider(name, {k: v for k, v in body.items() if v is not None}, runtime(current_app).oauth)
-
-
-def _form_key(editing: Provider | None) -> str:
-    return f"edit:{editing.name}" if editing else "new"
 
 
 def provider_form(editing: Provider | None = None, errors: dict[str, str] | None = None, status: int = 200):
@@ -329,16 +340,17 @@ def new_provider():
 
 @bp.post("/providers")
 def create_provider():
-    name = request.form.get("name", "")
+    name, secret = request.form.get("name", ""), _client_secret(None)
     try:
         with audited(Action.PROVIDER_PUT, name[:64]):
             approvals.may_write(user_store(), name)
-            provider = provider_from_form(name, None)
+            provider = provider_from_form(name, None, secret)
             approvals.save(user_store(), runtime(current_app).own_store, provider, create=True)
-        session.pop(KEPT_SECRET, None)
     except Exists:
+        _keep(secret, None)
         return provider_form(errors={"name": "Already exists: edit it instead."}, status=409)
     except Invalid as exc:
+        _keep(secret, None)
         errors = field_errors(exc)
         if "provider" in errors:
             errors["name"] = errors.pop("provider")
@@ -357,13 +369,14 @@ def edit_provider(name: str):
 def update_provider(name: str):
     store = user_store()
     current = store.get_provider(name)
+    secret = _client_secret(current)
     approvals.may_write(store, name)
     try:
         with audited(Action.PROVIDER_PUT, name):
-            provider = provider_from_form(name, current)
+            provider = provider_from_form(name, current, secret)
             approvals.save(store, runtime(current_app).own_store, provider)
-        session.pop(KEPT_SECRET, None)
     except Invalid as exc:
+        _keep(secret, current)
         return provider_form(editing=current, errors=field_errors(exc), status=400)
     flash(f"Provider {name} saved.", "success")
     return redirect(url_for("ui.settings", _anchor="providers"), code=303)
