@@ -164,11 +164,12 @@ def api(live, tokens, oauth, root):
 
 @pytest.fixture
 def connect(api, oauth, root):
-    """Connect `name` through the real login flow with tokens that live `ttl` seconds."""
+    """Connect `name` through the real login flow with tokens that live `ttl` seconds (again: a
+    reconnect, which replaces it)."""
 
     def go(name: str = "sheets", ttl: int = 4, **config) -> dict:
         oauth.configure(ttl=ttl, **config)
-        assert requests.Session().get(start(api, name), timeout=30).status_code == 200
+        assert requests.Session().get(start(api, name, replace=True), timeout=30).status_code == 200
         return grant_record(root, name)
 
     return go

@@ -173,7 +173,8 @@ def notifying_web(vault, tokens, api, receiver) -> Iterator[Any]:
 
 
 def login(web: Any, name: str = "sheets") -> None:
-    assert requests.Session().get(start(web, name), timeout=30).status_code == 200
+    """A browser login for `name`, new or (a person reconnecting) replacing it."""
+    assert requests.Session().get(start(web, name, replace=True), timeout=30).status_code == 200
 
 
 # -- a grant that needs a new login --------------------------------------------------------------------
