@@ -17,6 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
 from sidecar import inputs
 from sidecar.config import Settings
 from sidecar.devvault import DevVault
@@ -88,10 +91,11 @@ def bench_cluster() -> Iterator[Cluster]:
 
 @contextmanager
 def bench_vault(
-    concurrency: int = 8, cluster: bool = False, **extra: str
+    concurrency: int = 8, cluster: bool = False, auth: str = "client_secret_basic", **extra: str
 ) -> Iterator[tuple[DevVault | Cluster, Settings, Store, Provider]]:
     """An OpenBao dev server (with `cluster`, the three-node cluster through its balancer), a fast
-    token endpoint, and a provider registered for it."""
+    token endpoint, and a provider registered for it, authenticating with `auth` (with
+    private_key_jwt, a new RSA 2048 key)."""
     endpoint = ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
     with bench_cluster() if cluster else DevVault() as vault:
@@ -113,6 +117,8 @@ def bench_vault(
                 "authorization_url": "http://127.0.0.1:9/authorize",
                 "token_url": f"http://127.0.0.1:{endpoint.server_port}/token",
                 "scopes": "read",
+                "token_auth_method": auth,
+                **({"private_key": rsa_pem()} if auth == "private_key_jwt" else {}),
             },
         )
         store.put_provider(provider)
@@ -120,6 +126,11 @@ def bench_vault(
             yield vault, settings, store, provider
         finally:
             endpoint.shutdown()
+
+
+def rsa_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
 
 
 def seed(store: Store, count: int, due: bool = True, prefix: str = "bench") -> list[str]:

@@ -17,6 +17,10 @@ Each side runs in a process of its own (spawned), apart from the token endpoint'
     python benchmarks/refresh.py --grants 1000 --json
     python benchmarks/refresh.py --grants 1000 --replicas 3 --json
     python benchmarks/refresh.py --cluster --grants 300 --rounds 3 --json
+    python benchmarks/refresh.py --grants 1000 --auth private_key_jwt --json
+
+With `--auth private_key_jwt` each refresh carries a client assertion signed with an RSA 2048 key;
+the floor loads the key once, as the sidecar should.
 
 prints a table, and with --json one JSON object as its last line. The token endpoint counts every
 refresh token it is shown: `redeemed_twice` must be 0.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import secrets
 import signal
 import statistics
 import sys
@@ -35,12 +40,15 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import hvac
+import jwt
 import requests
 from common import ENVIRONMENTS, TokenEndpoint, bench_vault, report, seed
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from sidecar.config import Settings
 from sidecar.devvault import DevVault
 from sidecar.models import Provider, rfc3339
+from sidecar.oauth import JWT_BEARER
 from sidecar.refresher import Refresher
 from sidecar.store import Store, follow_active
 
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
 def floor(vault_addr: str, token: str, provider: Provider, names: list[str], concurrency: int, out) -> None:
     """The same Vault and provider calls, with nothing of the sidecar around them."""
     session = requests.Session()  # the provider's; Vault's client has its own, as the sidecar's has
+    key = load_pem_private_key(provider.private_key.encode(), None) if provider.private_key else None  # once
     client = hvac.Client(url=vault_addr, token=token, session=requests.Session())
     follow_active(client, vault_addr)
     kv = client.secrets.kv.v2
@@ -61,13 +70,16 @@ def floor(vault_addr: str, token: str, provider: Provider, names: list[str], con
         record, version = read["data"]["data"], read["data"]["metadata"]["version"]
         claimed = {**record, "claim_owner": "floor", "claim_until": rfc3339(datetime.now(UTC), precise=True)}
         version = kv.create_or_update_secret(path=path, secret=claimed, cas=version, mount_point="secret")
-        answer = session.post(
-            provider.token_url,
-            data={"grant_type": "refresh_token", "refresh_token": record["refresh_token"]},
-            auth=(provider.client_id, provider.client_secret),
-            timeout=10,
-            allow_redirects=False,
-        ).json()
+        form = {"grant_type": "refresh_token", "refresh_token": record["refresh_token"]}
+        auth: tuple[str, str] | None = (provider.client_id, provider.client_secret)
+        if key is not None:  # private_key_jwt: a signed single-use assertion instead of the secret
+            now = int(time.time())
+            claims = {"iss": provider.client_id, "sub": provider.client_id, "aud": provider.token_url,
+                      "jti": secrets.token_urlsafe(24), "iat": now, "exp": now + 60}  # fmt: skip
+            form |= {"client_id": provider.client_id, "client_assertion_type": JWT_BEARER,
+                     "client_assertion": jwt.encode(claims, key, algorithm="RS256")}  # fmt: skip
+            auth = None
+        answer = session.post(provider.token_url, data=form, auth=auth, timeout=10, allow_redirects=False).json()
         done = {**record, "access_token": answer["access_token"], "refresh_token": answer["refresh_token"]}
         done |= {"claim_owner": "", "claim_until": ""}
         kv.create_or_update_secret(path=path, secret=done, cas=version["data"]["version"], mount_point="secret")
@@ -133,12 +145,13 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1, help="refresher processes sharing the work")
     parser.add_argument("--rounds", type=int, default=3, help="turns each side takes; the median is reported")
     parser.add_argument("--cluster", action="store_true", help="the three-node Raft cluster, not the dev server")
+    parser.add_argument("--auth", choices=["client_secret_basic", "private_key_jwt"], default="client_secret_basic")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so the servers are stopped
 
     rates: dict[str, list[float]] = {"floor": [], "sidecar": []}
-    with bench_vault(args.concurrency, cluster=args.cluster) as (vault, settings, store, provider):
+    with bench_vault(args.concurrency, cluster=args.cluster, auth=args.auth) as (vault, settings, store, provider):
         for _ in range(args.rounds):
             rates["floor"].append(floor_rate(vault, provider, seed(store, args.grants), args.concurrency))
             rates["sidecar"].append(sidecar(settings, seed(store, args.grants), args.replicas))
@@ -148,6 +161,7 @@ def main() -> None:
         "grants": args.grants,
         "concurrency": args.concurrency,
         "replicas": args.replicas,
+        "auth": args.auth,
         "rounds": args.rounds,
         "sidecar_per_s": round(sidecar_median, 1),
         "floor_per_s": round(floor_median, 1),
@@ -158,6 +172,7 @@ def main() -> None:
         [
             ("vault", "3-node Raft cluster" if args.cluster else "dev server"),
             ("grants, concurrency, replicas", f"{args.grants}, {args.concurrency}, {args.replicas}"),
+            ("client authentication", args.auth),
             ("floor refreshes/s (rounds)", f"{floor_median:.1f} ({', '.join(f'{v:.1f}' for v in rates['floor'])})"),
             (
                 "sidecar refreshes/s (rounds)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
@@ -9,12 +10,22 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 MAX_PEM_LENGTH = 16_384
+# Loading an RSA key costs tens of milliseconds, and every provider read, public view and client
+# assertion needs it: each distinct key is loaded once. The PEM is in memory with its provider anyway.
+LOADED_KEYS = 256
+
+SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 
-def signing_key(pem: object) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+def signing_key(pem: object) -> SigningKey:
     """The unencrypted PEM private key, if RSA of 2048 bits or more or EC P-256; else ValueError."""
     if not isinstance(pem, str) or len(pem) > MAX_PEM_LENGTH:
         raise ValueError("not a PEM string")
+    return _loaded(pem)
+
+
+@lru_cache(maxsize=LOADED_KEYS)
+def _loaded(pem: str) -> SigningKey:
     key = serialization.load_pem_private_key(pem.encode(), password=None)
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
         return key
@@ -23,9 +34,9 @@ def signing_key(pem: object) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     raise ValueError("unsupported key type")
 
 
-def signing_algorithm(pem: str) -> str:
+def signing_algorithm(key: SigningKey) -> str:
     """The JWS algorithm for a private_key_jwt key."""
-    return "RS256" if isinstance(signing_key(pem), rsa.RSAPrivateKey) else "ES256"
+    return "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
 
 
 def public_jwk(pem: str, key_id: str = "") -> dict[str, Any]:

@@ -26,7 +26,7 @@ from . import egress
 from .clock import SYSTEM, Clock
 from .errors import Invalid, OAuthPermanent, OAuthTransient, printable
 from .inputs import SCOPE_SPLIT_RE, check_url
-from .keys import signing_algorithm
+from .keys import signing_algorithm, signing_key
 from .models import Provider, TokenAuthMethod, TokenSet, expiry_from
 
 log = logging.getLogger(__name__)
@@ -225,9 +225,8 @@ class Client:
         claims = {"iss": provider.client_id, "sub": provider.client_id, "aud": audience,
                   "jti": secrets.token_urlsafe(24), "iat": now, "exp": now + ASSERTION_LIFETIME}  # fmt: skip
         headers = {"kid": provider.key_id} if provider.key_id else None
-        return jwt.encode(
-            claims, provider.private_key, algorithm=signing_algorithm(provider.private_key), headers=headers
-        )
+        key = signing_key(provider.private_key)  # loaded once per key (keys.py), not per assertion
+        return jwt.encode(claims, key, algorithm=signing_algorithm(key), headers=headers)
 
     def metadata(self, issuer: str, max_age: float) -> dict[str, Any]:
         """The issuer's metadata as provider fields, read again once older than `max_age` seconds. A

@@ -15,7 +15,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from sidecar import inputs, oauth, providers
+from sidecar import inputs, keys, oauth, providers
 from sidecar.clock import Clock
 from sidecar.egress import Egress
 from sidecar.errors import Invalid, OAuthPermanent, OAuthTransient
@@ -285,6 +285,21 @@ def test_private_key_jwt_for_every_grant_and_revocation(server, alg):
     seen = server.log()["token"] + server.log()["revoke"]
     assert len(seen) == 4  # one request each, every assertion's jti new (else "replayed jti")
     assert {(e["auth_method"], e["status"], e.get("auth_error")) for e in seen} == {("private_key_jwt", 200, None)}
+
+
+def test_a_key_is_loaded_once_however_often_it_signs(server, monkeypatch):
+    """Loading an RSA key costs tens of milliseconds: not once per provider read and assertion."""
+    loads = []
+    load = keys.serialization.load_pem_private_key
+    monkeypatch.setattr(keys.serialization, "load_pem_private_key", lambda *a, **k: loads.append(1) or load(*a, **k))
+    keys._loaded.cache_clear()
+    p = jwt_client(server, NEW_KEY["RS256"](), key_id="k-2026")
+    server.configure(clients={}, rotate=True, jwks={CLIENT_ID: p.public()["public_jwk"]})
+    tokens = login(p)
+    for _ in range(3):
+        tokens = CLIENT.refresh(inputs.stored_provider(p.name, p.to_record()), tokens.refresh_token, p.scopes)
+    assert server.accepts(tokens.access_token)
+    assert len(loads) == 1
 
 
 def test_private_key_jwt_with_another_key_than_registered_is_refused(server, alg):
