@@ -310,6 +310,7 @@ class Grant:
             "scopes": list(self.tokens.scopes),
             "expires_at": rfc3339(self.tokens.expires_at),
             "has_refresh_token": bool(self.tokens.refresh_token),
+            "renewable": self.renewable,
             "connected_at": rfc3339(self.connected_at),
             "last_refreshed_at": rfc3339(self.last_refreshed_at),
             "last_error": self.last_error,

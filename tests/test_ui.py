@@ -321,6 +321,15 @@ def test_reconnect_is_offered_when_a_login_is_needed(page: Page, live, tokens, a
     expect(page.get_by_role("button", name="Reconnect sheets")).not_to_have_class(re.compile("primary"))  # no lead
 
 
+def test_no_refresh_is_offered_where_none_can_work(page: Page, live, tokens, api, oauth, root):
+    oauth.next(token={"omit": ["refresh_token"]})  # the provider gave no refresh token
+    assert requests.Session().get(start_link(api), timeout=30).status_code == 200
+    log_in(page, live, tokens.admin)
+    expect(page.get_by_role("button", name="Reconnect sheets")).to_be_visible()
+    expect(page.get_by_role("button", name="Refresh sheets now")).to_have_count(0)
+    assert api("GET", "/v1/secrets/sheets").json()["renewable"] is False
+
+
 def seed_troubled(root, operator: Store, oauth) -> None:
     """Three secrets: `sheets` fine, a long-named one retrying, `drive` refused for good."""
     long_name = "calendar-sync-for-the-production-reporting-team"

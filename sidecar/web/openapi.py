@@ -366,6 +366,10 @@ def document() -> dict[str, Any]:
                         "scopes": {"type": "array", "items": {"type": "string"}},
                         "expires_at": {"type": "string"},
                         "has_refresh_token": {"type": "boolean"},
+                        "renewable": {
+                            "type": "boolean",
+                            "description": "A refresh can work: a refresh token, or client credentials.",
+                        },
                         "connected_at": {"type": "string"},
                         "last_refreshed_at": {"type": "string"},
                         "last_error": {"type": "string"},
