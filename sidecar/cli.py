@@ -16,8 +16,8 @@ import requests
 from . import egress, grants, inputs, oauth, presets, processes
 from .config import Settings
 from .errors import ConfigError, Exists, Invalid, SidecarError, VaultUnavailable
-from .inputs import check_name, key_values
-from .models import GrantType, TokenAuthMethod, parse_rfc3339
+from .inputs import MAX_PAGE, check_name, key_values
+from .models import GrantType, Status, TokenAuthMethod, parse_rfc3339
 from .oauth import DeviceAuthorization
 from .policies import render as render_policies
 from .policies import render_reader
@@ -179,7 +179,7 @@ def providers_presets(as_json: bool) -> None:
 @click.option("--device-authorization-url", help="RFC 8628 endpoint, for `secrets connect --device`.")
 @click.option(
     "--token-auth-method",
-    type=click.Choice(list(TokenAuthMethod)),
+    type=click.Choice([m.value for m in TokenAuthMethod]),
     help=f"Default: {TokenAuthMethod.CLIENT_SECRET_BASIC}.",
 )
 @click.option("--pkce/--no-pkce", default=None, help="Use PKCE (S256) on logins (default: on).")
@@ -389,12 +389,22 @@ def _wait_for_login(sidecar: str, settings: Settings, name: str, lid: str, expir
 
 
 @secrets_group.command("list")
+@click.option("--status", type=click.Choice([s.value for s in Status]), help="Only secrets in this status.")
+@click.option("--provider", help="Only secrets of this provider.")
+@click.option("--env", "environment", help="Only secrets with a view in this environment.")
+@click.option("--search", "q", help="Only secrets whose name contains this text.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def secrets_list(as_json: bool) -> None:
-    """List connected secrets with their status (never token values)."""
-    found = grants.status_all(operator_store())
+def secrets_list(as_json: bool, **filters: str | None) -> None:
+    """List connected secrets with their status (never token values), read a page at a time."""
+    store, settings = operator_store(), Settings.from_env()
+    query = inputs.secret_query({"limit": str(MAX_PAGE), **{k: v for k, v in filters.items() if v is not None}})
+    page = grants.page(store, settings, query)
+    found, counts = page.secrets, page.counts or {}
+    while page.next is not None:
+        page = grants.page(store, settings, query.model_copy(update={"cursor": page.next}))
+        found += page.secrets
     if as_json:
-        print_json({"secrets": found})
+        print_json({"secrets": found, "counts": counts})
         return
     if not found:
         click.echo("no secrets")
@@ -403,6 +413,7 @@ def secrets_list(as_json: bool) -> None:
     for s in found:
         envs = ",".join(s["environments"])
         click.echo(f"{s['name']:<24} {s['provider']:<16} {s['status']:<26} {envs:<24} {s['expires_at'] or '-'}")
+    click.echo(", ".join(f"{n} {status}" for status, n in sorted(counts.items())), err=True)
 
 
 @secrets_group.command("get")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from typing import Any, NamedTuple
 from . import approvals, oauth, providers
 from .config import Settings
 from .errors import Conflict, Exists, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
-from .inputs import SecretInput, check_environments, check_name, parse_scopes
+from .inputs import SecretInput, SecretQuery, check_environments, check_name, parse_scopes
 from .models import Grant, GrantType, Provider, TokenSet
 from .store import Store
 
@@ -257,6 +258,48 @@ def status_all(store: Store) -> list[dict[str, Any]]:
         except NotFound:  # deleted between the list and the read
             continue
     return found
+
+
+class Page(NamedTuple):
+    """A page of secrets and the cursor of the next (None: the last page). On the first page,
+    `counts`: how many secrets each status has among all that the filters other than `status` match."""
+
+    secrets: list[dict[str, Any]]
+    next: str | None
+    counts: dict[str, int] | None
+
+
+def page(store: Store, settings: Settings, query: SecretQuery) -> Page:
+    """The secrets after `query.cursor` in name order that match its filters, at most `query.limit`.
+    Vault KV has no query: each grant a filter may keep is read, every one on a first page (for the
+    counts), and on a later page only until it is full."""
+    if query.environment is not None and query.environment not in settings.environments:
+        raise Invalid(
+            f"environment must be one of: {', '.join(settings.environments)}", {"environment": "unknown environment"}
+        )
+    first = query.cursor is None
+    counts: Counter[str] = Counter()
+    shown: list[dict[str, Any]] = []
+    more = False
+    for name in sorted(store.names("grants")):
+        if (query.cursor is not None and name <= query.cursor) or (query.q and query.q.lower() not in name.lower()):
+            continue
+        try:
+            grant = store.get_grant(name)
+        except NotFound:  # deleted between the list and the read
+            continue
+        if query.provider not in (None, grant.provider) or query.environment not in (None, *grant.environments):
+            continue
+        counts[grant.status] += 1
+        if query.status not in (None, grant.status):
+            continue
+        if len(shown) < query.limit:
+            shown.append(grant.public())
+            continue
+        more = True
+        if not first:
+            break
+    return Page(shown, shown[-1]["name"] if more else None, dict(counts) if first else None)
 
 
 def access_token(store: Store, settings: Settings, name: str, environment: str | None) -> dict[str, Any]:

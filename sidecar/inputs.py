@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import Invalid
 from .keys import MAX_PEM_LENGTH, signing_key
-from .models import MAX_EXPIRES_IN, GrantType, Provider, TokenAuthMethod
+from .models import MAX_EXPIRES_IN, GrantType, Provider, Status, TokenAuthMethod
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
@@ -229,6 +229,7 @@ def _absent(empty: object, given: Any) -> BeforeValidator:
     return BeforeValidator(lambda value: empty if value is None else value, json_schema_input_type=given | None)
 
 
+MAX_PAGE = 1000  # secrets a page of `GET /v1/secrets` at most
 WRITE_ONLY: JsonDict = {"writeOnly": True}  # credentials: stored in Vault, never answered nor in a repr
 Name = Annotated[str, Field(json_schema_extra={"pattern": f"^{NAME_RE.pattern}$"}), _ours(check_name)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_LENGTH), _ours(_required_text)]
@@ -417,6 +418,27 @@ class SecretInput(Body):
 # -- validating ---------------------------------------------------------------------------------
 
 
+def _search(value: str, what: str) -> str:
+    if not value.isprintable():
+        raise Invalid(f"{what} must be printable text", {what: "invalid"})
+    return value
+
+
+class SecretQuery(BaseModel):
+    """A page of `GET /v1/secrets` (query parameters: text, so numbers are read from it)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, frozen=True)
+
+    limit: int = Field(100, ge=1, le=MAX_PAGE, description=f"Secrets a page, 1 to {MAX_PAGE}.")
+    cursor: Name | None = Field(None, description="The `next` of the page before: this page starts after it.")
+    status: Status | None = None
+    provider: Name | None = None
+    environment: Name | None = Field(None, description="Only secrets with a view in this environment.")
+    q: Annotated[str, Field(max_length=64), _ours(_search)] | None = Field(
+        None, description="Only secrets whose name contains this text."
+    )
+
+
 def validated(model: type[M], data: object, **context: Any) -> M:
     """`data` as `model`, or `Invalid` naming every bad field with what is wrong with it."""
     if not isinstance(data, dict):
@@ -445,6 +467,11 @@ def _invalid(exc: ValidationError) -> Invalid:
             fields[field], message = "invalid", f"{field}: {error['msg'][:1].lower()}{error['msg'][1:]}"
         messages[field] = message
     return Invalid("; ".join(messages.values()), fields, messages)
+
+
+def secret_query(args: dict[str, str]) -> SecretQuery:
+    """The query of a page of secrets (empty parameters count as not given)."""
+    return validated(SecretQuery, {k: v for k, v in args.items() if v != ""})
 
 
 def secret(body: object, environments: tuple[str, ...]) -> SecretInput:

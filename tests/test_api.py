@@ -3,6 +3,7 @@ import logging
 
 import pytest
 
+from sidecar.models import Grant, Status, TokenSet
 from sidecar.web import MAX_BODY_BYTES
 
 from .helpers import CLIENT_SECRET, bao_kv_get, provider_body, vault_tree
@@ -204,3 +205,62 @@ def test_every_bad_field_of_a_secret_is_answered_at_once(client, admin, root):
         "surprise": "unknown",
     }
     assert vault_tree(root) == before
+
+
+def seed_grants(store, count: int) -> list[str]:
+    """`count` grants named s-0000.. : every third of provider `other`, every fourth retrying, the odd
+    ones in production only."""
+    names = []
+    for i in range(count):
+        tokens = TokenSet(f"at-{i}", "Bearer", None, ("openid",), f"rt-{i}")
+        envs = ("production",) if i % 2 else ("development", "production")
+        status = Status.RETRYING if i % 4 == 0 else Status.ACTIVE
+        store.put_grant(Grant(f"s-{i:04d}", "other" if i % 3 == 0 else "mock", envs, tokens, status=status))
+        names.append(f"s-{i:04d}")
+    return names
+
+
+def test_secrets_come_in_pages_filtered_with_counts(client, admin, store):
+    names = seed_grants(store, 10)
+    seen, cursor, pages = [], None, []
+    while True:
+        answer = client.get("/v1/secrets", query_string={"limit": 4, **({"cursor": cursor} if cursor else {})},
+                            headers=admin).json  # fmt: skip
+        pages.append(answer)
+        seen += [s["name"] for s in answer["secrets"]]
+        cursor = answer["next"]
+        if cursor is None:
+            break
+    assert seen == names and [len(p["secrets"]) for p in pages] == [4, 4, 2]
+    assert pages[0]["counts"] == {"retrying": 3, "active": 7} and pages[1]["counts"] is None
+
+    def names_of(**query) -> list[str]:
+        return [s["name"] for s in client.get("/v1/secrets", query_string=query, headers=admin).json["secrets"]]
+
+    assert names_of(status="retrying") == [names[i] for i in (0, 4, 8)]
+    assert names_of(provider="other") == [names[i] for i in (0, 3, 6, 9)]
+    assert names_of(environment="development") == [names[i] for i in (0, 2, 4, 6, 8)]
+    assert names_of(q="S-000") == names[:10] and names_of(q="7") == [names[7]]
+    counted = client.get("/v1/secrets", query_string={"provider": "other", "status": "active"}, headers=admin).json
+    assert counted["counts"] == {"retrying": 1, "active": 3}  # counts keep to every filter but status
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"status": "fine"}, "status"),
+        ({"cursor": "../x"}, "cursor"),
+        ({"provider": "a/b"}, "provider"),
+        ({"environment": "staging"}, "environment"),
+        ({"q": "x" * 65}, "q"),
+        ({"q": "a\nb"}, "q"),
+        ({"sort": "name"}, "sort"),
+    ],
+)
+def test_a_bad_page_query_is_refused_by_name(client, admin, store, query, field):
+    seed_grants(store, 1)
+    answer = client.get("/v1/secrets", query_string=query, headers=admin)
+    assert answer.status_code == 400 and field in answer.json["error"]["fields"], answer.json

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from sidecar.cli import main
 from sidecar.devvault import bao_binary, free_port
+from sidecar.inputs import MAX_PAGE
 
 from .helpers import CLIENT_SECRET, bao_kv_get, grant_record, provider_body, start, vault_tree, wait_for
 
@@ -61,6 +62,13 @@ def test_put_with_scopes_pasted_on_stdin(run, vault, tokens):
     assert CLIENT_SECRET not in result.output
     stored = json.loads(bao_kv_get(vault, tokens.admin, "secret/oauth-sidecar/providers/google").stdout)
     assert stored["data"]["data"]["client_secret"] == CLIENT_SECRET
+
+
+def test_the_token_auth_method_is_named_as_the_docs_name_it(run, root):
+    """As the README writes it (click 8.2 would otherwise take only the enum's member names)."""
+    put = put_google(run, "--token-auth-method", "client_secret_post", OAUTH_CLIENT_SECRET=CLIENT_SECRET)
+    assert put.exit_code == 0, put.output
+    assert json.loads(put.stdout)["token_auth_method"] == "client_secret_post"
 
 
 def test_client_secret_from_a_file(run, tmp_path, vault, tokens):
@@ -623,3 +631,19 @@ def test_presets_are_listed(run):
     result = run("providers", "presets")
     assert result.exit_code == 0
     assert {"google", "okta"} <= {line.split()[0] for line in result.stdout.splitlines()}
+
+
+def test_secrets_list_reads_page_after_page_and_filters(run, store):
+    from .test_api import seed_grants
+
+    names = seed_grants(store, MAX_PAGE + 3)  # more than one page
+    listed = run("secrets", "list")
+    rows = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+    assert listed.exit_code == 0 and rows == names
+    assert "251 retrying, 752 active" in listed.stderr or "752 active, 251 retrying" in listed.stderr
+    retrying = run("secrets", "list", "--status", "retrying", "--provider", "other", "--json")
+    assert retrying.exit_code == 0, retrying.output
+    shown = json.loads(retrying.stdout)["secrets"]
+    assert [s["name"] for s in shown] == [n for i, n in enumerate(names) if i % 12 == 0]
+    bad = run("secrets", "list", "--env", "staging")
+    assert bad.exit_code == 1 and "environment must be one of" in bad.stderr

@@ -148,7 +148,8 @@ def _with_replaced(answer: dict[str, Any], replaced: str | None) -> dict[str, An
 
 @bp.get("/secrets")
 def list_secrets():
-    return {"secrets": grants.status_all(store())}
+    found = grants.page(store(), runtime(current_app).settings, inputs.secret_query(request.args.to_dict()))
+    return {"secrets": found.secrets, "next": found.next, "counts": found.counts}
 
 
 @bp.get("/secrets/<name>")

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..inputs import NAME_RE, ProviderDraft, SecretInput
+from ..inputs import NAME_RE, ProviderDraft, SecretInput, SecretQuery
 from ..models import SECRET_FIELDS, GrantType, Status
 from ..presets import PRESETS
 
@@ -55,6 +55,9 @@ def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
 
 
 INPUTS = _schemas(ProviderDraft, SecretInput)
+_QUERY = SecretQuery.model_json_schema(ref_template="#/components/schemas/{model}")
+INPUTS |= _QUERY.pop("$defs", {})
+QUERY = [{"name": name, "in": "query", "schema": schema} for name, schema in _QUERY["properties"].items()]
 PROVIDER_FIELDS: dict[str, Any] = INPUTS["ProviderDraft"]["properties"]
 PUBLIC_JWK: dict[str, Any] = {
     "type": "object",
@@ -177,13 +180,30 @@ def document() -> dict[str, Any]:
             },
             "/v1/secrets": {
                 "get": {
-                    "summary": "List secrets with their status (never token values)",
+                    "summary": "A page of secrets with their status (never token values), in name order, filtered",
+                    "parameters": QUERY,
                     "responses": {
                         "200": _json(
-                            {"type": "object", "properties": {"secrets": {"type": "array", "items": _ref("Secret")}}},
-                            "the secrets",
+                            {
+                                "type": "object",
+                                "required": ["secrets", "next", "counts"],
+                                "properties": {
+                                    "secrets": {"type": "array", "items": _ref("Secret")},
+                                    "next": {
+                                        "type": ["string", "null"],
+                                        "description": "The cursor of the next page; null on the last.",
+                                    },
+                                    "counts": {
+                                        "type": ["object", "null"],
+                                        "description": "On the first page (no cursor): secrets by status among "
+                                        "all that the other filters match; null on later pages.",
+                                        "additionalProperties": {"type": "integer"},
+                                    },
+                                },
+                            },
+                            "the page",
                         ),
-                        **_errors(401, 403, 503),
+                        **_errors(400, 401, 403, 503),
                     },
                 },
                 "post": {
