@@ -250,16 +250,6 @@ def _current(store: Store, name: str) -> tuple[Grant | None, int]:
     return Grant.from_record(name, stored.data), stored.version
 
 
-def status_all(store: Store) -> list[dict[str, Any]]:
-    found = []
-    for name in store.names("grants"):
-        try:
-            found.append(store.get_grant(name).public())
-        except NotFound:  # deleted between the list and the read
-            continue
-    return found
-
-
 class Page(NamedTuple):
     """A page of secrets and the cursor of the next (None: the last page). On the first page,
     `counts`: how many secrets each status has among all that the filters other than `status` match."""

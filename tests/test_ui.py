@@ -476,3 +476,41 @@ def test_a_bad_preset_parameter_is_shown_next_to_its_field(page: Page, live, tok
     expect(page.locator("#preset_params-error")).to_contain_text("domain")
     expect(page.get_by_label("Start from")).to_have_value("okta")
     assert set(vault_tree(root)) == set(sessions(root))  # nothing but the person's own UI session
+
+
+def test_secrets_come_in_pages_with_counts_and_filters(chromium, page: Page, live, tokens, store, tmp_path):
+    from .test_api import seed_grants
+
+    names = seed_grants(store, 120)  # every fourth retrying
+    log_in(page, live, tokens.admin)
+    rows = page.locator("#secrets tbody th[scope=row]")
+    expect(rows).to_have_count(50)
+    expect(page.get_by_role("link", name="30 retrying")).to_be_visible()
+    expect(page.get_by_role("link", name="90 active")).to_be_visible()
+    page.get_by_role("link", name="Next page").click()
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_have_text(names[50])
+    page.get_by_role("link", name="Next page").click()
+    expect(rows).to_have_count(20)
+    expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+    page.get_by_role("link", name="First page").click()
+    expect(rows.first).to_have_text(names[0])
+
+    page.get_by_label("Status", exact=True).select_option("retrying")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(30)
+    page.get_by_label("Name contains").fill("s-011")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(2)  # retrying and named s-011x: s-0112 and s-0116
+    page.get_by_role("link", name="Clear").click()
+    page.get_by_label("Name contains").fill("no-such")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_text("No secrets match.")).to_be_visible()
+    shoot(page, tmp_path, "paged")
+
+    phone = chromium.new_context(viewport={"width": 390, "height": 844}).new_page()
+    log_in(phone, live, tokens.admin)
+    expect(phone.get_by_role("link", name="Next page")).to_be_visible()
+    assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    shoot(phone, tmp_path, "paged-phone")
+    phone.context.close()

@@ -57,6 +57,8 @@ ADVANCED_FIELDS = frozenset(
 )
 
 
+UI_PAGE = 50  # secrets a page of the settings page
+FILTERS = ("cursor", "status", "provider", "environment", "q")  # GET /settings's own query: a page of secrets
 LOGIN_CSRF_COOKIE = "oauth_sidecar_login_csrf"
 # Why the login form is shown, when the sidecar sent the browser there (no session to flash into).
 LOGIN_NOTICES = {
@@ -187,15 +189,25 @@ def settings() -> str:
     (never shown as empty), and an Add button appears only where it may add."""
     rt, store = runtime(current_app), user_store()
     providers: list[dict[str, Any]] | None = None  # None: the token may not list them
-    secrets_: list[dict[str, Any]] | None = None
     with suppress(Forbidden):
         providers = [p.public() for p in store.list_providers()]
+    query = inputs.secret_query({"limit": str(UI_PAGE), **{k: request.args.get(k, "") for k in FILTERS}})
+    page: grants.Page | None = None  # None: the token may not list secrets
     with suppress(Forbidden):
-        secrets_ = grants.status_all(store)
-    for secret in secrets_ or ():
+        page = grants.page(store, rt.settings, query)
+    for secret in page.secrets if page else ():
         secret["commands"] = [(env, rt.read_command(env, secret["name"])) for env in secret["environments"]]
     may = may_add(store, rt.settings.environments)
-    return render_template("ui/settings.html", providers=providers, secrets=secrets_, may=may)
+    filters = {k: v for k in FILTERS if k != "cursor" and (v := request.args.get(k))}
+
+    def link(**changes: str) -> str:
+        """This page of secrets with `changes` to its filters."""
+        return url_for("ui.settings", _anchor="secrets", **cast(dict[str, Any], {**filters, **changes}))
+
+    return render_template(
+        "ui/settings.html", providers=providers, secrets=page.secrets if page else None, page=page, query=query,
+        filters=filters, link=link, may=may,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
