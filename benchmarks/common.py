@@ -7,9 +7,11 @@ import json
 import resource
 import secrets
 import signal
+import statistics
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -151,6 +153,16 @@ def seed(store: Store, count: int, due: bool = True, prefix: str = "bench") -> l
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, names))
     return names
+
+
+def median_ms(work: Callable[[], object], runs: int) -> float:
+    """The median time of `runs` calls of `work`, in milliseconds."""
+    spent = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        work()
+        spent.append(time.perf_counter() - started)
+    return statistics.median(spent) * 1000
 
 
 def rss_mb() -> float:

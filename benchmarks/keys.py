@@ -10,23 +10,11 @@ milliseconds to load; each figure should be a small fraction of one load.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
-from common import report, rsa_pem
+from common import median_ms, report, rsa_pem
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from sidecar import egress, inputs, oauth
-
-
-def median_ms(work: Callable[[], object], runs: int) -> float:
-    spent = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        work()
-        spent.append(time.perf_counter() - started)
-    return statistics.median(spent) * 1000
 
 
 def main() -> None:

@@ -12,25 +12,13 @@ thread). Each figure is the median of `--rounds` runs; the ratio is page / floor
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import hvac
-from common import bench_vault, report, seed
+from common import bench_vault, median_ms, report, seed
 
 from sidecar.web import create_app
 
 PAGE = 50
-
-
-def median_ms(work: Callable[[], object], rounds: int) -> float:
-    spent = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        work()
-        spent.append(time.perf_counter() - started)
-    return statistics.median(spent) * 1000
 
 
 def main() -> None:

@@ -19,10 +19,10 @@ import logging
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from .errors import Exists, Forbidden, Invalid, NotFound, OAuthPermanent
+from .errors import Forbidden, Invalid, NotFound, OAuthPermanent
 from .inputs import check_name
 from .models import Provider, rfc3339
-from .store import Store
+from .store import Store, provider_exists
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def save(caller: Store, own: Store, provider: Provider, create: bool = False) ->
     With `create`, only a new name is saved (Exists otherwise, said before any other refusal).
     Returns the provider's new version (1: created)."""
     if create and _stored(own, provider.name):
-        raise Exists(f"provider {provider.name!r} already exists: edit it instead")
+        raise provider_exists(provider.name)
     may_repoint(caller, own, provider)
     version = caller.put_provider(provider, create)
     approve(own, provider)

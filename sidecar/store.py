@@ -229,6 +229,10 @@ class Login:
             self._login()
 
 
+def provider_exists(name: str) -> Exists:
+    return Exists(f"provider {name!r} already exists: edit it instead")
+
+
 def _secret(value: str | None, path: str | None) -> str:
     """A credential from its variable, else from its file (read anew each time: agents rotate files)."""
     if value:
@@ -495,7 +499,7 @@ class Store:
         except Conflict:
             if not create:
                 raise
-            raise Exists(f"provider {provider.name!r} already exists: edit it instead") from None
+            raise provider_exists(provider.name) from None
 
     def delete_provider(self, name: str) -> None:
         self.read("providers", name)  # 404 for a provider that does not exist
