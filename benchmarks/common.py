@@ -1,9 +1,12 @@
 """What the benchmarks share: a fast local token endpoint, an OpenBao (a dev server, or the tests'
-three-node Raft cluster), seeded grants, JSON output, memory."""
+three-node Raft cluster), seeded and indexed grants, a Vault session that counts its requests, JSON
+output, memory."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
 import resource
 import secrets
 import signal
@@ -12,20 +15,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import urlsplit
 
+import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from sidecar import inputs
 from sidecar.config import Settings
 from sidecar.devvault import DevVault
-from sidecar.models import Grant, Provider, TokenSet
+from sidecar.index import Entry, Keeper
+from sidecar.models import Grant, Provider, TokenSet, due_at
 from sidecar.store import Store
 
 if TYPE_CHECKING:
@@ -135,24 +141,74 @@ def rsa_pem() -> str:
     return key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()).decode()
 
 
-def seed(store: Store, count: int, due: bool = True, prefix: str = "bench") -> list[str]:
-    """`count` grants, each with its own refresh token and its environment views (as in steady state):
-    expired a minute ago (due), or good for a day."""
+def seed(
+    store: Store, count: int, due: bool = True, prefix: str = "bench", views: bool = True, progress: bool = False
+) -> list[str]:
+    """`count` grants, each with its own refresh token and (with `views`, as in steady state) its
+    environment views: expired a minute ago (due), or good for a day. Each is indexed as a real
+    writer indexes it (index.py): one `Keeper` notes every grant's entry (due `SIDECAR_REFRESH_MARGIN`'s
+    default 300 s before it expires, as `models.refresh_due` gives for the bench provider), then
+    writes them in one flush: one check-and-set write a shard, one write of the changes record.
+    `progress`: a line on stderr every 10,000 grants."""
     now = datetime.now(UTC)
     expires = now - timedelta(minutes=1) if due else now + timedelta(days=1)
     issued = expires - timedelta(hours=1)
     names = [f"{prefix}-{i:06d}" for i in range(count)]
+    keeper = Keeper(store)
+    started = time.monotonic()
+    done = itertools.count(1)
 
     def one(name: str) -> None:
         tokens = TokenSet("old-access", "Bearer", expires, ("read",), refresh_token=f"seed-{secrets.token_hex(8)}")
         grant = Grant(name, "bench", ENVIRONMENTS, tokens, connected_at=issued, last_refreshed_at=issued)
-        store.put_grant(grant)
-        for env in ENVIRONMENTS:
-            store.write_view(env, grant)
+        version = store.put_grant(grant)
+        keeper.note(name, Entry.of(grant, due_at(grant, 300), version))
+        if views:
+            for env in ENVIRONMENTS:
+                store.write_view(env, grant)
+        finished = next(done)
+        if progress and finished % 10000 == 0:
+            print(f"seeded {finished} of {count} grants in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, names))
+    keeper.flush()
+    if progress:
+        print(f"seeded and indexed {count} grants in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return names
+
+
+class CountingSession(requests.Session):
+    """A Vault session that records every request sent through it: (method, path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[str, str]] = []
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.sent.append((str(method).upper(), urlsplit(str(url)).path))
+        return super().request(method, url, *args, **kwargs)
+
+
+def kind(method: str, path: str, state: str) -> str:
+    """What a request is, for the breakdown: the tree it touches under the sidecar's state prefix."""
+    tail = path.split(f"/{state}/", 1)[-1] if f"/{state}/" in path else path
+    if method == "LIST":
+        return f"LIST {tail}"
+    if tail.startswith("index/shard-"):
+        return "read index shard" if method == "GET" else f"{method} index shard"
+    return f"{method} {tail}"
+
+
+def seed_apart(settings: Settings, count: int, **options: object) -> list[str]:
+    """`seed` in a process of its own (spawned), with the settings' token: the benchmark's process
+    then holds nothing the seeding allocated, so its growth in resident memory is the replica's."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_seed_with, settings, count, options).result()
+
+
+def _seed_with(settings: Settings, count: int, options: dict) -> list[str]:  # type: ignore[type-arg]
+    return seed(Store(settings, settings.vault_token), count, **options)  # type: ignore[arg-type]
 
 
 def median_ms(work: Callable[[], object], runs: int) -> float:

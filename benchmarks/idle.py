@@ -1,79 +1,186 @@
-"""Idle cost: Vault requests per scheduler tick when nothing is due, and what a resync costs.
+"""Idle cost: the Vault requests per second of one replica at rest (no grant due), with the index.
 
-    python benchmarks/idle.py --grants 10000 --ticks 200 --json
+    python benchmarks/idle.py --grants 10000 --json
+    python benchmarks/idle.py --grants 100000 --json
 
-Seeds grants that are good for a day, lets one refresher learn them (one full resync, counted and
-timed), then runs ticks and counts the Vault requests they send (the aim is zero). Also reports the
-resident memory the learned queue added, per grant.
+Seeds grants that are good for a day, indexed as a real writer indexes them (common.seed, in a
+process of its own so that this one's memory is the replica's; without their environment views,
+which a refresher never reads). Then one replica (a `Refresher` whose
+`Store` sends every request through a counting `requests.Session`: every HTTP request it sends to
+Vault is counted and classified by method and path) starts: its first tick, untimed in the window,
+reads every index shard, lists the grants and sweeps (the start-up; its requests, time and the
+resident memory it added are reported). Then `Refresher.run(stop)` runs in a thread for
+`--duration` seconds (by default two resync intervals and three ticks, so that the window holds
+two full resyncs), and the benchmark reports:
+
+- the measured rate: every request sent in the window, over the window;
+- requests per idle tick (the index's change counter: one read when nothing changed);
+- requests per full resync (`Mirror.reload`: the change counter, a LIST of the shards and a read of
+  each; and a LIST of the grants), the idle tick's own read not included;
+- the rate these imply at the defaults: `tick / SIDECAR_REFRESH_INTERVAL + resync /
+  SIDECAR_RESYNC_INTERVAL + sweep / 300 s` (the sweep of logins in flight and UI sessions, 2 LISTs
+  when there are none), at the interval in sidecar/config.py and at 60 s, and the resync interval
+  that keeps it at 1 request a second.
+
+The aim is at most 1 request a second per replica at 100,000 grants.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import statistics
+import threading
 import time
+from collections import Counter
 
-import requests
-from common import bench_vault, report, rss_mb, seed
+from common import CountingSession, bench_vault, kind, report, rss_mb, seed_apart
 
+from sidecar.config import Settings
 from sidecar.refresher import Refresher
+from sidecar.resync import SWEEP_INTERVAL
 from sidecar.store import Store
 
 
-class CountingSession(requests.Session):
-    count = 0
+def sweep_request(method: str, path: str, state: str) -> bool:
+    return method == "LIST" and path.rstrip("/").endswith((f"{state}/pending", f"{state}/sessions"))
 
-    def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        CountingSession.count += 1
-        return super().request(*args, **kwargs)
+
+def resync_request(method: str, path: str, state: str) -> bool:
+    return method == "LIST" and path.rstrip("/").endswith(f"{state}/grants")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grants", type=int, default=10000)
-    parser.add_argument("--ticks", type=int, default=200)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--refresh-interval", type=float, default=10.0, help="SIDECAR_REFRESH_INTERVAL of the run")
+    parser.add_argument("--resync-interval", type=float, default=120.0, help="SIDECAR_RESYNC_INTERVAL of the run")
+    parser.add_argument("--duration", type=float, help="seconds of the window (default: 2 resyncs and 3 ticks)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
+    duration = args.duration or 2 * args.resync_interval + 3 * args.refresh_interval
+    defaults = Settings()
 
-    with bench_vault() as (_vault, settings, store, _provider):
-        seed(store, args.grants, due=False)
-        refresher = Refresher(settings, Store(settings, settings.vault_token, CountingSession()))
+    extra = {
+        "SIDECAR_REFRESH_INTERVAL": str(args.refresh_interval),
+        "SIDECAR_RESYNC_INTERVAL": str(args.resync_interval),
+    }
+    with bench_vault(**extra) as (_vault, settings, _store, _provider):
+        seed_apart(settings, args.grants, due=False, views=False, progress=args.grants >= 50000)
+        session = CountingSession()
+        refresher = Refresher(settings, Store(settings, settings.vault_token, session))
+        state = settings.state_prefix
+
         gc.collect()
         before_mb = rss_mb()
-        started, sent = time.perf_counter(), CountingSession.count
-        refresher.resync_step(budget=args.grants + 1)
-        resync_s, resync_requests = time.perf_counter() - started, CountingSession.count - sent
+        started = time.perf_counter()
+        assert refresher.tick() == []  # the start-up: every shard read, the grants listed, a sweep
+        startup_s, startup = time.perf_counter() - started, list(session.sent)
         gc.collect()
         learned_mb = rss_mb() - before_mb
-        sent, started = CountingSession.count, time.perf_counter()
-        for _ in range(args.ticks):
-            assert refresher.tick() == []
-        tick_us = (time.perf_counter() - started) / args.ticks * 1e6
-        idle_requests = CountingSession.count - sent
-        refresher.shutdown()
+        if len(refresher.queue.known()) != args.grants:
+            raise SystemExit(f"the replica learned {len(refresher.queue.known())} of {args.grants} grants")
+
+        ticks: list[tuple[float, list[tuple[str, str]]]] = []  # (seconds, requests) of each tick in the window
+        tick = refresher.tick
+
+        def counted() -> list:  # type: ignore[type-arg]
+            sent, began = len(session.sent), time.perf_counter()
+            due = tick()
+            ticks.append((time.perf_counter() - began, session.sent[sent:]))
+            assert due == [], "a grant fell due during the window"
+            return due
+
+        refresher.tick = counted  # type: ignore[method-assign]
+        stop = threading.Event()
+        runner = threading.Thread(target=refresher.run, args=(stop,))
+        sent, window_started = len(session.sent), time.perf_counter()
+        runner.start()
+        time.sleep(duration)
+        stop.set()
+        runner.join()
+        window_s, window = time.perf_counter() - window_started, session.sent[sent:]
+
+    idle = [
+        (s, r) for s, r in ticks if not any(resync_request(m, p, state) or sweep_request(m, p, state) for m, p in r)
+    ]
+    resyncs = [(s, r) for s, r in ticks if any(resync_request(m, p, state) for m, p in r)]
+    if len(resyncs) < 2:
+        print(f"warning: the window held {len(resyncs)} resyncs, not 2: lengthen --duration")
+    tick_requests = statistics.median(len(r) for _, r in idle)
+    resync_requests = (
+        statistics.median(len([q for q in r if not sweep_request(*q, state)]) for _, r in resyncs) - tick_requests
+        if resyncs
+        else float("nan")
+    )
+    sweep_requests = sum(1 for m, p in startup if sweep_request(m, p, state))
+    breakdown = Counter(kind(m, p, state) for m, p in (resyncs[0][1] if resyncs else []))
+
+    def implied(resync_interval: float) -> float:
+        return (
+            tick_requests / defaults.refresh_interval
+            + resync_requests / resync_interval
+            + sweep_requests / SWEEP_INTERVAL
+        )
 
     result = {
         "grants": args.grants,
-        "ticks": args.ticks,
-        "vault_requests_per_idle_tick": idle_requests / args.ticks,
-        "idle_tick_us": round(tick_us, 1),
-        "resync_requests": resync_requests,
-        "resync_seconds_unthrottled": round(resync_s, 2),
-        "resync_seconds_at_default_rate": round(args.grants / settings.resync_rate, 1),
-        "queue_mb": round(learned_mb, 2),
+        "refresh_interval": args.refresh_interval,
+        "resync_interval": args.resync_interval,
+        "window_seconds": round(window_s, 1),
+        "window_requests": len(window),
+        "requests_per_second": round(len(window) / window_s, 3),
+        "ticks": len(ticks),
+        "idle_ticks": len(idle),
+        "requests_per_idle_tick": tick_requests,
+        "max_requests_per_idle_tick": max(len(r) for _, r in idle),
+        "idle_tick_ms": round(statistics.median(s for s, _ in idle) * 1000, 2),
+        "resyncs": len(resyncs),
+        "requests_per_resync": resync_requests,
+        "resync_breakdown": dict(breakdown),
+        "resync_tick_seconds": round(statistics.median(s for s, _ in resyncs), 2) if resyncs else None,
+        "sweep_requests": sweep_requests,
+        "default_refresh_interval": defaults.refresh_interval,
+        "default_resync_interval": defaults.resync_interval,
+        "implied_per_second_at_defaults": round(implied(defaults.resync_interval), 3),
+        "implied_per_second_at_resync_60": round(implied(60.0), 3),
+        "resync_interval_for_1_per_second": round(
+            resync_requests / (1 - tick_requests / defaults.refresh_interval - sweep_requests / SWEEP_INTERVAL)
+        ),
+        "startup_requests": len(startup),
+        "startup_seconds": round(startup_s, 2),
+        "startup_breakdown": dict(Counter(kind(m, p, state) for m, p in startup)),
+        "memory_mb": round(learned_mb, 1),
         "bytes_per_grant": round(learned_mb * 1024 * 1024 / args.grants),
     }
     report(
         [
-            ("grants", str(args.grants)),
-            ("Vault requests per idle tick", f"{result['vault_requests_per_idle_tick']:g} over {args.ticks} ticks"),
-            ("one idle tick", f"{tick_us:.1f} µs"),
-            ("full resync", f"{resync_requests} requests (1 LIST + 1 read a grant), {resync_s:.1f} s unthrottled"),
+            ("grants", f"{args.grants} (none due)"),
+            ("intervals of the run", f"refresh {args.refresh_interval:g} s, resync {args.resync_interval:g} s"),
             (
-                "full resync at SIDECAR_RESYNC_RATE",
-                f"{result['resync_seconds_at_default_rate']} s at {settings.resync_rate:g}/s",
+                "measured",
+                f"{len(window)} requests in {window_s:.0f} s: {result['requests_per_second']:.3f}/s "
+                f"({len(ticks)} ticks, {len(resyncs)} resyncs)",
             ),
-            ("memory of the learned queue", f"{learned_mb:.1f} MB, {result['bytes_per_grant']} bytes a grant"),
+            (
+                "idle tick",
+                f"{tick_requests:g} requests (at most {result['max_requests_per_idle_tick']}), "
+                f"{result['idle_tick_ms']} ms",
+            ),
+            (
+                "full resync (reload + LIST)",
+                f"{resync_requests:g} requests beyond the tick's, {result['resync_tick_seconds']} s a resync tick: "
+                + ", ".join(f"{v} {k}" for k, v in sorted(breakdown.items())),
+            ),
+            ("sweep (every 300 s)", f"{sweep_requests} requests"),
+            (
+                f"implied at refresh {defaults.refresh_interval:g} s, resync {defaults.resync_interval:g} s",
+                f"{result['implied_per_second_at_defaults']:.3f} requests/s",
+            ),
+            ("implied at resync 60 s", f"{result['implied_per_second_at_resync_60']:.3f} requests/s"),
+            ("resync interval for 1 request/s", f"{result['resync_interval_for_1_per_second']} s or more"),
+            ("start-up", f"{len(startup)} requests, {startup_s:.1f} s"),
+            ("memory of the mirror and queue", f"{learned_mb:.1f} MB, {result['bytes_per_grant']} bytes a grant"),
         ],
         result,
         args.json,

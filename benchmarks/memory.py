@@ -1,79 +1,111 @@
-"""Memory: the resident size of one refresher that manages N grants.
+"""Memory: the resident size of one refresher that manages N grants, its index mirror included.
 
     python benchmarks/memory.py --grants 100000 --json
 
-A replica keeps, per grant, only its due-queue entry and status; the grant itself stays in Vault.
-This builds N realistic grant records (as a resync reads them), learns each into a Refresher's
-queue exactly as `_learn` does, and reports the process's resident memory before and after.
-Vault is not involved: seeding 100,000 grants into a dev server would take most of the run (see
-idle.py for the same measurement through a real resync at 10,000 grants).
+A replica keeps, per grant, its index entry (`Keeper.mirror`: one `index.Entry` a grant, and the
+names each shard held) and its due-queue entry and status; the grant itself stays in Vault. This
+fills a Refresher's mirror exactly as a start-up does, through `Mirror.reload`, from a stand-in for
+the store that serves each of the 256 shards as Vault would (the JSON of `{"entries": {name:
+record}}`, parsed anew for each read, as hvac parses Vault's answers), then queues every entry as
+the resync does (`Resync._apply`), and reports the process's resident memory before, after the
+mirror, and after the queue. Entries are realistic: status active, provider "bench", two
+environments, due times spread over an hour. Vault is not involved: seeding 100,000 grants into a
+dev server takes minutes (idle.py makes the same measurement through a real start-up).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import secrets
-from datetime import UTC, datetime, timedelta
+import json
+import time
+from typing import Any
 
 from common import ENVIRONMENTS, report, rss_mb
 
-from sidecar import inputs
 from sidecar.config import Settings
-from sidecar.models import Grant, TokenSet
+from sidecar.index import CHANGES, SHARD, SHARDS, Entry, shard_name, shard_of
+from sidecar.models import Status
 from sidecar.refresher import Refresher
-from sidecar.store import Store
+from sidecar.store import Store, Versioned
+
+
+class Shards:
+    """Answers what `Mirror.reload` asks of a store (the changes record, the list of shards, each
+    shard), building each shard's record when it is read, so that only the mirror keeps entries."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.buckets: list[list[int]] = [[] for _ in range(SHARDS)]
+        for i in range(count):
+            self.buckets[shard_of(self.name(i))].append(i)
+        self.now = time.time()
+
+    @staticmethod
+    def name(i: int) -> str:
+        return f"grant-{i:06d}"
+
+    def names(self, tree: str) -> list[str]:
+        assert tree == "index"
+        return [shard_name(shard) for shard in range(SHARDS) if self.buckets[shard]]
+
+    def read(self, tree: str, name: str) -> Versioned:
+        assert tree == "index"
+        if name == CHANGES:
+            return Versioned({"shards": []}, 1)
+        records: dict[str, Any] = {}
+        for i in self.buckets[int(name[len(SHARD) :])]:
+            connected = self.now - i % 3600  # connected within the last hour, good for an hour
+            due = connected + 3600 - 300  # SIDECAR_REFRESH_MARGIN's default before it expires
+            entry = Entry(due, Status.ACTIVE, "bench", ENVIRONMENTS, connected, 3)
+            records[self.name(i)] = entry.to_record()
+        return Versioned(json.loads(json.dumps({"entries": records})), 1)  # new objects, as from Vault
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grants", type=int, default=100000)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
 
     settings = Settings()
     refresher = Refresher(settings, Store(settings, "unused"))
-    provider = inputs.provider(
-        "bench",
-        {
-            "client_id": "bench",
-            "client_secret": "x",
-            "authorization_url": "https://a.example/authorize",
-            "token_url": "https://a.example/token",
-            "scopes": "read",
-        },
-    )
+    shards = Shards(args.grants)  # before the baseline: its buckets are the benchmark's, not the replica's
     gc.collect()
     baseline = rss_mb()
-    now = datetime.now(UTC)
-    for i in range(args.grants):
-        issued = now - timedelta(seconds=i % 3600)
-        record = Grant(
-            f"grant-{i:06d}",
-            "bench",
-            ENVIRONMENTS,
-            TokenSet(
-                secrets.token_urlsafe(40), "Bearer", issued + timedelta(hours=1), ("read",), secrets.token_urlsafe(30)
-            ),
-            connected_at=issued,
-            last_refreshed_at=issued,
-        ).to_record()
-        grant = Grant.from_record(f"grant-{i:06d}", record)
-        refresher.renewal.schedule(grant, refresher.renewal.due_time(grant, provider))
+    changes = refresher.index.mirror.reload(shards)  # type: ignore[arg-type]
+    assert len(changes) == args.grants
+    del changes
+    gc.collect()
+    mirrored = rss_mb()
+    refresher.resync._apply(dict(refresher.index.mirror.entries))
     gc.collect()
     total = rss_mb()
+    assert len(refresher.queue.known()) == args.grants
+
+    def per_grant(mb: float) -> int:
+        return round(mb * 1024 * 1024 / args.grants)
+
     result = {
         "grants": args.grants,
         "baseline_mb": round(baseline, 1),
+        "mirror_mb": round(mirrored, 1),
         "rss_mb": round(total, 1),
-        "bytes_per_grant": round((total - baseline) * 1024 * 1024 / args.grants),
+        "mirror_bytes_per_grant": per_grant(mirrored - baseline),
+        "queue_bytes_per_grant": per_grant(total - mirrored),
+        "bytes_per_grant": per_grant(total - baseline),
     }
     report(
         [
             ("grants", str(args.grants)),
             ("resident memory, process with the sidecar loaded", f"{baseline:.1f} MB"),
-            ("resident memory, managing the grants", f"{total:.1f} MB"),
-            ("growth a grant", f"{result['bytes_per_grant']} bytes"),
+            ("resident memory, with the index mirror", f"{mirrored:.1f} MB"),
+            ("resident memory, with the mirror and the due-queue", f"{total:.1f} MB"),
+            (
+                "growth a grant",
+                f"{result['bytes_per_grant']} bytes (mirror {result['mirror_bytes_per_grant']}, "
+                f"queue {result['queue_bytes_per_grant']})",
+            ),
         ],
         result,
         args.json,

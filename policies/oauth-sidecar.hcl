@@ -14,6 +14,12 @@ path "secret/data/oauth-sidecar/grants/*" {
 path "secret/metadata/oauth-sidecar/grants/*" {
   capabilities = ["list", "create", "update"]
 }
+path "secret/data/oauth-sidecar/index/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/metadata/oauth-sidecar/index/*" {
+  capabilities = ["list", "create", "update"]
+}
 path "secret/data/oauth-sidecar/pending/*" {
   capabilities = ["create", "read", "update"]
 }

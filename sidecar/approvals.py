@@ -19,7 +19,8 @@ import logging
 from datetime import UTC, datetime
 from typing import NoReturn
 
-from .errors import Forbidden, Invalid, NotFound, OAuthPermanent
+from . import index
+from .errors import Conflict, Forbidden, Invalid, NotFound, OAuthPermanent
 from .inputs import check_name
 from .models import Provider, rfc3339
 from .store import Store, provider_exists
@@ -62,7 +63,7 @@ def may_repoint(caller: Store, own: Store, provider: Provider) -> None:
     unchanged = pin(provider) == approved if approved is not None else _same_as_stored(own, provider)
     if unchanged:
         return
-    users = own.grants_of(provider.name)
+    users = index.users_of(own, provider.name)
     denied = caller.lacking([caller.api_path(caller.path("grants", g)) for g in users], "update")
     if denied:
         raise Forbidden(
@@ -85,7 +86,11 @@ def save(caller: Store, own: Store, provider: Provider, create: bool = False) ->
 
 def delete(caller: Store, own: Store, name: str) -> None:
     """Delete a provider (the caller's write; 409 while secrets use it), then its pin."""
-    caller.delete_provider(name)
+    caller.read("providers", name)  # 404 for a provider that does not exist
+    users = index.users_of(own, name)
+    if users:
+        raise Conflict(f"provider {name!r} is used by secret(s) {', '.join(users[:10])}; delete them first")
+    caller.delete("providers", name)
     own.delete("pins", name)
 
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import click
 import requests
 
-from . import egress, grants, inputs, oauth, presets, processes
+from . import egress, grants, index, inputs, oauth, presets, processes
 from .config import Settings
 from .errors import ConfigError, Exists, Invalid, SidecarError, VaultUnavailable
 from .inputs import MAX_PAGE, check_name, key_values
@@ -398,10 +398,11 @@ def secrets_list(as_json: bool, **filters: str | None) -> None:
     """List connected secrets with their status (never token values), read a page at a time."""
     store, settings = operator_store(), Settings.from_env()
     query = inputs.secret_query({"limit": str(MAX_PAGE), **{k: v for k, v in filters.items() if v is not None}})
-    page = grants.page(store, settings, query)
+    mirror = index.Mirror()
+    page = grants.page(store, settings, query, mirror)
     found, counts = page.secrets, page.counts or {}
     while page.next is not None:
-        page = grants.page(store, settings, query.model_copy(update={"cursor": page.next}))
+        page = grants.page(store, settings, query.model_copy(update={"cursor": page.next}), mirror)
         found += page.secrets
     if as_json:
         print_json({"secrets": found, "counts": counts})

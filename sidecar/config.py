@@ -42,7 +42,7 @@ class Settings:
     refresh_interval: float = 10.0
     refresh_margin: int = 300
     refresh_concurrency: int = 8
-    resync_interval: float = 60.0
+    resync_interval: float = 3600.0
     resync_rate: float = 200.0
     claim_ttl: int = 120
     workers: int = 2

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from . import approvals, oauth, providers
+from . import approvals, index, oauth, providers
 from .config import Settings
 from .errors import Conflict, Exists, Forbidden, Invalid, NotFound, OAuthPermanent, OAuthTransient, SidecarError
 from .inputs import SecretInput, SecretQuery, check_environments, check_name, parse_scopes
-from .models import Grant, GrantType, Provider, TokenSet
+from .models import Grant, GrantType, Provider, TokenSet, refresh_due
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 STORE_ATTEMPTS = 3  # writes of a new connection that a refresh of the old one may overtake
 # What a body may ask for without a browser (the API's and the CLI's `grant_type`).
@@ -141,14 +144,15 @@ class Stored(NamedTuple):
     replaced: str | None
 
 
-def create(store: Store, settings: Settings, client: oauth.Client, secret: SecretInput, pins: Store) -> Stored:
+def create(store: Store, settings: Settings, client: oauth.Client, secret: SecretInput, own: Store) -> Stored:
     """A secret with no browser: client credentials, or a refresh token obtained elsewhere
-    (redeemed at once, to prove it). Everything is checked before the provider is asked."""
+    (redeemed at once, to prove it). Everything is checked before the provider is asked. `own`: the
+    sidecar's own store (the CLI's is the operator's), which reads pins and writes the index."""
     if secret.grant_type not in WITHOUT_BROWSER:
         raise Invalid("grant_type must be client_credentials or refresh_token here", {"grant_type": "invalid"})
     envs = check_environments(secret.environments, settings.environments)
     name, _, before = may_store(store, secret.name, envs, secret.replace)  # the caller's token drops views
-    provider = provider_for(store, settings, client, secret.provider, pins)
+    provider = provider_for(store, settings, client, secret.provider, own)
     scopes = wanted_scopes(provider, secret.scopes)
     try:
         if secret.grant_type == GrantType.CLIENT_CREDENTIALS:
@@ -160,7 +164,7 @@ def create(store: Store, settings: Settings, client: oauth.Client, secret: Secre
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
     grant_type = GrantType(secret.grant_type)
-    grant = connected(store, settings, name, provider, envs, tokens, grant_type, seen=connection_of(before))
+    grant = connected(store, settings, name, provider, envs, tokens, grant_type, seen=connection_of(before), own=own)
     return Stored(grant, replacing(before))
 
 
@@ -173,13 +177,14 @@ def device_login(
     environments: object,
     scopes: object,
     show: Callable[[oauth.DeviceAuthorization], None],
-    pins: Store,
+    own: Store,
     replace: bool = False,
 ) -> Stored:
-    """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens."""
+    """RFC 8628: get a user code, `show` it, poll until the user approves, store the tokens (`own`:
+    as `create`'s)."""
     envs = check_environments(environments, settings.environments)
     name, _, before = may_store(store, name, envs, replace)
-    provider = provider_for(store, settings, client, provider_name, pins)
+    provider = provider_for(store, settings, client, provider_name, own)
     wanted = wanted_scopes(provider, scopes)
     try:
         authorization = client.device_authorization(provider, wanted)
@@ -187,7 +192,9 @@ def device_login(
         tokens = client.device_token(provider, authorization, wanted)
     except (OAuthPermanent, OAuthTransient) as exc:
         raise TokenRefused(f"the provider did not issue a token: {exc.message}") from None
-    grant = connected(store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE, seen=connection_of(before))
+    grant = connected(
+        store, settings, name, provider, envs, tokens, GrantType.DEVICE_CODE, seen=connection_of(before), own=own
+    )
     return Stored(grant, replacing(before))
 
 
@@ -201,13 +208,16 @@ def connected(
     grant_type: GrantType,
     login_id: str = "",
     seen: str | None = "",
+    own: Store | None = None,
 ) -> Grant:
     """Store tokens just obtained as a fresh, active grant, over the connection the caller was
     approved against (`seen`, `connection_of`; "": none, a create), written with check-and-set so
     that nothing else is overwritten; None skips the check (a login recorded before it was kept).
     If it replaces a grant whose failure was announced, the refresher announces the recovery (a
     callback never waits for a webhook). Each Vault call rides out unavailability as the store
-    allows (`Store.until`)."""
+    allows (`Store.until`). The index entry is written with `own` (the sidecar's own store; None:
+    `store`): a caller may store some secrets without rights on the whole index."""
+    own = own or store
     for _ in range(STORE_ATTEMPTS):
         before, version = _current(store, name)
         if seen is not None and (refusal := changed(name, seen, before)):
@@ -227,12 +237,15 @@ def connected(
             failing_since=before.failing_since if before and announced else None,
         )
         try:
-            store.put_grant(grant, cas=None if seen is None else version)
+            index.publish(own, name, index.Entry.ahead(grant))  # never later than the grant: see index.py
+            stored = store.put_grant(grant, cas=None if seen is None else version)
             break
         except Conflict:  # a refresh of the same connection wrote meanwhile: look again
             continue
     else:
         raise Conflict(f"secret {name!r} kept changing while it was being stored; start again")
+    due = now if announced else refresh_due(grant, provider, settings.refresh_margin)  # a recovery to announce
+    _publish(own, name, index.Entry.of(grant, due, stored))
     for env in grant.environments:
         store.write_view(env, grant)
     for env in before.environments if before else ():
@@ -259,37 +272,41 @@ class Page(NamedTuple):
     counts: dict[str, int] | None
 
 
-def page(store: Store, settings: Settings, query: SecretQuery) -> Page:
+def page(store: Store, settings: Settings, query: SecretQuery, mirror: index.Mirror) -> Page:
     """The secrets after `query.cursor` in name order that match its filters, at most `query.limit`.
-    Vault KV has no query: each grant a filter may keep is read, every one on a first page (for the
-    counts), and on a later page only until it is full."""
+    The index (`mirror`, brought up to date with the caller's token: one read when it has not moved)
+    picks the names and counts them; each secret shown is read, with the caller's token, as it is."""
     if query.environment is not None and query.environment not in settings.environments:
         raise Invalid(
             f"environment must be one of: {', '.join(settings.environments)}", {"environment": "unknown environment"}
         )
+    mirror.sync(store)
     first = query.cursor is None
     counts: Counter[str] = Counter()
-    shown: list[dict[str, Any]] = []
+    names: list[str] = []
     more = False
-    for name in sorted(store.names("grants")):
-        if (query.cursor is not None and name <= query.cursor) or (query.q and query.q.lower() not in name.lower()):
+    needle = query.q.lower() if query.q else None
+    for name, entry in mirror.items(after=query.cursor):
+        if (needle and needle not in name.lower()) or query.provider not in (None, entry.provider):
             continue
-        try:
-            grant = store.get_grant(name)
-        except NotFound:  # deleted between the list and the read
+        if query.environment is not None and query.environment not in entry.environments:
             continue
-        if query.provider not in (None, grant.provider) or query.environment not in (None, *grant.environments):
+        counts[entry.status] += 1
+        if query.status not in (None, entry.status):
             continue
-        counts[grant.status] += 1
-        if query.status not in (None, grant.status):
-            continue
-        if len(shown) < query.limit:
-            shown.append(grant.public())
+        if len(names) < query.limit:
+            names.append(name)
             continue
         more = True
         if not first:
             break
-    return Page(shown, shown[-1]["name"] if more else None, dict(counts) if first else None)
+    shown = []
+    for name in names:
+        try:
+            shown.append(store.get_grant(name).public())
+        except NotFound:  # deleted since the index was read
+            continue
+    return Page(shown, names[-1] if more else None, dict(counts) if first else None)
 
 
 def access_token(store: Store, settings: Settings, name: str, environment: str | None) -> dict[str, Any]:
@@ -303,8 +320,9 @@ def access_token(store: Store, settings: Settings, name: str, environment: str |
     return {"name": name, "environment": env, **view}
 
 
-def delete(store: Store, settings: Settings, client: oauth.Client, name: str, pins: Store, force: bool = False) -> bool:
-    """Revoke at the provider where it can (unless `force` and that fails), then delete everything.
+def delete(store: Store, settings: Settings, client: oauth.Client, name: str, own: Store, force: bool = False) -> bool:
+    """Revoke at the provider where it can (unless `force` and that fails), then delete everything
+    (`own`: as `create`'s).
 
     Returns whether the provider confirmed a revocation.
     """
@@ -313,7 +331,7 @@ def delete(store: Store, settings: Settings, client: oauth.Client, name: str, pi
     revoked = False
     try:
         stored = store.get_provider(grant.provider)
-        approvals.check(pins, stored)
+        approvals.check(own, stored)
         provider = providers.current(stored, client, settings.discovery_interval)
         token, hint = (
             (grant.tokens.refresh_token, "refresh_token")
@@ -329,4 +347,14 @@ def delete(store: Store, settings: Settings, client: oauth.Client, name: str, pi
     for env in set(settings.environments) | set(grant.environments):
         store.delete_view(env, name)
     store.delete("grants", name)
+    _publish(own, name, None)
     return revoked
+
+
+def _publish(store: Store, name: str, entry: index.Entry | None) -> None:
+    """The index entry once the grant is written. If it is lost, the entry published ahead (or a
+    replica that finds the grant gone) makes the replicas read the grant and repair it."""
+    try:
+        index.publish(store, name, entry)
+    except SidecarError as exc:
+        log.warning("could not write the index entry of %s: %s; the replicas repair it", name, exc.message)

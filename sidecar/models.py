@@ -331,6 +331,12 @@ class Grant:
         }
 
 
+def refresh_due(grant: Grant, provider: Provider, default_margin: int) -> datetime | None:
+    """`due_at` with the provider's refresh margin (else `default_margin`, SIDECAR_REFRESH_MARGIN)."""
+    margin = provider.refresh_margin if provider.refresh_margin is not None else default_margin
+    return due_at(grant, margin, provider.max_token_lifetime)
+
+
 def due_at(grant: Grant, margin: int, max_token_lifetime: int | None = None) -> datetime | None:
     """When to refresh: `expires_at - min(margin, lifetime / 2)`, a little earlier by a jitter
     of up to a tenth of that lead, and not before a backoff allows. None: never on a timer."""

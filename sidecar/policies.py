@@ -27,6 +27,9 @@ def render(settings: Settings) -> dict[str, str]:
             _rule(f"{data}/{state}/grants/*", '["create", "read", "update"]'),
             # list for the resync; create/update only to cap a new grant's version history.
             _rule(f"{meta}/{state}/grants/*", '["list", "create", "update"]'),
+            # The index (index.py): entries beside each grant write; create/update on metadata only to cap histories.
+            _rule(f"{data}/{state}/index/*", '["create", "read", "update"]'),
+            _rule(f"{meta}/{state}/index/*", '["list", "create", "update"]'),
             # Logins in flight and UI sessions are the sidecar's alone: no other policy names them.
             # list and delete for the sweep of expired ones.
             *(_rule(f"{data}/{state}/{tree}/*", '["create", "read", "update"]') for tree in ("pending", "sessions")),
@@ -46,6 +49,9 @@ def render(settings: Settings) -> dict[str, str]:
             _rule(f"{data}/{state}/grants/*", _CRUD),
             # create/update on metadata only to cap a new record's version history.
             _rule(f"{meta}/{state}/grants/*", '["read", "list", "create", "update", "delete"]'),
+            # The index: lists read it; whoever writes a grant writes its entry (index.py).
+            _rule(f"{data}/{state}/index/*", '["create", "read", "update"]'),
+            _rule(f"{meta}/{state}/index/*", '["list", "create", "update"]'),
             # Writing views lets the CLI store a device login or client credentials itself; it grants
             # nothing new: whoever manages providers and grants decides what the views hold anyway.
             _rule(f"{data}/{views}/*", _CRUD),

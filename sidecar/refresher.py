@@ -1,8 +1,8 @@
 """The refresh loop: every grant refreshed before it expires, once, by whichever replica claims it.
 
-One `Refresher` per replica keeps an in-memory due-queue. A tick with nothing due and no resync
-step sends nothing to Vault; a periodic, rate-limited resync teaches the queue about grants that
-other replicas created or refreshed. Each due grant goes to a worker thread, which refreshes it
+One `Refresher` per replica keeps an in-memory due-queue, fed by the index (index.py): a tick
+writes the entries of what this replica stored since the last, then reads what the others wrote
+(one Vault read when nothing changed). Each due grant goes to a worker thread, which refreshes it
 under a claim (renewal.py).
 """
 
@@ -22,7 +22,9 @@ from .config import Settings
 from .duequeue import DueQueue
 from .egress import Egress
 from .errors import Forbidden, NotFound, SidecarError
+from .index import Keeper
 from .metrics import REFRESH_SECONDS, REFRESHES
+from .models import Grant
 from .renewal import ERROR_RETRY, Outcome, RefreshResult, Renewal
 from .resync import Resync
 from .store import Store
@@ -40,8 +42,11 @@ class Refresher:
         client = client or oauth.Client(Egress(settings.egress_allow), clock)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.queue = DueQueue(clock)
-        self.renewal = Renewal(settings, store, client, self.owner, self.queue, clock, lambda: self._stopping)
-        self.resync = Resync(store, self.queue, settings, clock, self._learn)
+        self.index = Keeper(store)
+        self.renewal = Renewal(
+            settings, store, client, self.owner, self.queue, self.index, clock, lambda: self._stopping
+        )
+        self.resync = Resync(store, self.queue, settings, clock, self.index, self._learn, self.renewal.forget)
         self._pool = ThreadPoolExecutor(settings.refresh_concurrency, thread_name_prefix="refresh")
         self._lock = threading.Lock()  # guards `_in_flight` only; never held while calling the queue
         self._in_flight: dict[str, Future[Outcome]] = {}
@@ -51,19 +56,21 @@ class Refresher:
         return self.queue.next_due()
 
     def _learn(self, name: str) -> None:
-        """Read one grant and put it in the queue at its due time."""
+        """Read one grant, put it in the queue at its due time and note its index entry."""
         try:
-            grant = self.store.get_grant(name)
+            stored = self.store.read("grants", name)
         except NotFound:
             self.renewal.forget(name)
+            self.index.note(name, None)
             return
+        grant = Grant.from_record(name, stored.data)
         try:
             provider = self.renewal.providers.get(grant.provider)
         except NotFound:
             log.warning("grant %s names provider %r, which does not exist", name, grant.provider)
-            self.renewal.schedule(grant, None)  # known, but nothing to refresh it with; the next resync looks again
-            return
-        self.renewal.schedule(grant, self.renewal.due_time(grant, provider))
+            self.renewal.schedule(grant, None)  # nothing to refresh it with: left out of the index, read again
+            return  # by the next resync
+        self.renewal.settle(grant, stored.version, provider)
 
     def resync_step(self, budget: int) -> None:
         """One step of the resync (resync.py): list the grants when due, read at most `budget`."""
@@ -72,9 +79,11 @@ class Refresher:
     # -- ticks and passes --------------------------------------------------------------------
 
     def tick(self) -> list[Future[Outcome]]:
-        """One scheduler tick: a resync step, then every due grant handed to the worker pool."""
+        """One scheduler tick: the index written and read, a resync step, then every due grant handed
+        to the worker pool."""
         self.queue.tick()
         try:
+            self.index.flush()
             self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
@@ -116,16 +125,20 @@ class Refresher:
         The refresh itself goes through the same claim, with this refresher's token."""
         if not caller.may("grants", name, "update"):
             raise Forbidden(f"permission denied on secret {name!r}")
-        return self.submit(name, force=True).result()
+        outcome = self.submit(name, force=True).result()
+        self.index.flush()  # siblings learn the new due time now, not at this process's next tick
+        return outcome
 
     def refresh_due(self, now: datetime | None = None) -> list[Outcome]:
         """One whole pass: read every grant, refresh those due, wait for them all."""
-        self.resync.restart()
+        self.resync.restart(full=True)
         self.resync.step(budget=10**9)
         ahead = (now - self._clock.now()).total_seconds() if now else 0.0
         due = self.queue.pop_due(self._clock.monotonic() + ahead, self._in_flight.__contains__)
         futures = [self.submit(name) for name in due]
-        return [f.result() for f in futures]
+        outcomes = [f.result() for f in futures]
+        self.index.flush()
+        return outcomes
 
     def refresh_one(self, name: str, force: bool = False) -> Outcome:
         """Refresh one grant in this thread if it is due (or `force`): see `Renewal.refresh_one`."""
@@ -150,4 +163,8 @@ class Refresher:
         """Stop taking work and wait for refreshes in flight, including their Vault writes."""
         self._stopping = self._clock.monotonic()
         self._pool.shutdown(wait=True, cancel_futures=True)  # queued work is dropped; running work finishes
+        try:
+            self.index.flush()
+        except SidecarError as exc:  # the resync of each sibling repairs what is lost here
+            log.warning("could not write the index on the way out: %s", exc.message)
         log.info("refresher %s stopped", self.owner)

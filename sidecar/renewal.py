@@ -22,7 +22,8 @@ from .clock import Clock
 from .config import Settings
 from .duequeue import DueQueue
 from .errors import Conflict, NotFound, OAuthPermanent, OAuthTransient, SidecarError, VaultUnavailable
-from .models import Grant, GrantType, Provider, Status, TokenSet, due_at, rfc3339
+from .index import Entry, Keeper
+from .models import Grant, GrantType, Provider, Status, TokenSet, refresh_due, rfc3339
 from .notify import Notifier
 from .provider_cache import ProviderCache
 from .results import ResultWriter
@@ -103,10 +104,11 @@ class Renewal:
     """Refreshes one grant at a time; any number of threads may each refresh another grant at once."""
 
     def __init__(
-        self, settings: Settings, store: Store, client: oauth.Client, owner: str, queue: DueQueue, clock: Clock,
-        stopping: Callable[[], float | None],
+        self, settings: Settings, store: Store, client: oauth.Client, owner: str, queue: DueQueue, index: Keeper,
+        clock: Clock, stopping: Callable[[], float | None],
     ) -> None:  # fmt: skip
         self.settings, self.store, self.client, self.owner, self.queue = settings, store, client, owner, queue
+        self.index = index
         self._clock = clock
         self.announcer = Announcer(store, Notifier(settings, client.http), clock)
         self.providers = ProviderCache(store, client, settings.discovery_interval, clock)
@@ -115,6 +117,14 @@ class Renewal:
 
     def schedule(self, grant: Grant, at: datetime | None) -> None:
         self.queue.schedule(grant.name, grant.status, at)
+
+    def settle(self, grant: Grant, version: int, provider: Provider) -> datetime | None:
+        """Queue the grant as stored at `version` (by us, or read so), and note its index entry if the
+        index says otherwise: siblings learn it at their next tick. Returns its due time."""
+        due = self.due_time(grant, provider)
+        self.schedule(grant, due)
+        self.index.note(grant.name, Entry.of(grant, due, version))
+        return due
 
     def forget(self, name: str) -> None:
         self.queue.forget([name])
@@ -126,7 +136,7 @@ class Renewal:
 
     def _refresh_time(self, grant: Grant, provider: Provider) -> datetime | None:
         """When to refresh (None: never on a timer)."""
-        due = due_at(grant, self._margin(provider), provider.max_token_lifetime)
+        due = refresh_due(grant, provider, self.settings.refresh_margin)
         if due and grant.claim_until and grant.claim_owner != self.owner:
             due = max(due, grant.claim_until)  # a live claim elsewhere: look again once it lapses
         return due
@@ -144,6 +154,7 @@ class Renewal:
             current = self.store.read("grants", name)
         except NotFound:
             self.forget(name)
+            self.index.note(name, None)
             return Outcome(name, RefreshResult.MISSING)
         grant = Grant.from_record(name, current.data)
         provider = self.providers.get(grant.provider)
@@ -156,11 +167,13 @@ class Renewal:
         if not refresh_now and self.announcer.owed_now(grant, now):  # a refresh announces on success
             return self._announce(grant, current.version, provider)
         if grant.status == Status.REAUTHORIZATION_REQUIRED:
+            self.settle(grant, current.version, provider)
             return Outcome(name, RefreshResult.REAUTHORIZATION_REQUIRED, f"{grant.last_error}; connect it again")
         if not grant.renewable:
+            self.settle(grant, current.version, provider)
             return Outcome(name, RefreshResult.NO_REFRESH_TOKEN, "this grant has no refresh token; connect it again")
         if not refresh_now:
-            self.schedule(grant, due)
+            self.settle(grant, current.version, provider)  # repairs an index entry that said it was due
             return Outcome(name, RefreshResult.NOT_DUE)
         return self._claim_and_renew(grant, current.version, provider, due)
 
@@ -190,8 +203,7 @@ class Renewal:
         if stored is None:
             return Outcome(name, RefreshResult.SUPERSEDED, "the grant changed while its refresh was in flight")
         refreshed = self.announcer.record(refreshed, stored)  # only once the new tokens are safe
-        next_due = self.due_time(refreshed, provider)
-        self.schedule(refreshed, next_due)
+        next_due = self.settle(refreshed, stored, provider)
         log.info("refreshed %s (was due %s); expires %s, next due %s",
                  name, rfc3339(due), rfc3339(tokens.expires_at), rfc3339(next_due))  # fmt: skip
         return Outcome(name, RefreshResult.REFRESHED)
@@ -225,8 +237,10 @@ class Renewal:
         """Deliver an announcement owed outside a refresh (a grant died, or a new login fixed it);
         tried again until delivered."""
         announced = self.announcer.record(grant, version)
-        if announced is grant:
-            self.queue.retry_soon(grant.name, max(ERROR_RETRY, self.settings.refresh_interval))
+        if announced is grant:  # tried again later, but never later than the grant's refresh
+            retry = self._clock.now() + timedelta(seconds=max(ERROR_RETRY, self.settings.refresh_interval))
+            due = self._refresh_time(grant, provider)
+            self.schedule(grant, min(due, retry) if due else retry)
             return Outcome(grant.name, RefreshResult.ANNOUNCEMENT_FAILED)
         self.schedule(announced, self.due_time(announced, provider))
         return Outcome(grant.name, RefreshResult.ANNOUNCED)
@@ -242,10 +256,10 @@ class Renewal:
         failed = self.announcer.with_announcement(failed)
         self.results.views_while_claimed(failed)
         try:
-            self.store.put_grant(failed, cas=version)  # releases the claim
+            self.settle(failed, self.store.put_grant(failed, cas=version), provider)  # releases the claim
         except (Conflict, VaultUnavailable) as exc:
             log.warning("could not record the failed refresh of %s: %s", claimed.name, exc.message)
-        self.schedule(failed, self.due_time(failed, provider))
+            self.schedule(failed, self.due_time(failed, provider))
         log.warning("refresh of %s failed (attempt %d), next in %.0fs: %s", claimed.name, failures, delay, message)
         return Outcome(claimed.name, RefreshResult.RETRYING, message)
 
@@ -270,9 +284,9 @@ class Renewal:
         marked = self.announcer.with_announcement(marked)
         self.results.views_while_claimed(marked)
         try:
-            self.store.put_grant(marked, cas=latest.version)  # releases the claim
+            version = self.store.put_grant(marked, cas=latest.version)  # releases the claim
         except Conflict:
             return Outcome(name, RefreshResult.SUPERSEDED, "another replica changed the grant meanwhile")
-        self.schedule(marked, self.due_time(marked, provider))
+        self.settle(marked, version, provider)
         log.warning("grant %s needs a new login: %s", name, message)
         return Outcome(name, RefreshResult.REAUTHORIZATION_REQUIRED, message)

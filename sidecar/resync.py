@@ -1,6 +1,7 @@
-"""The resync: how a replica learns what the others did. It lists the grants once per
-SIDECAR_RESYNC_INTERVAL and reads at most a budget of them per tick; with each listing, once per
-SWEEP_INTERVAL, it sweeps expired logins in flight and UI sessions."""
+"""The resync: how a replica learns what the others did. Each tick it reads the index's change
+counter and the shards that moved (index.py); once per SIDECAR_RESYNC_INTERVAL it reads every shard
+and lists the grants, forgets names no longer stored and reads, at most a budget a tick, the grants
+the index lacks. Once per SWEEP_INTERVAL it sweeps expired logins in flight and UI sessions."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .clock import Clock
 from .config import Settings
 from .duequeue import DueQueue
 from .errors import SidecarError
+from .index import Changes, Keeper
 from .metrics import GRANTS
 from .models import Status
 from .store import Store
@@ -23,36 +25,59 @@ SWEEP_INTERVAL = 300.0  # seconds between sweeps of expired logins in flight and
 
 class Resync:
     def __init__(
-        self, store: Store, queue: DueQueue, settings: Settings, clock: Clock,
-        learn: Callable[[str], None],
+        self, store: Store, queue: DueQueue, settings: Settings, clock: Clock, index: Keeper,
+        learn: Callable[[str], None], forget: Callable[[str], None],
     ) -> None:  # fmt: skip
         self._store, self._queue, self._settings, self._clock = store, queue, settings, clock
-        self._learn = learn  # reads one grant and queues it
+        self._index = index
+        self._learn = learn  # reads one grant, queues it and notes its entry
+        self._forget = forget
         self._scan: deque[str] = deque()
         self._next_listing = 0.0
         self._next_sweep = 0.0
+        self._full = False
 
-    def restart(self) -> None:
-        """List again at the next step, whatever the interval says."""
+    def restart(self, full: bool = False) -> None:
+        """List again at the next step, whatever the interval says; `full`: and read every grant."""
         self._scan.clear()
         self._next_listing = 0.0
+        self._full = full
 
     def step(self, budget: int) -> None:
-        """List the grants if a listing is due (and sweep with it), then read at most `budget` of them."""
+        """Apply what the index says changed; list and reload when due; read at most `budget` grants."""
+        changed = self._apply(self._index.mirror.sync(self._store))
         listing = not self._scan and self._clock.monotonic() >= self._next_listing
         if listing:
-            listed = self._store.names("grants")
-            self._next_listing = self._clock.monotonic() + self._settings.resync_interval
-            self._queue.forget(self._queue.known() - set(listed))
-            self._scan.extend(listed)
-            self._sweep_when_due()  # with the listing, so an idle tick still sends nothing
+            self._apply(self._index.mirror.reload(self._store))
+            self._list()
+        self._sweep_when_due()
         scanned = min(budget, len(self._scan))
         for _ in range(scanned):
             self._learn(self._scan.popleft())
-        if listing or scanned:  # an idle tick costs no Vault request, and next to no time either
+        if changed or listing or scanned:  # an idle tick computes nothing
             counts = self._queue.statuses()
             for status in Status:
                 GRANTS.labels(status).set(counts.get(status, 0))
+
+    def _apply(self, changes: Changes) -> bool:
+        for name, entry in changes.items():
+            if entry is None:
+                self._forget(name)
+            else:
+                self._queue.schedule(name, entry.status, entry.due_time)
+        return bool(changes)
+
+    def _list(self) -> None:
+        """Forget what is no longer stored; queue for reading what the index lacks (or, in a full
+        pass, every grant)."""
+        listed = self._store.names("grants")
+        self._next_listing = self._clock.monotonic() + self._settings.resync_interval
+        stored = set(listed)
+        for name in (self._queue.known() | self._index.mirror.names()) - stored:
+            self._forget(name)
+            self._index.note(name, None)
+        full, self._full = self._full, False
+        self._scan.extend(name for name in listed if full or self._index.mirror.known(name) is None)
 
     def _sweep_when_due(self) -> None:
         if self._clock.monotonic() < self._next_sweep:

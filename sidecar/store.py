@@ -29,13 +29,14 @@ from .models import Grant, Identity, Provider
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-Tree = Literal["providers", "pins", "grants", "pending", "sessions"]
+Tree = Literal["providers", "pins", "grants", "pending", "sessions", "index"]
 _LABEL: dict[Tree, str] = {
     "providers": "provider",
     "pins": "provider pin",
     "grants": "secret",
     "pending": "login",
     "sessions": "session",
+    "index": "index record",
 }
 CAPABILITY_BATCH = 500  # paths asked about in one capabilities-self call
 VAULT_TIMEOUT = 10.0
@@ -382,6 +383,21 @@ class Store:
         """Write a new version; with `cas`, only if the current version is `cas` (0: only if absent)."""
         return self._write(self.path(tree, name), f"{_LABEL[tree]} {name!r}", data, cas)
 
+    def read_version(self, tree: Tree, name: str, version: int) -> Versioned:
+        """An earlier version, while Vault keeps it (NotFound once it does not)."""
+        path, what = self.path(tree, name), f"{_LABEL[tree]} {name!r}"
+        resp = self._vault.call(
+            what,
+            lambda: self._kv.read_secret_version(
+                path=path, version=version, mount_point=self._settings.kv_mount, raise_on_deleted_version=True
+            ),
+        )
+        return Versioned(data=resp["data"]["data"] or {}, version=resp["data"]["metadata"]["version"])
+
+    def write_index(self, name: str, data: dict[str, Any], cas: int | None = None, history: int = MAX_VERSIONS) -> int:
+        """An index record (index.py), its history capped to `history` versions when it is created."""
+        return self._write(self.path("index", name), f"index record {name!r}", data, cas, capped=history)
+
     def delete(self, tree: Tree, name: str) -> None:
         """Remove every version, so no old secret lingers in the history."""
         self._delete(self.path(tree, name), f"{_LABEL[tree]} {name!r}")
@@ -407,8 +423,8 @@ class Store:
         )
         return Versioned(data=resp["data"]["data"] or {}, version=resp["data"]["metadata"]["version"])
 
-    def _write(self, path: str, what: str, data: dict[str, Any], cas: int | None, capped: bool = False) -> int:
-        """Write `data`; `capped`: a record whose history is cut to MAX_VERSIONS when it is created."""
+    def _write(self, path: str, what: str, data: dict[str, Any], cas: int | None, capped: int = 0) -> int:
+        """Write `data`; `capped`: a record whose history is cut to that many versions when it is created."""
         attempts = 0
 
         def send() -> dict[str, Any]:
@@ -430,7 +446,7 @@ class Store:
                 raise
             version = mine
         if capped and (version == 1 or (attempts > 1 and version == 2)):
-            self._cap_history(path)
+            self._cap_history(path, capped)
         return version
 
     def _holding(self, path: str, what: str, data: dict[str, Any]) -> int | None:
@@ -453,7 +469,7 @@ class Store:
 
     def write_view(self, environment: str, grant: Grant) -> None:
         self._write(self.view_path(environment, grant.name), f"secret {grant.name!r} in {environment!r}",
-                    grant.view(), None, capped=True)  # fmt: skip
+                    grant.view(), None, capped=MAX_VERSIONS)  # fmt: skip
 
     def delete_view(self, environment: str, name: str) -> None:
         self._delete(self.view_path(environment, name), f"secret {name!r} in {environment!r}")
@@ -465,15 +481,16 @@ class Store:
 
     def put_grant(self, grant: Grant, cas: int | None = None) -> int:
         return self._write(
-            self.path("grants", grant.name), f"secret {grant.name!r}", grant.to_record(), cas, capped=True
+            self.path("grants", grant.name), f"secret {grant.name!r}", grant.to_record(), cas, capped=MAX_VERSIONS
         )
 
-    def _cap_history(self, path: str) -> None:
-        """Keep one version: an old refresh token, access token or client secret must not linger
-        in KV history. Set once, when the record is created (`path` has passed the name rule)."""
+    def _cap_history(self, path: str, versions: int) -> None:
+        """Keep `versions` versions (one for a record holding secrets: an old refresh token, access token
+        or client secret must not linger in KV history). Set once, when the record is created (`path`
+        has passed the name rule)."""
         self._vault.call(
             path,
-            lambda: self._kv.update_metadata(path=path, max_versions=MAX_VERSIONS, mount_point=self._settings.kv_mount),
+            lambda: self._kv.update_metadata(path=path, max_versions=versions, mount_point=self._settings.kv_mount),
         )
 
     # -- providers -------------------------------------------------------------------------
@@ -495,24 +512,13 @@ class Store:
         version (1 when created)."""
         path = self.path("providers", provider.name)
         try:
-            return self._write(path, f"provider {provider.name!r}", provider.to_record(), 0 if create else None, True)
+            return self._write(
+                path, f"provider {provider.name!r}", provider.to_record(), 0 if create else None, MAX_VERSIONS
+            )
         except Conflict:
             if not create:
                 raise
             raise provider_exists(provider.name) from None
-
-    def delete_provider(self, name: str) -> None:
-        self.read("providers", name)  # 404 for a provider that does not exist
-        users = self.grants_of(name)
-        if users:
-            raise Conflict(f"provider {name!r} is used by secret(s) {', '.join(users[:10])}; delete them first")
-        self.delete("providers", name)
-
-    def _provider_of(self, grant: str) -> str | None:
-        try:
-            return self.read("grants", grant).data.get("provider")
-        except NotFound:  # deleted between the list and the read
-            return None
 
     def may(self, tree: Tree, name: str, *capabilities: str) -> bool:
         """Whether this store's token has any of `capabilities` on the object (Vault's capabilities-self)."""
@@ -539,10 +545,6 @@ class Store:
                 if not ("root" in granted or any(c in granted for c in capabilities)):
                     missing.append(path)
         return missing
-
-    def grants_of(self, provider: str) -> list[str]:
-        """The names of the grants that use `provider` (one read per grant)."""
-        return [g for g in self.names("grants") if self._provider_of(g) == provider]
 
     # -- tokens and health -----------------------------------------------------------------
 

@@ -72,7 +72,7 @@ def root(vault: DevVault) -> Iterator[hvac.Client]:
     """A root hvac client for looking behind the sidecar's back; wipes the mount after each test."""
     client = hvac.Client(url=vault.addr, token=vault.root_token)
     yield client
-    for path in vault_tree(client):
+    for path in vault_tree(client, index=True):
         client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
 
 
@@ -202,7 +202,7 @@ def durable(durable_server: DurableVault, durable_tokens: DevTokens) -> Iterator
         durable_server.start()
     durable_server.unseal()
     client = hvac.Client(url=durable_server.addr, token=durable_server.root_token)
-    for path in vault_tree(client):
+    for path in vault_tree(client, index=True):
         client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
 
 
@@ -227,7 +227,7 @@ def cluster(cluster_server: Cluster, cluster_tokens: DevTokens) -> Iterator[Clus
     yield cluster_server
     cluster_server.heal()
     client = hvac.Client(url=cluster_server.addr, token=cluster_server.root_token)
-    for path in vault_tree(client):
+    for path in vault_tree(client, index=True):
         client.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="secret")
 
 

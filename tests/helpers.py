@@ -27,7 +27,8 @@ from sidecar.clock import Clock
 from sidecar.config import Settings
 from sidecar.devvault import DevVault, bao_binary
 from sidecar.egress import Egress
-from sidecar.models import Grant, TokenSet
+from sidecar.index import Entry, Keeper
+from sidecar.models import Grant, Status, TokenSet
 from sidecar.oauth import Client
 from sidecar.refresher import Refresher
 from sidecar.store import Store
@@ -85,20 +86,58 @@ def provider_body(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def vault_tree(client: hvac.Client, prefix: str = "") -> dict[str, int]:
-    """Every KV v2 path under the `secret` mount, with its current version."""
+STATE = Settings().state_prefix
+
+
+def vault_tree(client: hvac.Client, prefix: str = "", index: bool = False) -> dict[str, int]:
+    """Every KV v2 path under the `secret` mount, with its current version; the index only if asked
+    (its records are hints about the others: `index_entries` reads them)."""
     try:
         keys = client.secrets.kv.v2.list_secrets(path=prefix, mount_point="secret")["data"]["keys"]
     except hvac.exceptions.InvalidPath:
         return {}
     tree: dict[str, int] = {}
     for key in keys:
+        if prefix + key == f"{STATE}/index/" and not index:
+            continue
         if key.endswith("/"):
-            tree.update(vault_tree(client, prefix + key))
+            tree.update(vault_tree(client, prefix + key, index))
         else:
             meta = client.secrets.kv.v2.read_secret_metadata(path=prefix + key, mount_point="secret")
             tree[prefix + key] = meta["data"]["current_version"]
     return tree
+
+
+def index_entries(client: hvac.Client) -> dict[str, Entry]:
+    """Every entry of the index in Vault, by grant name."""
+    kv = client.secrets.kv.v2
+    try:
+        keys = kv.list_secrets(path=f"{STATE}/index", mount_point="secret")["data"]["keys"]
+    except hvac.exceptions.InvalidPath:
+        return {}
+    entries = {}
+    for key in keys:
+        if key.startswith("shard-"):
+            data = kv.read_secret_version(
+                path=f"{STATE}/index/{key}", mount_point="secret", raise_on_deleted_version=True
+            )["data"]["data"]
+            entries.update({name: Entry.from_record(record) for name, record in data["entries"].items()})
+    return entries
+
+
+def listed_grants(store: Store, count: int) -> list[str]:
+    """`count` grants named s-0000.. for lists, indexed as their writers would (one flush): every third
+    of provider `other`, every fourth retrying, the odd ones in production only."""
+    keeper, names = Keeper(store), []
+    for i in range(count):
+        tokens = TokenSet(f"at-{i}", "Bearer", None, ("openid",), f"rt-{i}")
+        envs = ("production",) if i % 2 else ("development", "production")
+        status = Status.RETRYING if i % 4 == 0 else Status.ACTIVE
+        grant = Grant(f"s-{i:04d}", "other" if i % 3 == 0 else "mock", envs, tokens, status=status)
+        keeper.note(grant.name, Entry.of(grant, None, store.put_grant(grant)))
+        names.append(grant.name)
+    keeper.flush()
+    return names
 
 
 def bao_kv_get(vault: DevVault, token: str, path: str) -> subprocess.CompletedProcess[str]:
@@ -341,23 +380,26 @@ def refresher_process(vault, token: str, tmp_path, **extra: str) -> subprocess.P
 def seed_grants(
     store: Store, oauth: MockProvider, names: list[str], provider: str = "mock", ttl: int | None = None
 ) -> list[Grant]:
-    """Grants as if each had just logged in, written with their views: tokens the provider knows,
-    minted in one call (`/__control/mint`), so hundreds cost seconds, not a login each."""
+    """Grants as if each had just logged in, written with their views and indexed (an entry due now,
+    as a login writes ahead): tokens the provider knows, minted in one call (`/__control/mint`), so
+    hundreds cost seconds, not a login each."""
     if ttl is not None:
         oauth.configure(ttl=ttl)
     minted = requests.post(
         f"{oauth.issuer}/__control/mint", json={"count": len(names), "scope": "openid"}, timeout=30
     ).json()
     now = datetime.now(UTC)
-    seeded = []
+    seeded, keeper = [], Keeper(store)
     for name, body in zip(names, minted, strict=True):
         tokens = TokenSet(body["access_token"], "Bearer", now + timedelta(seconds=body["expires_in"]), ("openid",),
                           body["refresh_token"])  # fmt: skip
         grant = Grant(name, provider, ("development", "production"), tokens, connected_at=now, last_refreshed_at=now)
         store.put_grant(grant)
+        keeper.note(name, Entry.ahead(grant))
         for env in grant.environments:
             store.write_view(env, grant)
         seeded.append(grant)
+    keeper.flush()
     return seeded
 
 

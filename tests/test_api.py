@@ -3,10 +3,9 @@ import logging
 
 import pytest
 
-from sidecar.models import Grant, Status, TokenSet
 from sidecar.web import MAX_BODY_BYTES
 
-from .helpers import CLIENT_SECRET, bao_kv_get, provider_body, vault_tree
+from .helpers import CLIENT_SECRET, bao_kv_get, listed_grants, provider_body, vault_tree
 
 
 def test_provider_lifecycle(client, admin, root):
@@ -207,21 +206,8 @@ def test_every_bad_field_of_a_secret_is_answered_at_once(client, admin, root):
     assert vault_tree(root) == before
 
 
-def seed_grants(store, count: int) -> list[str]:
-    """`count` grants named s-0000.. : every third of provider `other`, every fourth retrying, the odd
-    ones in production only."""
-    names = []
-    for i in range(count):
-        tokens = TokenSet(f"at-{i}", "Bearer", None, ("openid",), f"rt-{i}")
-        envs = ("production",) if i % 2 else ("development", "production")
-        status = Status.RETRYING if i % 4 == 0 else Status.ACTIVE
-        store.put_grant(Grant(f"s-{i:04d}", "other" if i % 3 == 0 else "mock", envs, tokens, status=status))
-        names.append(f"s-{i:04d}")
-    return names
-
-
 def test_secrets_come_in_pages_filtered_with_counts(client, admin, store):
-    names = seed_grants(store, 10)
+    names = listed_grants(store, 10)
     seen, cursor, pages = [], None, []
     while True:
         answer = client.get("/v1/secrets", query_string={"limit": 4, **({"cursor": cursor} if cursor else {})},
@@ -261,6 +247,6 @@ def test_secrets_come_in_pages_filtered_with_counts(client, admin, store):
     ],
 )
 def test_a_bad_page_query_is_refused_by_name(client, admin, store, query, field):
-    seed_grants(store, 1)
+    listed_grants(store, 1)
     answer = client.get("/v1/secrets", query_string=query, headers=admin)
     assert answer.status_code == 400 and field in answer.json["error"]["fields"], answer.json

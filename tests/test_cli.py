@@ -17,7 +17,7 @@ from sidecar.cli import main
 from sidecar.devvault import bao_binary, free_port
 from sidecar.inputs import MAX_PAGE
 
-from .helpers import CLIENT_SECRET, bao_kv_get, grant_record, provider_body, start, vault_tree, wait_for
+from .helpers import CLIENT_SECRET, bao_kv_get, grant_record, listed_grants, provider_body, start, vault_tree, wait_for
 
 PASTED_SCOPES = "openid\nemail\n\nhttps://www.googleapis.com/auth/spreadsheets\n"
 
@@ -634,13 +634,11 @@ def test_presets_are_listed(run):
 
 
 def test_secrets_list_reads_page_after_page_and_filters(run, store):
-    from .test_api import seed_grants
-
-    names = seed_grants(store, MAX_PAGE + 3)  # more than one page
+    names = listed_grants(store, 2 * MAX_PAGE + 500)  # three pages
     listed = run("secrets", "list")
     rows = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
     assert listed.exit_code == 0 and rows == names
-    assert "251 retrying, 752 active" in listed.stderr or "752 active, 251 retrying" in listed.stderr
+    assert "625 retrying, 1875 active" in listed.stderr or "1875 active, 625 retrying" in listed.stderr
     retrying = run("secrets", "list", "--status", "retrying", "--provider", "other", "--json")
     assert retrying.exit_code == 0, retrying.output
     shown = json.loads(retrying.stdout)["secrets"]

@@ -18,6 +18,7 @@ from .helpers import (
     bao_kv_get,
     fast_settings,
     grant_record,
+    index_entries,
     narrow_token,
     sidecar_log,
     start,
@@ -47,6 +48,7 @@ def test_token_endpoint_serves_the_current_access_token(api, live, tokens, root,
 
 def test_delete_revokes_at_the_provider_then_deletes_everything(api, oauth, root, connected):
     refresh_token = grant_record(root)["refresh_token"]
+    assert index_entries(root)["sheets"].provider == "mock"
     response = api("DELETE", "/v1/secrets/sheets")
     assert response.status_code == 200 and response.json()["revoked"] is True
     (revocation,) = oauth.log()["revoke"]
@@ -56,6 +58,7 @@ def test_delete_revokes_at_the_provider_then_deletes_everything(api, oauth, root
         200,
     )
     assert list(vault_tree(root)) == ["oauth-sidecar/pins/mock", "oauth-sidecar/providers/mock"]
+    assert "sheets" not in index_entries(root)
     assert api("GET", "/v1/secrets/sheets").status_code == 404
 
 

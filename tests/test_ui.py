@@ -11,7 +11,7 @@ from sidecar import logins, web
 from sidecar.models import Provider
 from sidecar.store import Store
 
-from .helpers import CLIENT_ID, CLIENT_SECRET, grant_record, narrow_token, seed_grants, vault_tree
+from .helpers import CLIENT_ID, CLIENT_SECRET, grant_record, listed_grants, narrow_token, seed_grants, vault_tree
 
 SHOTS = "/tmp/oauth-sidecar-ui-shots"  # a copy for people to look at; the tests' own go to tmp_path
 
@@ -275,6 +275,7 @@ def test_vault_policies_decide_what_the_page_shows(page: Page, live, tokens, oau
     looker = narrow_token(root, "ui-looker", {
         "secret/metadata/oauth-sidecar/providers/*": ["list"], "secret/data/oauth-sidecar/providers/*": ["read"],
         "secret/metadata/oauth-sidecar/grants/*": ["list"], "secret/data/oauth-sidecar/grants/*": ["read"],
+        "secret/data/oauth-sidecar/index/*": ["read"], "secret/metadata/oauth-sidecar/index/*": ["list"],
     })  # fmt: skip
     log_in(page, live, looker["X-Vault-Token"])
     expect(providers.get_by_role("rowheader", name="mock")).to_be_visible()
@@ -479,26 +480,30 @@ def test_a_bad_preset_parameter_is_shown_next_to_its_field(page: Page, live, tok
 
 
 def test_secrets_come_in_pages_with_counts_and_filters(chromium, page: Page, live, tokens, store, tmp_path):
-    from .test_api import seed_grants
-
-    names = seed_grants(store, 120)  # every fourth retrying
+    names = listed_grants(store, 2500)  # every fourth retrying
     log_in(page, live, tokens.admin)
     rows = page.locator("#secrets tbody th[scope=row]")
     expect(rows).to_have_count(50)
-    expect(page.get_by_role("link", name="30 retrying")).to_be_visible()
-    expect(page.get_by_role("link", name="90 active")).to_be_visible()
+    expect(page.get_by_role("link", name="625 retrying")).to_be_visible()
+    expect(page.get_by_role("link", name="1875 active")).to_be_visible()
     page.get_by_role("link", name="Next page").click()
     expect(rows).to_have_count(50)
     expect(rows.first).to_have_text(names[50])
-    page.get_by_role("link", name="Next page").click()
-    expect(rows).to_have_count(20)
-    expect(page.get_by_role("link", name="Next page")).to_have_count(0)
     page.get_by_role("link", name="First page").click()
     expect(rows.first).to_have_text(names[0])
+    page.get_by_label("Name contains").fill("s-24")  # s-2400 to s-2499: two pages
+    page.get_by_role("button", name="Filter").click()
+    expect(rows.first).to_have_text("s-2400")
+    page.get_by_role("link", name="Next page").click()
+    expect(rows).to_have_count(50)
+    expect(rows.last).to_have_text("s-2499")
+    expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+    page.get_by_role("link", name="Clear").click()
 
     page.get_by_label("Status", exact=True).select_option("retrying")
     page.get_by_role("button", name="Filter").click()
-    expect(rows).to_have_count(30)
+    expect(rows).to_have_count(50)
+    expect(rows.nth(1)).to_have_text("s-0004")
     page.get_by_label("Name contains").fill("s-011")
     page.get_by_role("button", name="Filter").click()
     expect(rows).to_have_count(2)  # retrying and named s-011x: s-0112 and s-0116

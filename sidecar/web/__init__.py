@@ -21,6 +21,7 @@ from ..audit import Auditor
 from ..config import Settings
 from ..devvault import find_bao
 from ..errors import SidecarError
+from ..index import Mirror
 from ..models import Identity
 from ..policies import READER
 from ..refresher import Refresher
@@ -43,6 +44,7 @@ class Runtime:
     oauth: oauth.Client  # every call to a provider, with its HTTP session and the allow-list
     refresher: Refresher
     audit: Auditor
+    index: Mirror = field(default_factory=Mirror)  # what lists page through (grants.page)
     # The CLI that the read commands shown to people name: `bao` where the sidecar finds it (the dev
     # extra installs only that), else `vault`. Both take the same arguments.
     vault_cli: str = "vault"

@@ -148,7 +148,8 @@ def _with_replaced(answer: dict[str, Any], replaced: str | None) -> dict[str, An
 
 @bp.get("/secrets")
 def list_secrets():
-    found = grants.page(store(), runtime(current_app).settings, inputs.secret_query(request.args.to_dict()))
+    rt = runtime(current_app)
+    found = grants.page(store(), rt.settings, inputs.secret_query(request.args.to_dict()), rt.index)
     return {"secrets": found.secrets, "next": found.next, "counts": found.counts}
 
 

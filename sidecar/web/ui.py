@@ -194,7 +194,7 @@ def settings() -> str:
     query = inputs.secret_query({"limit": str(UI_PAGE), **{k: request.args.get(k, "") for k in FILTERS}})
     page: grants.Page | None = None  # None: the token may not list secrets
     with suppress(Forbidden):
-        page = grants.page(store, rt.settings, query)
+        page = grants.page(store, rt.settings, query, rt.index)
     for secret in page.secrets if page else ():
         secret["commands"] = [(env, rt.read_command(env, secret["name"])) for env in secret["environments"]]
     may = may_add(store, rt.settings.environments)
