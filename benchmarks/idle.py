@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--refresh-interval", type=float, default=10.0, help="SIDECAR_REFRESH_INTERVAL of the run")
     parser.add_argument("--resync-interval", type=float, default=120.0, help="SIDECAR_RESYNC_INTERVAL of the run")
     parser.add_argument("--duration", type=float, help="seconds of the window (default: 2 resyncs and 3 ticks)")
+    parser.add_argument(
+        "--json-strings", type=int, help="the dev server's max_request_json_strings (default OpenBao's: 1000)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
     duration = args.duration or 2 * args.resync_interval + 3 * args.refresh_interval
@@ -65,7 +68,7 @@ def main() -> None:
         "SIDECAR_REFRESH_INTERVAL": str(args.refresh_interval),
         "SIDECAR_RESYNC_INTERVAL": str(args.resync_interval),
     }
-    with bench_vault(**extra) as (_vault, settings, _store, _provider):
+    with bench_vault(json_strings=args.json_strings, **extra) as (_vault, settings, _store, _provider):
         seed_apart(settings, args.grants, due=False, views=False, progress=args.grants >= 50000)
         session = CountingSession()
         refresher = Refresher(settings, Store(settings, settings.vault_token, session))
@@ -125,6 +128,7 @@ def main() -> None:
 
     result = {
         "grants": args.grants,
+        "json_strings": args.json_strings,
         "refresh_interval": args.refresh_interval,
         "resync_interval": args.resync_interval,
         "window_seconds": round(window_s, 1),

@@ -25,8 +25,10 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from .errors import Conflict, NotFound, SidecarError
@@ -41,6 +43,7 @@ SHARD = "shard-"
 CHANGE_HISTORY = 32  # versions of the changes record Vault keeps, for a replica that missed a few
 LOOKBACK = 8  # versions of the changes record read one by one before reading every shard instead
 SHARD_ATTEMPTS = 8  # check-and-set attempts on one shard that siblings write at the same time
+WRITERS = 8  # shards a flush writes at once
 
 
 def shard_of(name: str) -> int:
@@ -248,23 +251,37 @@ class Keeper:
         with self._lock:
             self._pending[name] = entry
 
-    def flush(self) -> None:
-        """Write the notes: one check-and-set write a shard they touch, then one changes record."""
+    def flush(self, store: Store | None = None) -> None:
+        """Write the notes: one check-and-set write a shard they touch, then one changes record
+        (`store`: this keeper's, or the same bounded in time, `Store.until`)."""
+        store = store or self.store
         with self._lock:
             notes, self._pending = self._pending, {}
         if not notes:
             return
+        batches = _by_shard(notes)
+        with ThreadPoolExecutor(min(WRITERS, len(batches))) as pool:  # shards are independent records
+            outcomes = list(pool.map(partial(_merged, store), batches.items()))
         written = []
-        for shard, batch in _by_shard(notes).items():
-            try:
-                self.mirror.wrote(merge(self.store, shard, batch))
-                written.append(shard)
-            except SidecarError as exc:
-                log.warning("could not write index shard %d: %s; trying again next tick", shard, exc.message)
+        for (shard, batch), held in zip(batches.items(), outcomes, strict=True):
+            if held is None:
                 with self._lock:
                     self._pending = {**batch, **self._pending}
+            else:
+                self.mirror.wrote(held)
+                written.append(shard)
         if written:
-            signal(self.store, written)
+            signal(store, written)
+
+
+def _merged(store: Store, shard_batch: tuple[int, Changes]) -> Changes | None:
+    """`merge`, or None (logged) when Vault will not take it: the notes are tried again next tick."""
+    shard, batch = shard_batch
+    try:
+        return merge(store, shard, batch)
+    except SidecarError as exc:
+        log.warning("could not write index shard %d: %s; trying again next tick", shard, exc.message)
+        return None
 
 
 def _by_shard(notes: Changes) -> dict[int, Changes]:

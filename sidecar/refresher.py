@@ -13,6 +13,7 @@ import os
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
@@ -30,6 +31,7 @@ from .resync import Resync
 from .store import Store
 
 log = logging.getLogger(__name__)
+FLUSH_GRACE = 5.0  # seconds a stop spends writing the last index notes (a sibling repairs what is lost)
 
 
 class Refresher:
@@ -79,14 +81,21 @@ class Refresher:
     # -- ticks and passes --------------------------------------------------------------------
 
     def tick(self) -> list[Future[Outcome]]:
-        """One scheduler tick: the index written and read, a resync step, then every due grant handed
-        to the worker pool."""
-        self.queue.tick()
+        """One scheduler tick: `learn`, then `dispatch`."""
+        self.learn()
+        return self.dispatch()
+
+    def learn(self) -> None:
+        """Write this replica's index notes, then a resync step (what the others wrote)."""
         try:
             self.index.flush()
             self.resync_step(max(1, int(self.settings.resync_rate * self.settings.refresh_interval)))
         except SidecarError as exc:
             log.warning("resync step failed: %s", exc.message)
+
+    def dispatch(self) -> list[Future[Outcome]]:
+        """Hand every due grant to the worker pool."""
+        self.queue.tick()
         return [self.submit(name) for name in self.queue.pop_due(self._clock.monotonic(), self._in_flight.__contains__)]
 
     def submit(self, name: str, force: bool = False) -> Future[Outcome]:
@@ -147,24 +156,32 @@ class Refresher:
     # -- the loop ----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Tick at once, then every SIDECAR_REFRESH_INTERVAL seconds until `stop` is set; then finish
-        in-flight work. Timed by the monotonic clock (as is `Event.wait`): a stepped wall clock neither
-        stalls the ticks nor bunches them up."""
+        """`learn` and `dispatch` at once, then every SIDECAR_REFRESH_INTERVAL seconds until `stop` is
+        set; then finish in-flight work. Each in a thread of its own: a resync slowed by Vault (a full
+        read of the index, retried through an outage) must not hold back the refreshes already due."""
         log.info("refresher %s started", self.owner)
-        next_tick = self._clock.monotonic()
-        while True:
-            self.tick()
-            next_tick = max(next_tick + self.settings.refresh_interval, self._clock.monotonic())  # an overrun skips
-            if stop.wait(next_tick - self._clock.monotonic()):
-                break
+        # A daemon, not waited for: a step in flight when the stop comes may hang on Vault, and a note
+        # it had taken and not written is lost at worst, which the index allows for.
+        threading.Thread(target=self._every_interval, args=(stop, self.learn), name="resync", daemon=True).start()
+        self._every_interval(stop, self.dispatch)
         self.shutdown()
+
+    def _every_interval(self, stop: threading.Event, step: Callable[[], object]) -> None:
+        """`step` now, then every SIDECAR_REFRESH_INTERVAL until `stop`. Timed by the monotonic clock (as
+        is `Event.wait`): a stepped wall clock neither stalls the steps nor bunches them up."""
+        next_step = self._clock.monotonic()
+        while True:
+            step()
+            next_step = max(next_step + self.settings.refresh_interval, self._clock.monotonic())  # an overrun skips
+            if stop.wait(next_step - self._clock.monotonic()):
+                return
 
     def shutdown(self) -> None:
         """Stop taking work and wait for refreshes in flight, including their Vault writes."""
         self._stopping = self._clock.monotonic()
         self._pool.shutdown(wait=True, cancel_futures=True)  # queued work is dropped; running work finishes
         try:
-            self.index.flush()
-        except SidecarError as exc:  # the resync of each sibling repairs what is lost here
+            self.index.flush(self.store.until(self._clock.monotonic() + FLUSH_GRACE))
+        except SidecarError as exc:  # the siblings repair what is lost here
             log.warning("could not write the index on the way out: %s", exc.message)
         log.info("refresher %s stopped", self.owner)

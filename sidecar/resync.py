@@ -30,7 +30,7 @@ class Resync:
     ) -> None:  # fmt: skip
         self._store, self._queue, self._settings, self._clock = store, queue, settings, clock
         self._index = index
-        self._learn = learn  # reads one grant, queues it and notes its entry
+        self._learn = learn  # reads one grant, queues it and notes its entry (or forgets it, gone)
         self._forget = forget
         self._scan: deque[str] = deque()
         self._next_listing = 0.0
@@ -68,16 +68,15 @@ class Resync:
         return bool(changes)
 
     def _list(self) -> None:
-        """Forget what is no longer stored; queue for reading what the index lacks (or, in a full
-        pass, every grant)."""
+        """Queue for reading the grants the index lacks and the names it has that the listing does not
+        (or, in a full pass, every grant). Each is read before it is dropped: one listing is not enough
+        to empty the queue and the index."""
         listed = self._store.names("grants")
         self._next_listing = self._clock.monotonic() + self._settings.resync_interval
-        stored = set(listed)
-        for name in (self._queue.known() | self._index.mirror.names()) - stored:
-            self._forget(name)
-            self._index.note(name, None)
         full, self._full = self._full, False
+        unlisted = (self._queue.known() | self._index.mirror.names()) - set(listed)
         self._scan.extend(name for name in listed if full or self._index.mirror.known(name) is None)
+        self._scan.extend(sorted(unlisted))
 
     def _sweep_when_due(self) -> None:
         if self._clock.monotonic() < self._next_sweep:
