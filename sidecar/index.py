@@ -37,11 +37,11 @@ from .store import Store, Versioned
 
 log = logging.getLogger(__name__)
 
-SHARDS = 256  # a shard holds about 400 entries (48 kB) at 100,000 grants, far below KV's entry limit
+SHARDS = 256  # a shard holds about 400 entries (30 kB) at 100,000 grants
 CHANGES = "changes"
 SHARD = "shard-"
 CHANGE_HISTORY = 32  # versions of the changes record Vault keeps, for a replica that missed a few
-LOOKBACK = 8  # versions of the changes record read one by one before reading every shard instead
+LOOKBACK = CHANGE_HISTORY - 1  # versions read one by one (far fewer reads than every shard)
 SHARD_ATTEMPTS = 8  # check-and-set attempts on one shard that siblings write at the same time
 WRITERS = 8  # shards a flush writes at once
 
@@ -92,15 +92,20 @@ class Entry:
             other.due, other.status, other.provider, other.environments
         )  # fmt: skip
 
-    def to_record(self) -> list[Any]:
-        return [self.due, str(self.status), self.provider, list(self.environments), self.connected, self.version]
+    def to_line(self, name: str) -> str:
+        """One line of a shard: names pass the name rule, so no tab or newline is in one."""
+        due = "" if self.due is None else repr(self.due)
+        fields = (name, due, self.status, self.provider, ",".join(self.environments), repr(self.connected))
+        return "\t".join((*fields, str(self.version)))
 
     @classmethod
-    def from_record(cls, record: list[Any]) -> Entry:
-        due, status, provider, environments, connected, version = record
-        envs = tuple(environments)
+    def from_line(cls, line: str) -> tuple[str, Entry]:
+        name, due, status, provider, environments, connected, version = line.split("\t")
+        envs = tuple(environments.split(",")) if environments else ()
         # Shared, not copied: 100,000 entries name a handful of providers and sets of environments.
-        return cls(due, Status(status), sys.intern(provider), _SHARED.setdefault(envs, envs), connected, version)
+        entry = cls(float(due) if due else None, Status(status), sys.intern(provider), _SHARED.setdefault(envs, envs),
+                    float(connected), int(version))  # fmt: skip
+        return name, entry
 
 
 _SHARED: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -109,14 +114,21 @@ _SHARED: dict[tuple[str, ...], tuple[str, ...]] = {}
 Changes = dict[str, Entry | None]  # name -> its entry now (None: no longer indexed)
 
 
-def _parse(data: dict[str, Any]) -> dict[str, Entry]:
+def parse_shard(data: dict[str, Any]) -> dict[str, Entry]:
+    """A shard's entries. They are one text, not a JSON object: Vault limits the strings a request
+    may hold (OpenBao: 1,000 by default), which a JSON object of 400 entries would pass."""
     entries = {}
-    for name, record in (data.get("entries") or {}).items():
+    for line in str(data.get("entries") or "").splitlines():
         try:
-            entries[name] = Entry.from_record(record)
-        except (TypeError, ValueError):  # written by a later version, or damaged: the resync reads the grant
+            name, entry = Entry.from_line(line)
+        except ValueError:  # written by a later version, or damaged: the resync reads the grant
             continue
+        entries[name] = entry
     return entries
+
+
+def shard_text(entries: dict[str, Entry]) -> str:
+    return "\n".join(entry.to_line(name) for name, entry in sorted(entries.items()))
 
 
 class Mirror:
@@ -175,7 +187,7 @@ class Mirror:
     def _read(self, store: Store, shards: Iterable[int]) -> Changes:
         changes: Changes = {}
         for shard in shards:
-            entries = _parse(_read_or_empty(store, shard_name(shard)).data)
+            entries = parse_shard(_read_or_empty(store, shard_name(shard)).data)
             with self._lock:
                 for name in self._names.get(shard, set()) - entries.keys():
                     if self.entries.pop(name, None) is not None:
@@ -204,10 +216,13 @@ class Mirror:
             for name, entry in notes.items():
                 if (entry is None) == (name in self.entries):
                     self._sorted = None
+                names = self._names.setdefault(shard_of(name), set())
                 if entry is None:
                     self.entries.pop(name, None)
+                    names.discard(name)
                 else:
                     self.entries[name] = entry
+                    names.add(name)
 
     def sorted_names(self) -> list[str]:
         with self._lock:
@@ -251,6 +266,11 @@ class Keeper:
         with self._lock:
             self._pending[name] = entry
 
+    def pending(self) -> Changes:
+        """The notes not yet written (a flush that Vault refused keeps them)."""
+        with self._lock:
+            return dict(self._pending)
+
     def flush(self, store: Store | None = None) -> None:
         """Write the notes: one check-and-set write a shard they touch, then one changes record
         (`store`: this keeper's, or the same bounded in time, `Store.until`)."""
@@ -263,18 +283,19 @@ class Keeper:
         with ThreadPoolExecutor(min(WRITERS, len(batches))) as pool:  # shards are independent records
             outcomes = list(pool.map(partial(_merged, store), batches.items()))
         written = []
-        for (shard, batch), held in zip(batches.items(), outcomes, strict=True):
-            if held is None:
+        for (shard, batch), outcome in zip(batches.items(), outcomes, strict=True):
+            if outcome is None:
                 with self._lock:
                     self._pending = {**batch, **self._pending}
-            else:
-                self.mirror.wrote(held)
+                continue
+            self.mirror.wrote(outcome[0])
+            if outcome[1]:
                 written.append(shard)
         if written:
             signal(store, written)
 
 
-def _merged(store: Store, shard_batch: tuple[int, Changes]) -> Changes | None:
+def _merged(store: Store, shard_batch: tuple[int, Changes]) -> tuple[Changes, bool] | None:
     """`merge`, or None (logged) when Vault will not take it: the notes are tried again next tick."""
     shard, batch = shard_batch
     try:
@@ -291,27 +312,29 @@ def _by_shard(notes: Changes) -> dict[int, Changes]:
     return shards
 
 
-def merge(store: Store, shard: int, notes: Changes) -> Changes:
+def merge(store: Store, shard: int, notes: Changes) -> tuple[Changes, bool]:
     """Apply notes to one shard with check-and-set, again on a sibling's write meanwhile. An entry
     replaces another only if it is `newer_than` it; a drop always applies. Returns the noted names'
-    entries as the shard now holds them."""
+    entries as the shard now holds them, and whether it was written (not if it said as much)."""
     for attempt in range(SHARD_ATTEMPTS):
         current = _read_or_empty(store, shard_name(shard))
-        records = dict(current.data.get("entries") or {})
-        entries = _parse(current.data)
+        entries = parse_shard(current.data)
+        before = dict(entries)
         held: Changes = {}
         for name, entry in notes.items():
             known = entries.get(name)
             if entry is None:
-                records.pop(name, None)
+                entries.pop(name, None)
             elif known is None or entry.newer_than(known):
-                records[name] = entry.to_record()
+                entries[name] = entry
             else:
                 entry = known
             held[name] = entry
+        if entries == before:
+            return held, False
         try:
-            store.write_index(shard_name(shard), {"entries": records}, cas=current.version)
-            return held
+            store.write_index(shard_name(shard), {"entries": shard_text(entries)}, cas=current.version)
+            return held, True
         except Conflict:
             time.sleep(random.uniform(0, 0.05 * (attempt + 1)))  # noqa: S311 - spreads retries; nothing secret
     raise Conflict(f"index shard {shard} kept changing")
@@ -325,8 +348,8 @@ def signal(store: Store, shards: list[int]) -> None:
 
 def publish(store: Store, name: str, entry: Entry | None) -> None:
     """Write one entry now (the API's, the UI's and the CLI's writes of a grant)."""
-    merge(store, shard_of(name), {name: entry})
-    signal(store, [shard_of(name)])
+    if merge(store, shard_of(name), {name: entry})[1]:
+        signal(store, [shard_of(name)])
 
 
 def users_of(store: Store, provider: str) -> list[str]:

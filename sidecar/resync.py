@@ -45,10 +45,10 @@ class Resync:
 
     def step(self, budget: int) -> None:
         """Apply what the index says changed; list and reload when due; read at most `budget` grants."""
-        changed = self._apply(self._index.mirror.sync(self._store))
         listing = not self._scan and self._clock.monotonic() >= self._next_listing
+        mirror = self._index.mirror
+        changed = self._apply(mirror.reload(self._store) if listing else mirror.sync(self._store))
         if listing:
-            self._apply(self._index.mirror.reload(self._store))
             self._list()
         self._sweep_when_due()
         scanned = min(budget, len(self._scan))

@@ -27,7 +27,7 @@ from sidecar.clock import Clock
 from sidecar.config import Settings
 from sidecar.devvault import DevVault, bao_binary
 from sidecar.egress import Egress
-from sidecar.index import Entry, Keeper
+from sidecar.index import Entry, Keeper, parse_shard
 from sidecar.models import Grant, Status, TokenSet
 from sidecar.oauth import Client
 from sidecar.refresher import Refresher
@@ -121,7 +121,7 @@ def index_entries(client: hvac.Client) -> dict[str, Entry]:
             data = kv.read_secret_version(
                 path=f"{STATE}/index/{key}", mount_point="secret", raise_on_deleted_version=True
             )["data"]["data"]
-            entries.update({name: Entry.from_record(record) for name, record in data["entries"].items()})
+            entries.update(parse_shard(data))
     return entries
 
 

@@ -46,10 +46,16 @@ def entry(name: str = "g", due: float | None = 100.0, version: int = 1, connecte
 # -- entries (no server) -----------------------------------------------------------------------------
 
 
-def test_an_entry_survives_its_record():
+def test_an_entry_survives_its_line_and_a_shard_is_one_string():
     made = Entry.of(grant("g"), NOW + timedelta(minutes=55), 7)
-    assert Entry.from_record(made.to_record()) == made
+    assert Entry.from_line(made.to_line("g")) == ("g", made)
     assert made.due_time == NOW + timedelta(minutes=55) and made.version == 7
+    unscheduled = Entry.of(grant("n", expires_in=None), None, 1)
+    assert Entry.from_line(unscheduled.to_line("n")) == ("n", unscheduled)
+    # Vault limits the JSON strings of a request (OpenBao: 1,000): a shard of 400 entries is one.
+    text = index.shard_text({f"g-{i}": made for i in range(400)})
+    assert isinstance(text, str) and index.parse_shard({"entries": text}) == {f"g-{i}": made for i in range(400)}
+    assert index.parse_shard({"entries": "damaged\n" + made.to_line("g")}) == {"g": made}
 
 
 def test_a_later_version_or_connection_is_newer_and_an_older_one_is_not():
@@ -234,3 +240,15 @@ def test_three_replicas_keep_20_second_tokens_valid_at_every_read(vault, tokens,
     assert refused == [], logs[-3000:]
     assert all(len(tokens_seen) >= 4 for tokens_seen in seen.values()), {n: len(t) for n, t in seen.items()}
     assert oauth.log()["reuse"] == 0, "a refresh token was presented again after it was spent"
+
+
+def test_a_shard_of_a_thousand_entries_is_taken_by_openbao(sidecar_store):
+    """OpenBao refuses a request of more than 1,000 JSON strings by default; a shard is one."""
+    crowded = [name for name in (f"n-{i}" for i in range(400_000)) if index.shard_of(name) == 0][:1000]
+    keeper = Keeper(sidecar_store)
+    for name in crowded:
+        keeper.note(name, entry())
+    keeper.flush()
+    assert keeper.pending() == {}
+    mirror = Mirror()
+    assert sorted(mirror.sync(sidecar_store)) == sorted(crowded)
