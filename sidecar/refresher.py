@@ -31,7 +31,7 @@ from .resync import Resync
 from .store import Store
 
 log = logging.getLogger(__name__)
-FLUSH_GRACE = 5.0  # seconds a stop spends writing the last index notes (a sibling repairs what is lost)
+FLUSH_GRACE = 5.0  # seconds a stop gives a resync step in flight, then the last index notes
 
 
 class Refresher:
@@ -160,10 +160,12 @@ class Refresher:
         set; then finish in-flight work. Each in a thread of its own: a resync slowed by Vault (a full
         read of the index, retried through an outage) must not hold back the refreshes already due."""
         log.info("refresher %s started", self.owner)
-        # A daemon, not waited for: a step in flight when the stop comes may hang on Vault, and a note
-        # it had taken and not written is lost at worst, which the index allows for.
-        threading.Thread(target=self._every_interval, args=(stop, self.learn), name="resync", daemon=True).start()
+        # A daemon, waited for only FLUSH_GRACE: a step in flight when the stop comes may hang on Vault,
+        # and a note it had taken and not written is lost at worst, which the index allows for.
+        learner = threading.Thread(target=self._every_interval, args=(stop, self.learn), name="resync", daemon=True)
+        learner.start()
         self._every_interval(stop, self.dispatch)
+        learner.join(FLUSH_GRACE)
         self.shutdown()
 
     def _every_interval(self, stop: threading.Event, step: Callable[[], object]) -> None:

@@ -306,7 +306,7 @@ def start_serve(vault, token: str, tmp_path, **extra: str) -> tuple[subprocess.P
         try:
             if requests.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return proc, base
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet, or slow on a loaded machine: ask again
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()

@@ -39,8 +39,12 @@ def grant(name: str, expires_in: float | None = 3600, at: datetime = NOW) -> Gra
     return Grant(name, "mock", ("production",), tokens, connected_at=at)
 
 
-def entry(name: str = "g", due: float | None = 100.0, version: int = 1, connected: float = 10.0) -> Entry:
-    return Entry(due, Status.ACTIVE, "mock", ("production",), connected, version)
+LATER = time.time() + 86_400  # entries due a day from now: no refresher in the run looks at them
+
+
+def entry(due: float | None = 100.0, version: int = 1, connected: float = 10.0) -> Entry:
+    """An entry due `due` seconds after LATER."""
+    return Entry(None if due is None else LATER + due, Status.ACTIVE, "mock", ("production",), connected, version)
 
 
 # -- entries (no server) -----------------------------------------------------------------------------
@@ -94,7 +98,7 @@ def test_a_sync_reads_only_what_moved_and_one_record_when_nothing_did(settings, 
     reader = Mirror()
     reader_store = Store(settings, tokens.sidecar, counting)
     first = reader.sync(reader_store)
-    assert sorted(first) == [f"g-{i:02d}" for i in range(30)] and first["g-07"].due == 7.0
+    assert sorted(first) == [f"g-{i:02d}" for i in range(30)] and first["g-07"].due == LATER + 7
     sent = counting.count
     assert reader.sync(reader_store) == {} and counting.count == sent + 1
     writer.note("g-07", entry(due=70.0, version=2))
@@ -145,9 +149,9 @@ def test_writers_of_one_shard_at_once_lose_nothing(sidecar_store):
 def test_an_older_note_never_replaces_a_newer_entry(sidecar_store, root):
     index.publish(sidecar_store, "g", entry(due=500.0, version=5))
     index.publish(sidecar_store, "g", entry(due=100.0, version=4))  # a late note of an older version
-    assert index_entries(root)["g"].due == 500.0
+    assert index_entries(root)["g"].due == LATER + 500
     index.publish(sidecar_store, "g", entry(due=100.0, version=1, connected=20.0))  # a new connection
-    assert index_entries(root)["g"].due == 100.0
+    assert index_entries(root)["g"].due == LATER + 100
 
 
 # -- repairs (OpenBao, a real refresher) ---------------------------------------------------------------
