@@ -7,19 +7,16 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
-import os
 import resource
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from sidecar import inputs
 from sidecar.config import Settings
-from sidecar.devvault import DevVault, bao_binary, free_port
+from sidecar.devvault import DevVault
 from sidecar.index import Entry, Keeper, Mirror
 from sidecar.models import Grant, Provider, TokenSet, due_at
 from sidecar.store import Store
@@ -100,57 +97,19 @@ def bench_cluster() -> Iterator[Cluster]:
             signal.signal(signal.SIGINT, interrupt)
 
 
-@dataclass
-class RoomyDevVault(DevVault):
-    """An OpenBao dev server whose address is a second listener that accepts JSON requests of up to
-    `json_strings` strings (`max_request_json_strings`; OpenBao's default, 1000, refuses an index
-    shard of more than 199 entries of two environments: about 40,000 grants in 256 shards)."""
-
-    json_strings: int = 1000
-    roomy_port: int = field(default_factory=free_port)
-
-    @property
-    def addr(self) -> str:
-        return f"http://127.0.0.1:{self.roomy_port}"
-
-    def start(self, timeout: float = 30.0) -> RoomyDevVault:
-        config = self.log_path.with_suffix(".hcl")
-        config.write_text(
-            f'listener "tcp" {{\n  address = "127.0.0.1:{self.roomy_port}"\n  tls_disable = true\n'
-            f"  max_request_json_strings = {int(self.json_strings)}\n}}\n"
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        env["BAO_DEV_ROOT_TOKEN_ID"] = self.root_token
-        argv = [bao_binary(), "server", "-dev", "-dev-no-store-token", f"-dev-listen-address=127.0.0.1:{self.port}"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - fixed argv: the bao binary, ports, a config path
-                [*argv, f"-config={config}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        self._wait_ready(timeout)
-        return self
-
-
 @contextmanager
 def bench_vault(
     concurrency: int = 8,
     cluster: bool = False,
     auth: str = "client_secret_basic",
-    json_strings: int | None = None,
     **extra: str,
 ) -> Iterator[tuple[DevVault | Cluster, Settings, Store, Provider]]:
-    """An OpenBao dev server (with `cluster`, the three-node cluster through its balancer; with
-    `json_strings`, a dev server that accepts requests of that many JSON strings: RoomyDevVault), a
-    fast token endpoint, and a provider registered for it, authenticating with `auth` (with
-    private_key_jwt, a new RSA 2048 key)."""
+    """An OpenBao dev server on its defaults (with `cluster`, the three-node cluster through its
+    balancer), a fast token endpoint, and a provider registered for it, authenticating with `auth`
+    (with private_key_jwt, a new RSA 2048 key)."""
     endpoint = ThreadingHTTPServer(("127.0.0.1", 0), TokenEndpoint)
     threading.Thread(target=endpoint.serve_forever, daemon=True).start()
-    dev = RoomyDevVault(json_strings=json_strings) if json_strings else DevVault()
-    with bench_cluster() if cluster else dev as vault:
+    with bench_cluster() if cluster else DevVault() as vault:
         settings = Settings.from_env(
             {
                 "VAULT_ADDR": vault.addr,
@@ -221,11 +180,7 @@ def seed(
     written.reload(store)
     unindexed = sum(1 for name in names if written.known(name) is None)
     if unindexed:  # the Keeper logs its failures and keeps them for a next flush that will not come
-        raise SystemExit(
-            f"{unindexed} of {count} seeded grants could not be indexed (see the warnings above); OpenBao "
-            "refuses a shard of more than 199 entries by its default max_request_json_strings of 1000: "
-            "try --json-strings 1000000"
-        )
+        raise SystemExit(f"{unindexed} of {count} seeded grants could not be indexed (see the warnings above)")
     if progress:
         print(f"seeded and indexed {count} grants in {time.monotonic() - started:.0f} s", file=sys.stderr)
     return names

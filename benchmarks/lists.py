@@ -38,12 +38,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grants", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--json-strings", type=int, help="the dev server's max_request_json_strings (default OpenBao's: 1000)"
-    )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
-    with bench_vault(json_strings=args.json_strings) as (vault, settings, store, _):
+    with bench_vault() as (vault, settings, store, _):
         names = sorted(seed(store, args.grants, due=False, views=False, progress=args.grants >= 50000))
         client, headers = create_app(settings).test_client(), {"X-Vault-Token": vault.root_token}
         kv = hvac.Client(url=vault.addr, token=vault.root_token).secrets.kv.v2
@@ -76,7 +73,6 @@ def main() -> None:
         }
     result = {
         "grants": args.grants,
-        "json_strings": args.json_strings,
         "q": needle,
         "q_matching": matching,
         "cold_first_page_ms": round(cold_ms, 1),

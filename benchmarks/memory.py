@@ -5,12 +5,13 @@
 A replica keeps, per grant, its index entry (`Keeper.mirror`: one `index.Entry` a grant, and the
 names each shard held) and its due-queue entry and status; the grant itself stays in Vault. This
 fills a Refresher's mirror exactly as a start-up does, through `Mirror.reload`, from a stand-in for
-the store that serves each of the 256 shards as Vault would (the JSON of `{"entries": {name:
-record}}`, parsed anew for each read, as hvac parses Vault's answers), then queues every entry as
-the resync does (`Resync._apply`), and reports the process's resident memory before, after the
-mirror, and after the queue. Entries are realistic: status active, provider "bench", two
-environments, due times spread over an hour. Vault is not involved: seeding 100,000 grants into a
-dev server takes minutes (idle.py makes the same measurement through a real start-up).
+the store that serves each of the 256 shards as Vault would (the JSON of `{"entries":
+index.shard_text(...)}`, one string of a line an entry, parsed anew for each read, as hvac parses
+Vault's answers), then queues every entry as the resync does (`Resync._apply`), and reports the
+process's resident memory before, after the mirror, and after the queue. Entries are realistic:
+status active, provider "bench", two environments, due times spread over an hour. Vault is not
+involved: seeding 100,000 grants into a dev server takes minutes (idle.py makes the same
+measurement through a real start-up).
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import argparse
 import gc
 import json
 import time
-from typing import Any
 
 from common import ENVIRONMENTS, report, rss_mb
 
 from sidecar.config import Settings
-from sidecar.index import CHANGES, SHARD, SHARDS, Entry, shard_name, shard_of
+from sidecar.index import CHANGES, SHARD, SHARDS, Entry, shard_name, shard_of, shard_text
 from sidecar.models import Status
 from sidecar.refresher import Refresher
 from sidecar.store import Store, Versioned
@@ -53,13 +53,13 @@ class Shards:
         assert tree == "index"
         if name == CHANGES:
             return Versioned({"shards": []}, 1)
-        records: dict[str, Any] = {}
+        entries: dict[str, Entry] = {}
         for i in self.buckets[int(name[len(SHARD) :])]:
             connected = self.now - i % 3600  # connected within the last hour, good for an hour
             due = connected + 3600 - 300  # SIDECAR_REFRESH_MARGIN's default before it expires
             entry = Entry(due, Status.ACTIVE, "bench", ENVIRONMENTS, connected, 3)
-            records[self.name(i)] = entry.to_record()
-        return Versioned(json.loads(json.dumps({"entries": records})), 1)  # new objects, as from Vault
+            entries[self.name(i)] = entry
+        return Versioned(json.loads(json.dumps({"entries": shard_text(entries)})), 1)  # new objects, as from Vault
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ every 20 ms). Then it deletes `--deletes` of them as the API does (`sidecar.gran
 the same way. A replica learns of a write at its next tick (one read of the index's change counter,
 then the shards that moved), so the bound is two refresh intervals; the median and the maximum are
 reported against it. Each replica's Vault session counts its requests (common.CountingSession): the
-benchmark also reports, for the ticks while the writes went on, the index requests a tick sent and
+benchmark also reports, for the ticks while the writes went on (each replica's `learn` step, which
+`run` calls every refresh interval in a thread of its own), the index requests a tick sent and
 how many ticks read every shard (a sync more than `index.LOOKBACK` versions of the change counter
 behind reads every shard, as a reload does).
 """
@@ -95,19 +96,18 @@ def watch_ticks(
     refreshes its worker threads run meanwhile left out), whether it read every shard, and how many
     of those requests were writes (its flush of the notes it made). Returns an event set once its
     first tick (the start-up: every shard read, the grants listed) is over."""
-    tick, ticked = replica.tick, threading.Event()
+    learn, ticked = replica.learn, threading.Event()  # a tick's index work (run() calls it in a thread)
 
-    def counted() -> list:  # type: ignore[type-arg]
+    def counted() -> None:
         sent, began, counting = len(session.sent), time.perf_counter(), writing.is_set()
-        futures = tick()
+        learn()
         ticked.set()
         if counting:
             index = [kind(m, p, state) for m, p in session.sent[sent:] if "/index" in p]
             writes = sum(1 for k in index if k.startswith(("POST", "PUT")))  # a flush: shard and changes
             ticks.append((time.perf_counter() - began, len(index), "LIST index" in index, writes))
-        return futures
 
-    replica.tick = counted  # type: ignore[method-assign]
+    replica.learn = counted  # type: ignore[method-assign]
     return ticked
 
 
@@ -153,21 +153,20 @@ def main() -> None:
             if i:
                 time.sleep(interval / REPLICAS)
             thread.start()
-        deadline = time.perf_counter() + 60 + args.grants / 100
-        while not all(ticked.is_set() for ticked in started_up) or any(
-            len(r.queue.known()) < args.grants for r in replicas
-        ):
-            if time.perf_counter() > deadline:
-                raise SystemExit("the replicas did not learn the background grants")
-            time.sleep(0.1)
-
         watch = Watch(replicas)
         client = oauth.Client(Egress(settings.egress_allow))
         names = [f"new-{i:04d}" for i in range(args.stores)]
         expires = datetime.now(UTC) + timedelta(days=1)
         calls = []
-        writing.set()
         try:
+            deadline = time.perf_counter() + 60 + args.grants / 100
+            while not all(ticked.is_set() for ticked in started_up) or any(
+                len(r.queue.known()) < args.grants for r in replicas
+            ):
+                if time.perf_counter() > deadline:
+                    raise SystemExit("the replicas did not learn the background grants")
+                time.sleep(0.1)
+            writing.set()
             for name in names:
                 tokens = TokenSet("access", "Bearer", expires, ("read",), refresh_token=f"refresh-{name}")
                 started = time.perf_counter()

@@ -9,8 +9,13 @@ same concurrency, on the same number of due grants, taking turns:
   carry the headers the sidecar's do (`X-Vault-Index`, `X-Vault-Inconsistent: forward-active-node`,
   set by the sidecar's own `follow_active`), so on a cluster both make standbys forward to the
   active node and measure the same Vault work;
-- sidecar: `Refresher.tick()` over a due-queue that a resync filled beforehand (untimed); with
-  `--replicas N`, N refresher processes share the same due grants through their claims.
+- sidecar: `Refresher.tick()` (its `learn`, then `dispatch`: what `run` does each refresh interval)
+  over a due-queue that a resync step filled beforehand (untimed), then `refresher.index.flush()`:
+  each refresh notes its grant's new index entry, and the clock stops once they are written (the
+  sidecar writes them at its next tick; the floor writes no index); with `--replicas N`, N refresher
+  processes share the same due grants through their claims. The flush's own time is reported
+  (`index_flush_s`). Afterwards every refreshed grant's entry must be in the index, due again
+  later (untimed).
 
 Each side runs in a process of its own (spawned), apart from the token endpoint's.
 
@@ -47,6 +52,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from sidecar.config import Settings
 from sidecar.devvault import DevVault
+from sidecar.index import Mirror
 from sidecar.models import Provider, rfc3339
 from sidecar.oauth import JWT_BEARER
 from sidecar.refresher import Refresher
@@ -110,19 +116,25 @@ def floor_rate(vault: DevVault | Cluster, provider: Provider, names: list[str], 
 def replica(
     settings: Settings, budget: int, start: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue
 ) -> None:
-    """One refresher process: learn the queue (untimed), then one tick over everything due."""
+    """One refresher process: learn the queue (untimed), then one tick over everything due and the
+    flush of the index entries its refreshes noted."""
     refresher = Refresher(settings, Store(settings, settings.vault_token))
     refresher.resync_step(budget=budget)
     start.wait()
     started = time.time()
     futures = refresher.tick()
     wait(futures)
+    flushing = time.time()
+    refresher.index.flush()  # the notes of this tick's refreshes, which `run` writes at its next tick
+    ended = time.time()
+    unwritten = len(refresher.index.pending())  # notes Vault refused (logged): kept for a next flush
     refresher.shutdown()
-    out.put((started, time.time(), [f.result().result for f in futures]))
+    out.put((started, ended, [f.result().result for f in futures], unwritten, ended - flushing))
 
 
-def sidecar(settings: Settings, names: list[str], replicas: int) -> float:
-    """Refreshes per second of `replicas` refresher processes over the same due grants."""
+def sidecar(settings: Settings, names: list[str], replicas: int) -> tuple[float, float]:
+    """Refreshes per second of `replicas` refresher processes over the same due grants, and the
+    seconds the slowest replica's index flush took (within the timed span)."""
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Barrier(replicas), ctx.Queue()
     args = (settings, len(names) + 1, start, out)
@@ -132,10 +144,18 @@ def sidecar(settings: Settings, names: list[str], replicas: int) -> float:
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    refreshed = sum(r.count("refreshed") for _, _, r in results)
+    refreshed = sum(r.count("refreshed") for _, _, r, *_ in results)
     if refreshed != len(names):
         sys.exit(f"{refreshed} of {len(names)} grants were refreshed")
-    return len(names) / (max(end for _, end, _ in results) - min(begin for begin, _, _ in results))
+    if any(unwritten for *_, unwritten, _ in results):
+        sys.exit(f"{sum(u for *_, u, _ in results)} index notes were not written")
+    mirror = Mirror()
+    mirror.reload(Store(settings, settings.vault_token))
+    stale = [n for n in names if (e := mirror.known(n)) is None or e.due is None or e.due <= time.time()]
+    if stale:
+        sys.exit(f"{len(stale)} of {len(names)} refreshed grants are not indexed as due later (e.g. {stale[0]})")
+    span = max(end for _, end, *_ in results) - min(begin for begin, *_ in results)
+    return len(names) / span, max(flush for *_, flush in results)
 
 
 def main() -> None:
@@ -151,10 +171,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds, so the servers are stopped
 
     rates: dict[str, list[float]] = {"floor": [], "sidecar": []}
+    flushes: list[float] = []
     with bench_vault(args.concurrency, cluster=args.cluster, auth=args.auth) as (vault, settings, store, provider):
         for _ in range(args.rounds):
             rates["floor"].append(floor_rate(vault, provider, seed(store, args.grants), args.concurrency))
-            rates["sidecar"].append(sidecar(settings, seed(store, args.grants), args.replicas))
+            rate, flush = sidecar(settings, seed(store, args.grants), args.replicas)
+            rates["sidecar"].append(rate)
+            flushes.append(flush)
     floor_median, sidecar_median = statistics.median(rates["floor"]), statistics.median(rates["sidecar"])
     result = {
         "vault": "cluster" if args.cluster else "dev",
@@ -166,6 +189,7 @@ def main() -> None:
         "sidecar_per_s": round(sidecar_median, 1),
         "floor_per_s": round(floor_median, 1),
         "ratio": round(sidecar_median / floor_median, 3),
+        "index_flush_s": round(statistics.median(flushes), 2),
         "redeemed_twice": TokenEndpoint.redeemed_twice(),
     }
     report(
@@ -179,6 +203,7 @@ def main() -> None:
                 f"{sidecar_median:.1f} ({', '.join(f'{v:.1f}' for v in rates['sidecar'])})",
             ),
             ("ratio sidecar/floor", f"{result['ratio']:.3f}"),
+            ("index flush after the tick (in the sidecar's time)", f"{result['index_flush_s']:.2f} s"),
             ("refresh tokens redeemed twice", str(result["redeemed_twice"])),
         ],
         result,

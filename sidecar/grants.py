@@ -282,6 +282,8 @@ def page(store: Store, settings: Settings, query: SecretQuery, mirror: index.Mir
         )
     mirror.sync(store)
     first = query.cursor is None
+    filtered = bool(query.q or query.provider or query.environment)
+    counting = first and filtered  # unfiltered counts the mirror keeps as it goes
     counts: Counter[str] = Counter()
     names: list[str] = []
     more = False
@@ -298,7 +300,7 @@ def page(store: Store, settings: Settings, query: SecretQuery, mirror: index.Mir
             names.append(name)
             continue
         more = True
-        if not first:
+        if not counting:
             break
     shown = []
     for name in names:
@@ -306,7 +308,7 @@ def page(store: Store, settings: Settings, query: SecretQuery, mirror: index.Mir
             shown.append(store.get_grant(name).public())
         except NotFound:  # deleted since the index was read
             continue
-    return Page(shown, names[-1] if more else None, dict(counts) if first else None)
+    return Page(shown, names[-1] if more else None, (dict(counts) if filtered else mirror.counts()) if first else None)
 
 
 def access_token(store: Store, settings: Settings, name: str, environment: str | None) -> dict[str, Any]:

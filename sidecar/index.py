@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -141,7 +142,9 @@ class Mirror:
         # The version of the changes record the mirror is up to, and that version's stamp: a record
         # deleted and written again may reach the same version with other changes.
         self._seen: tuple[int, str] | None = None
+        self._own: set[tuple[int, str]] = set()  # versions of the changes record this process wrote
         self._sorted: list[str] | None = None
+        self._counts: Counter[Status] = Counter()
 
     def sync(self, store: Store) -> Changes:
         """Read what changed since the last sync: one read when nothing did."""
@@ -171,13 +174,26 @@ class Mirror:
         with self._lock:
             return sorted(listed | self._names.keys())
 
+    def signalled(self, version: tuple[int, str]) -> None:
+        """A version of the changes record this process wrote: its shards hold nothing new to it
+        (its notes are in the mirror already; a sibling's merged in are signalled by the sibling)."""
+        with self._lock:
+            self._own = {own for own in self._own if own[0] > version[0] - CHANGE_HISTORY} | {version}
+
     def _moved(self, store: Store, seen: int, latest: Versioned) -> set[int] | None:
-        """The shards written between version `seen` and `latest` of the changes record (None: every
-        shard, when too many versions passed or Vault no longer keeps them)."""
+        """The shards written between version `seen` and `latest` of the changes record, other than
+        this process's own writes (None: every shard, when too many versions passed or Vault no
+        longer keeps them)."""
         if latest.version - seen > LOOKBACK:
             return None
-        shards = set(latest.data.get("shards") or ())
+        with self._lock:
+            mine = set(self._own)
+        own = {version for version, _ in mine}
+        stamp = str(latest.data.get("stamp", ""))
+        shards = set() if (latest.version, stamp) in mine else set(latest.data.get("shards") or ())
         for version in range(seen + 1, latest.version):
+            if version in own:
+                continue
             try:
                 shards.update(store.read_version("index", CHANGES, version).data.get("shards") or ())
             except NotFound:
@@ -190,17 +206,34 @@ class Mirror:
             entries = parse_shard(_read_or_empty(store, shard_name(shard)).data)
             with self._lock:
                 for name in self._names.get(shard, set()) - entries.keys():
-                    if self.entries.pop(name, None) is not None:
+                    if self._set(name, None):
                         changes[name] = None
-                        self._sorted = None
                 for name, entry in entries.items():
-                    if self.entries.get(name) != entry:
-                        if name not in self.entries:
-                            self._sorted = None
-                        self.entries[name] = entry
+                    if self._set(name, entry):
                         changes[name] = entry
                 self._names[shard] = set(entries)
         return changes
+
+    def _set(self, name: str, entry: Entry | None) -> bool:
+        """Under the lock: `name`'s entry is now `entry` (None: none); whether that changed it."""
+        old = self.entries.get(name)
+        if old == entry:
+            return False
+        if old is not None:
+            self._counts[old.status] -= 1
+        if entry is None:
+            del self.entries[name]
+        else:
+            self.entries[name] = entry
+            self._counts[entry.status] += 1
+        if old is None or entry is None:
+            self._sorted = None
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """How many entries each status has."""
+        with self._lock:
+            return {str(status): n for status, n in self._counts.items() if n}
 
     def known(self, name: str) -> Entry | None:
         with self._lock:
@@ -214,14 +247,11 @@ class Mirror:
         """Our own notes, once written: `note` compares with them, and a sync does not report them back."""
         with self._lock:
             for name, entry in notes.items():
-                if (entry is None) == (name in self.entries):
-                    self._sorted = None
+                self._set(name, entry)
                 names = self._names.setdefault(shard_of(name), set())
                 if entry is None:
-                    self.entries.pop(name, None)
                     names.discard(name)
                 else:
-                    self.entries[name] = entry
                     names.add(name)
 
     def sorted_names(self) -> list[str]:
@@ -292,7 +322,7 @@ class Keeper:
             if outcome[1]:
                 written.append(shard)
         if written:
-            signal(store, written)
+            self.mirror.signalled(signal(store, written))
 
 
 def _merged(store: Store, shard_batch: tuple[int, Changes]) -> tuple[Changes, bool] | None:
@@ -340,10 +370,11 @@ def merge(store: Store, shard: int, notes: Changes) -> tuple[Changes, bool]:
     raise Conflict(f"index shard {shard} kept changing")
 
 
-def signal(store: Store, shards: list[int]) -> None:
-    """Tell every replica that these shards moved (a blind write: its version is the counter)."""
+def signal(store: Store, shards: list[int]) -> tuple[int, str]:
+    """Tell every replica that these shards moved (a blind write: its version is the counter).
+    Returns the version written and its stamp."""
     stamp = secrets.token_hex(8)  # tells this version from one of the same number after a deletion
-    store.write_index(CHANGES, {"shards": sorted(shards), "stamp": stamp}, history=CHANGE_HISTORY)
+    return store.write_index(CHANGES, {"shards": sorted(shards), "stamp": stamp}, history=CHANGE_HISTORY), stamp
 
 
 def publish(store: Store, name: str, entry: Entry | None) -> None:

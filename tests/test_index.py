@@ -256,3 +256,17 @@ def test_a_shard_of_a_thousand_entries_is_taken_by_openbao(sidecar_store):
     assert keeper.pending() == {}
     mirror = Mirror()
     assert sorted(mirror.sync(sidecar_store)) == sorted(crowded)
+
+
+def test_a_writer_does_not_read_back_the_shards_it_wrote(settings, tokens, sidecar_store):
+    counting = CountingSession()
+    writer = Keeper(Store(settings, tokens.sidecar, counting))
+    writer.mirror.sync(writer.store)
+    for i in range(40):
+        writer.note(f"g-{i:02d}", entry(due=float(i)))
+    writer.flush()
+    sent = counting.count
+    assert writer.mirror.sync(writer.store) == {} and counting.count == sent + 1  # the counter alone
+    index.publish(sidecar_store, "g-00", entry(due=99.0, version=2))  # a sibling's write is read
+    assert writer.mirror.sync(writer.store) == {"g-00": entry(due=99.0, version=2)}
+    assert writer.mirror.counts() == {"active": 40}
