@@ -318,7 +318,9 @@ class Keeper:
                 with self._lock:
                     self._pending = {**batch, **self._pending}
                 continue
-            self.mirror.wrote(outcome[0])
+            # Only what we wrote: a newer entry kept over our note is a sibling's, which a sync must
+            # report (to the queue), not the mirror take in silently.
+            self.mirror.wrote({name: held for name, held in outcome[0].items() if held == batch[name]})
             if outcome[1]:
                 written.append(shard)
         if written:
